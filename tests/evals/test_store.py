@@ -1,0 +1,79 @@
+"""The results store: schema/migrations, the read API other packages use, and
+two processes writing one database at once."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import sqlite3
+
+import pytest
+
+from tunelab.evals.errors import EvalError
+from tunelab.evals.store import SCHEMA_VERSION, Store
+
+
+def _output(item_id: str, variant: str = "p@m", **kw):
+    base = dict(item_id=item_id, variant=variant, prompt_id=variant.split("@")[0], provider_id=variant.split("@")[1],
+                repeat=0, rendered_json='[{"role": "user", "content": "hi"}]', output="out", error=None,
+                prompt_tokens=3, completion_tokens=1, latency_s=0.01, cost=0.0, cached=0)
+    base.update(kw)
+    return base
+
+
+def test_schema_versioned_wal_and_results_api(tmp_path):
+    db = tmp_path / "r.db"
+    with Store(db) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        run = store.create_run({"x": 1}, description="d", config_path="c.yaml")
+        store.put_items(run, [("a", 1, {"country": "France"}, "Paris")])
+        store.put_outputs(run, [_output("a"), _output("a", "q@m", output=None, error="HTTP 500")])
+        store.put_scores(run, [("a", "p@m", 0, "exact_match", 1.0)])
+        store.put_verdicts(run, [dict(judge_id="pref", kind="pairwise", item_id="a", variant="p@m",
+                                      other_variant="q@m", repeat=0, score=None, passed=None, winner="p@m",
+                                      reasoning=None, raw='["[[A]]", "[[B]]"]', parse_error=None,
+                                      prompt_tokens=10, completion_tokens=2, cost=None)])
+        rows = store.results("latest")
+    # Independent check through plain sqlite3: WAL is on, version recorded.
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert [(r.item_id, r.variant) for r in rows] == [("a", "p@m"), ("a", "q@m")]
+    p, q = rows
+    assert p.vars == {"country": "France"} and p.reference == "Paris" and p.line == 1
+    assert p.scores == {"exact_match": 1.0} and p.rendered[0]["content"] == "hi"
+    assert p.judges["pref"]["score"] == 1.0 and q.judges["pref"]["score"] == 0.0
+    assert q.error == "HTTP 500" and q.output is None
+
+
+def test_unknown_run_is_an_actionable_error(tmp_path):
+    with Store(tmp_path / "r.db") as store:
+        with pytest.raises(EvalError, match="no runs yet"):
+            store.resolve_run("latest")
+        with pytest.raises(EvalError, match="no run with id 'nope'"):
+            store.resolve_run("nope")
+
+
+def _writer(path: str, tag: str, n: int) -> None:
+    store = Store(path)
+    for i in range(n):
+        run = store.create_run({}, description=tag, config_path=None)
+        store.put_items(run, [(f"{tag}{i}", i, {}, None)])
+        store.put_outputs(run, [_output(f"{tag}{i}")])
+        store.put_scores(run, [(f"{tag}{i}", "p@m", 0, "m", float(i))])
+    store.close()
+
+
+def test_two_concurrent_writers(tmp_path):
+    path = str(tmp_path / "shared.db")
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, tag, 40)) for tag in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    with Store(path) as store:
+        runs = store.runs()
+        assert len(runs) == 80
+        assert all(r.n_outputs == 1 for r in runs)
+        assert sum(len(store.results(r.id)) for r in runs) == 80
