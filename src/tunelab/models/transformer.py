@@ -1,0 +1,350 @@
+"""One decoder-only transformer for every supported family, for training and inference.
+
+Llama, Mistral, Qwen2 and GPT-2 differ only in switches held by `ModelConfig`
+(RMSNorm vs LayerNorm, RoPE vs learned positions, SwiGLU vs GELU MLP, biases, fused
+QKV). Module names are canonical (`layers.3.self_attn.q_proj`); `checkpoint_name`
+maps them to the names a Hugging Face checkpoint uses, so LoRA targets and adapter
+files speak the ecosystem's language.
+
+KV-cache interface: `forward(..., cache=...)` takes any object with
+`update(layer_idx, k, v) -> (k_all, v_all)` and an int `offset` (slots already
+filled). `KVCache` below is the contiguous one used by `generate`; the engine's
+paged cache implements the same two members and may pass its own boolean
+`attn_mask` ([B, 1, T, S], True = attend).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunelab.models.config import ModelConfig, ModelError
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        if config.positions == "learned":
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
+        self.norm = _norm(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        if config.positions == "rope":
+            self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+        self.gradient_checkpointing = False
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache=None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [batch, seq, vocab].
+
+        attention_mask: [batch, offset + seq] with 1 for real tokens and 0 for padding,
+        covering cached slots too. position_ids default to the count of real tokens
+        before each one, so left-padded rows get the positions they would have alone.
+        """
+        return self.lm_head(self.hidden_states(input_ids, attention_mask, position_ids, cache, attn_mask))
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache=None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states [batch, seq, hidden], after the last norm and before lm_head."""
+        batch, seq = input_ids.shape
+        offset = cache.offset if cache is not None else 0
+        if position_ids is None:
+            position_ids = default_position_ids(batch, seq, offset, attention_mask, input_ids.device)
+        x = self.embed_tokens(input_ids)
+        if self.config.positions == "learned":
+            x = x + self.embed_positions(position_ids)
+            rope = None
+        else:
+            rope = rope_cos_sin(self.inv_freq, position_ids, x.dtype)
+        masks = {}
+        for layer in self.layers:
+            window = layer.self_attn.sliding_window
+            if attn_mask is not None:
+                mask = attn_mask
+            else:
+                if window not in masks:
+                    masks[window] = build_mask(batch, seq, offset, attention_mask, window, input_ids.device)
+                mask = masks[window]
+            if self.gradient_checkpointing and self.training and cache is None:
+                x = torch.utils.checkpoint.checkpoint(layer, x, rope, mask, None, use_reentrant=False)
+            else:
+                x = layer(x, rope, mask, cache)
+        if cache is not None:
+            cache.advance(seq)
+        return self.norm(x)
+
+    # ------------------------------------------------------------------ naming
+    def checkpoint_name(self, module_path: str) -> str:
+        """The Hugging Face checkpoint's name for one of this model's modules."""
+        return _rename(module_path, _TO_HF[self.config.model_type == "gpt2"])
+
+    def module_name(self, checkpoint_path: str) -> str:
+        """Inverse of `checkpoint_name`."""
+        return _rename(checkpoint_path, _FROM_HF[self.config.model_type == "gpt2"])
+
+    def num_parameters(self) -> int:
+        seen = {id(p): p.numel() for p in self.parameters()}
+        return sum(seen.values())
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = _norm(config)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = _norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope, mask, cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        self.sliding_window = config.sliding_windows[layer_idx] if config.sliding_windows else None
+        q_size = config.num_heads * config.head_dim
+        kv_size = config.num_kv_heads * config.head_dim
+        if config.fused_qkv:
+            self.qkv_proj = nn.Linear(config.hidden_size, q_size + 2 * kv_size, bias=config.qkv_bias)
+        else:
+            self.q_proj = nn.Linear(config.hidden_size, q_size, bias=config.qkv_bias)
+            self.k_proj = nn.Linear(config.hidden_size, kv_size, bias=config.qkv_bias)
+            self.v_proj = nn.Linear(config.hidden_size, kv_size, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=config.o_bias)
+
+    def forward(self, x, rope, mask, cache=None):
+        batch, seq, _ = x.shape
+        if hasattr(self, "qkv_proj"):
+            q_size = self.num_heads * self.head_dim
+            kv_size = self.num_kv_heads * self.head_dim
+            q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)
+        if mask is None:
+            # No padding and no window: plain causal (or, for one new token, everything).
+            out = F.scaled_dot_product_attention(
+                q, k, v, is_causal=seq > 1 and k.shape[2] == seq, enable_gqa=self.num_kv_heads != self.num_heads
+            )
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, enable_gqa=self.num_kv_heads != self.num_heads
+            )
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gated = config.gated_mlp
+        if self.gated:
+            self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.act = _activation(config.activation)
+
+    def forward(self, x):
+        if self.gated:
+            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.up_proj(x)))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # Normalise in float32 and cast back before the weight, as Llama does: the
+        # order matters for bf16 parity.
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class KVCache:
+    """Contiguous per-row cache: [layers, batch, kv_heads, max_len, head_dim] for k and v."""
+
+    def __init__(self, config: ModelConfig, batch: int, max_len: int, dtype=torch.float32, device="cpu"):
+        shape = (config.num_layers, batch, config.num_kv_heads, max_len, config.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+        self.offset = 0
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor):
+        end = self.offset + k.shape[2]
+        if end > self.max_len:
+            raise ModelError(f"KV cache full: {end} positions needed, {self.max_len} allocated")
+        self.k[layer_idx, :, :, self.offset : end] = k
+        self.v[layer_idx, :, :, self.offset : end] = v
+        return self.k[layer_idx, :, :, :end], self.v[layer_idx, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.offset += n
+
+
+# ---------------------------------------------------------------------- helpers
+def default_position_ids(batch, seq, offset, attention_mask, device) -> torch.Tensor:
+    if attention_mask is None:
+        return torch.arange(offset, offset + seq, device=device).expand(batch, seq)
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions[:, offset : offset + seq].clamp(min=0)
+
+
+def build_mask(batch, seq, offset, attention_mask, window, device) -> torch.Tensor | None:
+    """Boolean [batch, 1, seq, offset + seq] mask (True = attend), or None when SDPA's
+    own causal flag is enough."""
+    if attention_mask is None and window is None and (offset == 0 or seq == 1):
+        return None
+    total = offset + seq
+    q_pos = torch.arange(offset, total, device=device)[:, None]
+    k_pos = torch.arange(total, device=device)[None, :]
+    allowed = k_pos <= q_pos
+    if window is not None:
+        allowed = allowed & (k_pos > q_pos - window)
+    allowed = allowed[None, None].expand(batch, 1, seq, total)
+    if attention_mask is not None:
+        allowed = allowed & attention_mask[:, None, None, :total].bool()
+        # A padding query would attend to nothing and SDPA would return NaN; let it
+        # see itself. Its output is never used.
+        allowed = allowed | (k_pos == q_pos)[None, None]
+    return allowed
+
+
+def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = config.rope_scaling
+    if not scaling:
+        return inv_freq
+    factor = float(scaling["factor"])
+    if scaling["rope_type"] == "linear":
+        return inv_freq / factor
+    # Llama 3.1: leave high frequencies alone, divide low ones by `factor`, and
+    # interpolate smoothly in between (Meta's reference implementation).
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old_len = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope_cos_sin(inv_freq: torch.Tensor, position_ids: torch.Tensor, dtype):
+    freqs = position_ids[:, :, None].float() * inv_freq.float()[None, None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def _norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rms":
+        return RMSNorm(config.hidden_size, config.norm_eps)
+    return nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+
+
+def _activation(name: str):
+    if name in ("silu", "swish"):
+        return F.silu
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "gelu":
+        return F.gelu
+    if name == "relu":
+        return F.relu
+    raise ModelError(f"activation {name!r} is not supported; tunelab supports: silu, gelu, gelu_new, relu")
+
+
+# Canonical module path <-> Hugging Face module path. GPT-2's names come from the
+# original OpenAI release (h, ln_1, c_attn, c_fc); the others follow Llama.
+_GPT2 = [
+    (r"embed_tokens", r"transformer.wte"),
+    (r"embed_positions", r"transformer.wpe"),
+    (r"layers\.(\d+)\.input_layernorm", r"transformer.h.\1.ln_1"),
+    (r"layers\.(\d+)\.post_attention_layernorm", r"transformer.h.\1.ln_2"),
+    (r"layers\.(\d+)\.self_attn\.qkv_proj", r"transformer.h.\1.attn.c_attn"),
+    (r"layers\.(\d+)\.self_attn\.o_proj", r"transformer.h.\1.attn.c_proj"),
+    (r"layers\.(\d+)\.mlp\.up_proj", r"transformer.h.\1.mlp.c_fc"),
+    (r"layers\.(\d+)\.mlp\.down_proj", r"transformer.h.\1.mlp.c_proj"),
+    (r"layers\.(\d+)\.self_attn", r"transformer.h.\1.attn"),
+    (r"layers\.(\d+)", r"transformer.h.\1"),
+    (r"layers", r"transformer.h"),
+    (r"norm", r"transformer.ln_f"),
+    (r"lm_head", r"lm_head"),
+]
+_LLAMA = [(r"lm_head", r"lm_head"), (r"(.+)", r"model.\1")]
+
+
+_TO_HF = {True: _GPT2, False: _LLAMA}
+_GPT2_FROM_HF = [
+    (r"(?:transformer\.)?wte", r"embed_tokens"),
+    (r"(?:transformer\.)?wpe", r"embed_positions"),
+    (r"(?:transformer\.)?h\.(\d+)\.ln_1", r"layers.\1.input_layernorm"),
+    (r"(?:transformer\.)?h\.(\d+)\.ln_2", r"layers.\1.post_attention_layernorm"),
+    (r"(?:transformer\.)?h\.(\d+)\.attn\.c_attn", r"layers.\1.self_attn.qkv_proj"),
+    (r"(?:transformer\.)?h\.(\d+)\.attn\.c_proj", r"layers.\1.self_attn.o_proj"),
+    (r"(?:transformer\.)?h\.(\d+)\.mlp\.c_fc", r"layers.\1.mlp.up_proj"),
+    (r"(?:transformer\.)?h\.(\d+)\.mlp\.c_proj", r"layers.\1.mlp.down_proj"),
+    (r"(?:transformer\.)?h\.(\d+)\.attn", r"layers.\1.self_attn"),
+    (r"(?:transformer\.)?h\.(\d+)", r"layers.\1"),
+    (r"(?:transformer\.)?h", r"layers"),
+    (r"(?:transformer\.)?ln_f", r"norm"),
+    (r"lm_head", r"lm_head"),
+]
+_FROM_HF = {
+    True: _GPT2_FROM_HF,
+    False: [(r"lm_head", r"lm_head"), (r"model\.(.+)", r"\1")],
+}
+
+
+def _rename(path: str, table) -> str:
+    # Match the longest module prefix so parameter suffixes (".weight") carry over.
+    for pattern, replacement in table:
+        m = re.match(rf"^{pattern}(?=$|\.)", path)
+        if m:
+            return m.expand(replacement) + path[m.end() :]
+    return path

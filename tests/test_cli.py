@@ -1,0 +1,42 @@
+"""The `tunelab` command, run as a user runs it (a subprocess)."""
+
+import subprocess
+import sys
+
+from tunelab import __version__
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "tunelab", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_version_and_help():
+    assert _run("--version").stdout.strip() == f"tunelab {__version__}"
+    out = _run("--help")
+    assert out.returncode == 0 and "generate" in out.stdout and "info" in out.stdout
+
+
+def test_generate_prints_the_greedy_completion(tiny_checkpoint):
+    from tunelab.models import generate, load_pretrained
+
+    path = tiny_checkpoint("llama")
+    model, tok = load_pretrained(path)
+    expected = generate(model, tok, "The quick", max_new_tokens=8).text
+    out = _run("generate", "--model", str(path), "--prompt", "The quick", "--max-tokens", "8")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(expected)
+
+
+def test_info(tiny_checkpoint):
+    from tunelab.models import load_pretrained
+
+    path = tiny_checkpoint("gpt2")
+    model, _ = load_pretrained(path)
+    out = _run("info", str(path))
+    assert out.returncode == 0, out.stderr
+    assert "gpt2" in out.stdout and f"{model.num_parameters():,}" in out.stdout
+
+
+def test_bad_model_path_exits_2_with_a_message(tmp_path):
+    out = _run("generate", "--model", str(tmp_path), "--prompt", "x")
+    assert out.returncode == 2 and "no config.json" in out.stdout + out.stderr
