@@ -1,0 +1,57 @@
+"""Folding adapters into the base weights (W0 + scaling * B @ A) and back out, and unwrapping a merged model.
+
+The delta is always computed and added in float32; a bf16/fp16 target then rounds once, with a warning, instead of
+accumulating rounding error in the low-precision dtype (the bf16 merge drift PEFT users report).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from tunelab.lora.errors import LoraError
+from tunelab.lora.inject import _STATE_ATTR, _replace, adapter_state, lora_layers
+from tunelab.lora.layers import ModulesToSave
+
+
+def merge(model: nn.Module, adapter_name: str | list[str] | None = None) -> None:
+    """Add the adapter(s) (default: the active ones) into the base weights; merged adapters no longer cost a matmul."""
+    for name in _names(model, adapter_name):
+        for _, layer in lora_layers(model):
+            if name in layer.adapters:
+                layer.merge(name)
+
+
+def unmerge(model: nn.Module, adapter_name: str | list[str] | None = None) -> None:
+    """Subtract merged adapter(s) (default: all merged ones) from the base weights again."""
+    for _, layer in lora_layers(model):
+        names = list(reversed(layer.merged_adapters)) if adapter_name is None else _names(model, adapter_name)
+        for name in names:
+            layer.unmerge(name)
+
+
+def merge_and_unload(model: nn.Module, adapter_name: str | list[str] | None = None) -> nn.Module:
+    """Merge the adapter(s) (default: the active ones) and put the plain base layers back: the result is an ordinary
+    model with no trace of LoRA (active `modules_to_save` copies replace their originals). Returns `model`."""
+    state = adapter_state(model)
+    names = _names(model, adapter_name)
+    merge(model, names)
+    for path, module in list(model.named_modules()):
+        if isinstance(module, ModulesToSave):
+            chosen = next((module.modules_to_save[n] for n in names if n in module.modules_to_save), None)
+            _replace(model, path, chosen if chosen is not None else module.original_module)
+    for path, layer in list(lora_layers(model)):
+        _replace(model, path, layer.base_layer)
+    del state
+    delattr(model, _STATE_ATTR)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def _names(model: nn.Module, adapter_name: str | list[str] | None) -> list[str]:
+    state = adapter_state(model)
+    names = state.active if adapter_name is None else ([adapter_name] if isinstance(adapter_name, str) else list(adapter_name))
+    unknown = [n for n in names if n not in state.configs]
+    if unknown:
+        raise LoraError(f"unknown adapter(s) {unknown}; this model has {list(state.configs)}")
+    return list(names)

@@ -1,0 +1,160 @@
+"""Mixed-adapter batches: every row (or every token) of ONE forward pass uses its own adapter.
+
+Each LoRA layer stacks its adapters once per context into zero-padded tensors with a zero "base" slot:
+A [S+1, r_max, in] and B [S+1, out, r_max] with the adapter's scaling folded into B. Then
+  - per row:   gather each row's A and B and run two batched matmuls (torch.bmm) over the whole batch;
+  - per token: (for packed sequences, where one row holds many requests) project every token through all adapters'
+               A at once ([N, S*r_max], cheap since r is small), zero the slots a token does not use, and multiply by
+               all B's concatenated: one dense matmul, no Python loop and no per-token weight copies.
+Dropout is not applied: mixed batches are an inference feature. Merged adapters cannot be mixed (they are in W0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunelab.lora.errors import LoraError
+from tunelab.lora.inject import _wrappers, adapter_state
+from tunelab.lora.layers import LoraEmbedding, ModulesToSave, _LoraBase
+
+
+@contextlib.contextmanager
+def per_row_adapters(model: nn.Module, adapters: Sequence[str | None]) -> Iterator[nn.Module]:
+    """Inside the block, row i of the batch runs adapter `adapters[i]` (None = the base model).
+
+    `with per_row_adapters(model, ["a", "b", None, "a"]): logits = model(input_ids)`
+    """
+    names = sorted({a for a in adapters if a is not None})
+    slot = {n: i + 1 for i, n in enumerate(names)}
+    index = torch.tensor([0 if a is None else slot.get(a, -1) for a in adapters], dtype=torch.long)
+    with _routed(model, _Routing(names, index, per_token=False), adapters):
+        yield model
+
+
+@contextlib.contextmanager
+def per_token_adapters(model: nn.Module, adapters: Sequence[str], index: torch.Tensor) -> Iterator[nn.Module]:
+    """Inside the block, token t (in the order of `input_ids.reshape(-1)`) runs `adapters[index[t]]`; index -1 means
+    the base model. For packed inputs such as `[1, total_tokens]` where each request's tokens share a row.
+
+    `with per_token_adapters(model, ["a", "b"], torch.tensor([0, 0, 0, 1, 1, -1])): logits = model(ids)`
+    """
+    index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+    if index.numel() and (int(index.min()) < -1 or int(index.max()) >= len(adapters)):
+        raise LoraError(f"per_token_adapters: index values must be in [-1, {len(adapters) - 1}] "
+                        f"(positions in adapters={list(adapters)}), got min {int(index.min())} max {int(index.max())}")
+    names = list(adapters)
+    with _routed(model, _Routing(names, index + 1, per_token=True), names):
+        yield model
+
+
+@contextlib.contextmanager
+def _routed(model: nn.Module, routing: _Routing, requested: Sequence[str | None]) -> Iterator[None]:
+    state = adapter_state(model)
+    unknown = sorted({a for a in requested if a is not None and a not in state.configs})
+    if unknown:
+        raise LoraError(f"unknown adapter(s) {unknown} in mixed batch; this model has {list(state.configs)}")
+    wrappers = list(_wrappers(model))
+    for m in wrappers:
+        if isinstance(m, _LoraBase) and m.merged_adapters:
+            raise LoraError(f"adapters {m.merged_adapters} are merged into the base weights; unmerge(model) before "
+                            "running a mixed-adapter batch")
+        if isinstance(m, ModulesToSave) and any(a in m.modules_to_save for a in requested if a is not None):
+            raise LoraError("an adapter in this mixed batch has modules_to_save, which cannot differ per row; "
+                            "run it in its own batch with set_active")
+    for m in wrappers:
+        m.routing = routing
+    try:
+        yield
+    finally:
+        for m in wrappers:
+            m.routing = None
+
+
+class _Routing:
+    def __init__(self, names: list[str], index: torch.Tensor, per_token: bool) -> None:
+        self.names = names          # slot i + 1 holds names[i]; slot 0 is the base model (zero delta)
+        self.index = index          # per row [B] or per token [N], values in [0, S]
+        self.per_token = per_token
+        self._stacks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def linear_delta(self, layer: _LoraBase, x: torch.Tensor) -> torch.Tensor:
+        a, b = self._stack(layer)                       # [S+1, r, in], [S+1, out, r]
+        x = x.to(a.dtype)
+        lead = x.shape[:-1]
+        if not self.per_token:
+            index = self._row_index(x)
+            rows = x.reshape(index.numel(), -1, x.shape[-1])
+            h = torch.bmm(rows, a[index].transpose(1, 2))
+            out = torch.bmm(h, b[index].transpose(1, 2))
+            return out.reshape(*lead, b.shape[1])
+        flat = x.reshape(-1, x.shape[-1])
+        index = self._token_index(flat.shape[0], x.device)
+        s, r = a.shape[0], a.shape[1]
+        h = flat @ a.reshape(s * r, -1).T                # every adapter's A at once: [N, (S+1)*r]
+        h = h.view(-1, s, r) * F.one_hot(index, s).to(h.dtype).unsqueeze(-1)
+        out = h.view(-1, s * r) @ b.permute(0, 2, 1).reshape(s * r, -1)
+        return out.reshape(*lead, b.shape[1])
+
+    def embedding_delta(self, layer: LoraEmbedding, ids: torch.Tensor) -> torch.Tensor:
+        a, b = self._stack(layer)                       # a: [S+1, vocab, r] (A transposed), b: [S+1, out, r]
+        s, vocab, r = a.shape
+        table = a.reshape(s * vocab, r)
+        if not self.per_token:
+            index = self._row_index(ids)
+            rows = ids.reshape(index.numel(), -1)
+            # Offset each row's token ids into its adapter's slice of the stacked table: one lookup for all rows.
+            h = layer.embed(rows + index.unsqueeze(1) * vocab, table)
+            out = torch.bmm(h, b[index].transpose(1, 2))
+            return out.reshape(*ids.shape, b.shape[1])
+        flat = ids.reshape(-1)
+        index = self._token_index(flat.numel(), ids.device)
+        h = layer.embed(flat + index * vocab, table)    # [N, r]
+        h = h.unsqueeze(1) * F.one_hot(index, s).to(h.dtype).unsqueeze(-1)
+        out = h.reshape(-1, s * r) @ b.permute(0, 2, 1).reshape(s * r, -1)
+        return out.reshape(*ids.shape, b.shape[1])
+
+    def _row_index(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != self.index.numel():
+            raise LoraError(f"per_row_adapters got {self.index.numel()} adapter names but the batch has "
+                            f"{x.shape[0]} rows; give one name (or None) per row")
+        return self.index.to(x.device)
+
+    def _token_index(self, n: int, device: torch.device) -> torch.Tensor:
+        if n != self.index.numel():
+            raise LoraError(f"per_token_adapters got an index of {self.index.numel()} entries but the input has "
+                            f"{n} tokens; give one entry per token of input_ids.reshape(-1)")
+        return self.index.to(device)
+
+    def _stack(self, layer: _LoraBase) -> tuple[torch.Tensor, torch.Tensor]:
+        key = id(layer)
+        if key not in self._stacks:
+            self._stacks[key] = _stack_adapters(layer, self.names)
+        return self._stacks[key]
+
+
+@torch.no_grad()
+def _stack_adapters(layer: _LoraBase, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    present = [n for n in names if n in layer.adapters]
+    r_max = max((layer.r[n] for n in present), default=1)
+    ref = layer.factors(present[0])[0] if present else layer.base_layer.weight
+    dtype = ref.dtype if ref.is_floating_point() else torch.float32
+    embedding = isinstance(layer, LoraEmbedding)
+    a_shape = (len(names) + 1, layer.in_features, r_max) if embedding else (len(names) + 1, r_max, layer.in_features)
+    a_all = torch.zeros(a_shape, dtype=dtype, device=ref.device)
+    b_all = torch.zeros(len(names) + 1, layer.out_features, r_max, dtype=dtype, device=ref.device)
+    for i, name in enumerate(names, start=1):
+        if name not in layer.adapters:
+            continue  # this adapter does not touch this layer: its slot stays zero, like the base slot
+        a, b = layer.factors(name)
+        r = layer.r[name]
+        if embedding:
+            a_all[i, :, :r] = a.T
+        else:
+            a_all[i, :r] = a
+        b_all[i, :, :r] = b * layer.scaling[name]
+    return a_all, b_all

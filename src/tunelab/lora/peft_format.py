@@ -1,0 +1,215 @@
+"""PEFT's adapter files, both directions: `adapter_config.json` + `adapter_model.safetensors`.
+
+Keys are `base_model.model.<checkpoint module path>.<param>` with the adapter name removed, exactly as
+`PeftModel.save_pretrained` writes them: `.lora_A.weight` / `.lora_B.weight` for linear layers (A [r, in], B [out, r],
+also for GPT-2's transposed Conv1D), `.lora_embedding_A` [r, vocab] / `.lora_embedding_B` [dim, r] for embeddings,
+`<module>.<param>` for a `modules_to_save` copy, and `.base_layer.bias` / `.bias` for trained biases. Module paths are
+the Hugging Face checkpoint's even when the model is tunelab's own (via `model.checkpoint_name`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tunelab.lora.config import ALL_LINEAR, LoraConfig
+from tunelab.lora.errors import LoraError
+from tunelab.lora.inject import _STATE_ATTR, adapter_state, add, delete, lora_layers, set_active
+from tunelab.lora.layers import LoraEmbedding, ModulesToSave, _LoraBase
+from tunelab.lora.targets import _inside_wrapper, checkpoint_name, matches
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+
+
+def save_adapter(model: nn.Module, directory: str | Path, adapter_name: str = "default") -> Path:
+    """Write adapter `adapter_name` as a PEFT LoRA adapter that `PeftModel.from_pretrained` loads. Returns the dir."""
+    state = adapter_state(model)
+    if adapter_name not in state.configs:
+        raise LoraError(f"unknown adapter {adapter_name!r}; this model has {list(state.configs)}")
+    config = state.configs[adapter_name]
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = _adapter_tensors(model, adapter_name, config)
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(directory / WEIGHTS_FILE),
+              metadata={"format": "pt"})
+    peft = config.to_peft(target_modules=_saved_targets(model, adapter_name, config),
+                          fan_in_fan_out=_checkpoint_uses_conv1d(model, adapter_name))
+    if peft["base_model_name_or_path"] is None:
+        peft["base_model_name_or_path"] = _model_name(model)
+    (directory / CONFIG_FILE).write_text(json.dumps(peft, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def load_adapter(model: nn.Module, directory: str | Path, adapter_name: str = "default",
+                 activate: bool = True) -> nn.Module:
+    """Add the PEFT LoRA adapter saved in `directory` to `model` under `adapter_name` (and make it active unless
+    `activate=False`). Every tensor in the file must land on a module of the model with the same shape."""
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise LoraError(f"{path} not found: a PEFT adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE}"
+                            + (" (adapter_model.bin is not read: weights are only loaded from safetensors)"
+                               if path == weights_path and (directory / "adapter_model.bin").exists() else ""))
+    try:
+        raw = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LoraError(f"{config_path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    config = LoraConfig.from_peft(raw, source=str(config_path))
+    tensors = load_file(str(weights_path))
+    existed = hasattr(model, _STATE_ATTR) and adapter_name in adapter_state(model).configs
+    if existed:
+        raise LoraError(f"adapter {adapter_name!r} already exists; pass another adapter_name")
+    add(model, config, adapter_name)
+    try:
+        _copy_into(model, adapter_name, tensors, weights_path)
+    except Exception:
+        delete(model, adapter_name)
+        raise
+    if activate:
+        set_active(model, adapter_name)
+    return model
+
+
+# --- saving -----------------------------------------------------------------------------------------------------
+
+def _adapter_tensors(model: nn.Module, adapter_name: str, config: LoraConfig) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    wrapped: set[str] = set()
+    for path, layer in lora_layers(model):
+        wrapped.add(path)
+        if adapter_name not in layer.adapters:
+            continue
+        key = PREFIX + checkpoint_name(model, path)
+        a, b = layer.factors(adapter_name)
+        if isinstance(layer, LoraEmbedding):
+            out[f"{key}.lora_embedding_A"], out[f"{key}.lora_embedding_B"] = a, b
+        else:
+            out[f"{key}.lora_A.weight"], out[f"{key}.lora_B.weight"] = a, b
+        bias = getattr(layer.base_layer, "bias", None)
+        if config.bias in ("all", "lora_only") and bias is not None:
+            out[f"{key}.base_layer.bias"] = bias
+    for path, module in model.named_modules():
+        if isinstance(module, ModulesToSave) and adapter_name in module.modules_to_save:
+            key = PREFIX + checkpoint_name(model, path)
+            for name, tensor in module.modules_to_save[adapter_name].state_dict().items():
+                out[f"{key}.{name}"] = tensor
+    if config.bias == "all":
+        for path, module in model.named_modules():
+            if _inside_wrapper(path, model) or isinstance(module, (_LoraBase, ModulesToSave)) or path in wrapped:
+                continue
+            bias = module._parameters.get("bias")
+            if bias is not None:
+                out[f"{PREFIX}{checkpoint_name(model, path) + '.' if path else ''}bias"] = bias
+    return out
+
+
+def _saved_targets(model: nn.Module, adapter_name: str, config: LoraConfig) -> list[str] | str:
+    """target_modules as PEFT must read them: in checkpoint names, re-matching exactly the layers we wrapped."""
+    names = [checkpoint_name(model, p) for p, layer in lora_layers(model) if adapter_name in layer.adapters]
+    if isinstance(config.target_modules, str) and config.target_modules != ALL_LINEAR:
+        if all(matches(config.target_modules, n) for n in names):
+            return config.target_modules
+        return "|".join(re.escape(n) for n in names)  # a regex over exact names: PEFT full-matches it
+    # PEFT saves suffix names too ("all-linear" is expanded the same way by PEFT itself).
+    return sorted({n.rsplit(".", 1)[-1] for n in names})
+
+
+def _checkpoint_uses_conv1d(model: nn.Module, adapter_name: str) -> bool:
+    """fan_in_fan_out: True when the checkpoint stores the targeted weights as GPT-2 Conv1D ([in, out])."""
+    for _, layer in lora_layers(model):
+        if adapter_name in layer.adapters and getattr(layer, "fan_in_fan_out", False):
+            return True
+    cfg = getattr(model, "config", None)
+    # tunelab's GPT-2 transposes Conv1D into nn.Linear at load time, but the checkpoint (and PEFT) still see Conv1D.
+    return callable(getattr(model, "checkpoint_name", None)) and getattr(cfg, "model_type", None) == "gpt2" and any(
+        not isinstance(layer, LoraEmbedding) for _, layer in lora_layers(model) if adapter_name in layer.adapters)
+
+
+def _model_name(model: nn.Module) -> str | None:
+    cfg = getattr(model, "config", None)
+    for attr in ("name_or_path", "_name_or_path"):
+        value = getattr(cfg, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+# --- loading ----------------------------------------------------------------------------------------------------
+
+_LORA_SUFFIXES = {".lora_A.weight": 0, ".lora_B.weight": 1, ".lora_embedding_A": 0, ".lora_embedding_B": 1}
+
+
+def _copy_into(model: nn.Module, adapter_name: str, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    modules = {}
+    for path, module in model.named_modules():
+        if not _inside_wrapper(path, model):
+            modules[checkpoint_name(model, path) if path else ""] = (path, module)
+    filled: set[tuple[str, int]] = set()
+    with torch.no_grad():
+        for key, value in tensors.items():
+            if not key.startswith(PREFIX):
+                raise LoraError(f"{source}: key {key!r} does not start with {PREFIX!r} (not a PEFT LoRA adapter file)")
+            name = key[len(PREFIX):]
+            target, where = _resolve(model, modules, name, adapter_name, source, key)
+            if where is not None:
+                filled.add(where)
+            if tuple(target.shape) != tuple(value.shape):
+                raise LoraError(f"{source}: tensor {key!r} has shape {tuple(value.shape)} but the model's "
+                                f"parameter has shape {tuple(target.shape)}")
+            target.copy_(value.to(dtype=target.dtype, device=target.device))
+    missing = []
+    for path, layer in lora_layers(model):
+        if adapter_name in layer.adapters:
+            ck = checkpoint_name(model, path)
+            names = (".lora_embedding_A", ".lora_embedding_B") if isinstance(layer, LoraEmbedding) else (
+                ".lora_A.weight", ".lora_B.weight")
+            missing += [PREFIX + ck + n for i, n in enumerate(names) if (path, i) not in filled]
+    if missing:
+        raise LoraError(f"{source}: adapter_config.json targets layers whose weights are missing from the file: "
+                        f"{missing[:8]}{' ...' if len(missing) > 8 else ''}")
+
+
+def _resolve(model, modules, name, adapter_name, source, key):
+    """The tensor of `model` that file entry `name` (key without the prefix) belongs to, and which LoRA factor."""
+    for suffix, which in _LORA_SUFFIXES.items():
+        if name.endswith(suffix):
+            path, module = modules.get(name[: -len(suffix)], (None, None))
+            if not isinstance(module, _LoraBase) or adapter_name not in module.adapters:
+                raise LoraError(f"{source}: key {key!r} names module {name[: -len(suffix)]!r}, which is not a LoRA "
+                                f"target in this model (check target_modules in adapter_config.json and the base model)")
+            if ("embedding" in suffix) != isinstance(module, LoraEmbedding):
+                raise LoraError(f"{source}: key {key!r} is for a {'n embedding' if 'embedding' in suffix else ' linear'}"
+                                f" layer but {name[: -len(suffix)]!r} is a {type(module.base_layer).__name__}")
+            return module.factors(adapter_name)[which], (path, which)
+    # Base-layer weights PEFT saves next to a targeted embedding, or biases trained with bias="all"/"lora_only".
+    owner, _, param = name.rpartition(".")
+    if owner.endswith(".base_layer") or owner == "base_layer":
+        path, module = modules.get(owner[: -len(".base_layer")] if owner != "base_layer" else "", (None, None))
+        if isinstance(module, _LoraBase) and param in module.base_layer._parameters:
+            return module.base_layer._parameters[param], None
+    # A modules_to_save copy: "<module>.<param path inside it>"; find the longest module prefix.
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        path, module = modules.get(".".join(parts[:cut]), (None, None))
+        if module is None:
+            continue
+        rest = ".".join(parts[cut:])
+        if isinstance(module, ModulesToSave):
+            if adapter_name in module.modules_to_save:
+                sub = dict(module.modules_to_save[adapter_name].state_dict(keep_vars=True))
+                if rest in sub:
+                    return sub[rest], None
+            break
+        if rest == "bias" and module._parameters.get("bias") is not None:
+            return module._parameters["bias"], None
+        break
+    raise LoraError(f"{source}: key {key!r} matches no LoRA layer, modules_to_save module or bias of "
+                    f"{type(model).__name__}")
