@@ -23,6 +23,7 @@ app.add_typer(bench, name="bench")
 # One line per package that contributes commands.
 COMMAND_MODULES = (
     "tunelab.models.commands",
+    "tunelab.evals.commands",
 )
 
 

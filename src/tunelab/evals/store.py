@@ -234,7 +234,7 @@ class Store:
         run_id = self.resolve_run(run_id)
         items = {
             r["item_id"]: r
-            for r in self.conn.execute("SELECT * FROM items WHERE run_id = ?", (run_id,))
+            for r in self.conn.execute("SELECT * FROM items WHERE run_id = ? ORDER BY line, item_id", (run_id,))
         }
         rows: dict[tuple[str, str, int], ResultRow] = {}
         order = {item_id: n for n, item_id in enumerate(items)}

@@ -1,0 +1,212 @@
+"""CLI: `tunelab eval`, `runs`, `results`, `compare`, `report`, `bench eval`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from tunelab.evals.errors import EvalError
+
+DB_HELP = "Results database (SQLite)."
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    app.command("eval")(eval_command)
+    app.command("runs")(runs_command)
+    app.command("results")(results_command)
+    app.command("compare")(compare_command)
+    app.command("report")(report_command)
+    bench.command("eval")(bench_eval_command)
+
+
+def eval_command(
+    config: Path = typer.Argument(..., help="Eval config (YAML)."),
+    db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Call providers and recompute everything."),
+    resume: str = typer.Option(None, "--resume", help="Complete only what RUN_ID is missing."),
+    strict: bool = typer.Option(False, "--strict", help="Stop when the prompt linter reports an error."),
+) -> None:
+    """Run datasets × prompts × providers, score with metrics and judges, store the run."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tunelab.evals.config import load_config
+    from tunelab.evals.runner import run_eval
+    from tunelab.evals.store import Store
+    from tunelab.evals.templates import lint_prompts
+
+    console = Console(stderr=True)
+    with _errors():
+        cfg = load_config(config)
+        findings = lint_prompts(cfg)
+        if findings is None:
+            console.print("[yellow]prompt linter (tunelab.prompts.lint_text) not available; prompts not linted[/]")
+        else:
+            for f in findings:
+                d = f.to_dict() if hasattr(f, "to_dict") else dict(f.__dict__)
+                where = f"{d.get('path', '')}:{d.get('line', '')}:{d.get('column', '')}"
+                console.print(f"{where} {d.get('severity')} {d.get('rule')}: {d.get('message')}", markup=False,
+                              highlight=False)
+            if strict and any(getattr(f, "severity", "") == "error" for f in findings):
+                raise EvalError("--strict: the prompt linter reported errors; fix them or drop --strict")
+        store = Store(db)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=False) as bar:
+            tasks: dict[str, int] = {}
+
+            def progress(phase: str, done: int, total: int) -> None:
+                if phase not in tasks:
+                    tasks[phase] = bar.add_task(phase, total=total)
+                bar.update(tasks[phase], completed=done, total=total)
+
+            stats = run_eval(cfg, store, use_cache=not no_cache, resume=resume, progress=progress)
+        _print_summary(store, stats.run_id)
+        console.print(f"provider calls: {stats.provider_calls} (cached {stats.cached_responses}, "
+                      f"resumed {stats.resumed}), judge calls: {stats.judge_calls}, errors: {stats.errors}")
+        for message in stats.metric_errors[:10]:
+            console.print(f"[yellow]warning:[/] {message}", highlight=False)
+        typer.echo(stats.run_id)
+
+
+def runs_command(
+    db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
+    format: str = typer.Option("table", "--format", help="table or json"),
+) -> None:
+    """List runs in the database."""
+    import time
+
+    from tunelab.evals.store import Store
+
+    with _errors():
+        runs = Store(db).runs()
+        if format == "json":
+            typer.echo(json.dumps([r.to_dict() for r in runs], indent=2))
+            return
+        if format != "table":
+            raise EvalError(f"--format: expected table or json, got {format!r}")
+        for r in runs:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
+            typer.echo(f"{r.id}  {when}  {r.status:<8}  items={r.n_items} outputs={r.n_outputs} "
+                       f"errors={r.n_errors}  {r.description or ''}")
+
+
+def results_command(
+    run_id: str = typer.Argument(..., help="Run id, a unique prefix, or 'latest'."),
+    db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
+    format: str = typer.Option("jsonl", "--format", help="jsonl or csv"),
+    output: Path = typer.Option(None, "-o", "--output", help="Write to a file instead of stdout."),
+) -> None:
+    """Export one row per item × variant × repeat."""
+    from tunelab.evals.export import to_csv, to_jsonl
+    from tunelab.evals.store import Store
+
+    with _errors():
+        if format not in ("jsonl", "csv"):
+            raise EvalError(f"--format: expected jsonl or csv, got {format!r}")
+        rows = Store(db).results(run_id)
+        text = to_jsonl(rows) if format == "jsonl" else to_csv(rows)
+        if output:
+            output.write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text)
+
+
+def compare_command(
+    run_a: str = typer.Argument(..., help="Baseline run."),
+    run_b: str = typer.Argument(..., help="Candidate run."),
+    db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
+) -> None:
+    """Paired bootstrap 95% CI of each metric's difference (B - A) on shared items."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tunelab.evals.compare import compare_runs
+    from tunelab.evals.store import Store
+
+    with _errors():
+        store = Store(db)
+        a, b = store.resolve_run(run_a), store.resolve_run(run_b)
+        table = Table(title=f"{b} minus {a}")
+        for col in ("metric", "variant A", "variant B", "n", "A", "B", "B - A [95% CI]", "p"):
+            table.add_column(col)
+        for c in compare_runs(store, a, b):
+            table.add_row(c.metric, c.variant_a, c.variant_b, str(c.diff.n), f"{c.mean_a:.4g}", f"{c.mean_b:.4g}",
+                          f"{c.diff.mean:+.4g} [{c.diff.low:+.4g}, {c.diff.high:+.4g}]", f"{c.p_value:.3f}")
+        Console(width=160).print(table)
+
+
+def report_command(
+    run_ids: list[str] = typer.Argument(..., help="One or more run ids (or 'latest')."),
+    output: Path = typer.Option(Path("report.html"), "-o", "--output", help="HTML file to write."),
+    db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
+) -> None:
+    """Write a self-contained HTML report with plots."""
+    from tunelab.evals.report import build_report
+    from tunelab.evals.store import Store
+
+    with _errors():
+        output.write_text(build_report(Store(db), run_ids), encoding="utf-8")
+        typer.echo(f"wrote {output}")
+
+
+def bench_eval_command(
+    items: int = typer.Option(1000, help="Dataset rows."),
+    concurrency: int = typer.Option(32, help="Concurrent requests."),
+    delay_ms: float = typer.Option(50.0, help="Fixed server latency per request."),
+) -> None:
+    """Harness overhead per item beyond the server's own latency (target <= 2 ms/item)."""
+    from tunelab.evals.bench import bench_eval
+
+    r = bench_eval(items, concurrency, delay_ms / 1000)
+    typer.echo(f"{r.items} items, concurrency {r.concurrency}, server delay {delay_ms:g} ms "
+               f"-> ideal {r.ideal_s:.2f} s (ceil(N/C) x delay)")
+    typer.echo(f"bare openai client : {r.bare_client_s:.2f} s  ({r.client_overhead_ms_per_item:.2f} ms/item over ideal)")
+    typer.echo(f"tunelab eval       : {r.harness_s:.2f} s  ({r.overhead_ms_per_item:.2f} ms/item over ideal; "
+               f"{r.harness_s / r.bare_client_s:.2f}x the bare client) provider calls={r.provider_calls}")
+    typer.echo(f"cached rerun       : {r.cached_rerun_s:.2f} s  provider calls={r.rerun_calls}")
+    verdict = "meets" if r.overhead_ms_per_item <= 2.0 else "MISSES"
+    typer.echo(f"harness overhead {r.overhead_ms_per_item:.2f} ms/item {verdict} the 2 ms/item target")
+
+
+def _print_summary(store, run_id: str) -> None:  # type: ignore[no-untyped-def]
+    from rich.console import Console
+    from rich.table import Table
+
+    from tunelab.evals.summary import summarize
+
+    cfg = store.run_config(run_id)
+    names = {(m["id"] if isinstance(m, dict) and "id" in m else m["name"] if isinstance(m, dict) else m):
+             (m["name"] if isinstance(m, dict) else m) for m in cfg.get("metrics", [])}
+    summaries = summarize(store.results(run_id), names)
+    metric_ids = sorted({m for s in summaries for m in s.metrics})
+    judge_ids = sorted({j for s in summaries for j in s.judges})
+    table = Table(title=f"run {run_id}")
+    for col in ["prompt @ provider", "n", "err", *metric_ids, *(f"judge {j}" for j in judge_ids),
+                "pass", "p50 ms", "p95 ms", "tokens in/out", "cost $"]:
+        table.add_column(col)
+    ci = lambda e: "" if e is None else f"{e.mean:.3g} ±{(e.high - e.low) / 2:.2g}"  # noqa: E731
+    for s in summaries:
+        table.add_row(
+            s.variant, str(s.n), str(s.errors), *(ci(s.metrics.get(m)) for m in metric_ids),
+            *(ci(s.judges.get(j)) for j in judge_ids),
+            "" if s.pass_rate is None else f"{100 * s.pass_rate:.0f}%",
+            "" if s.latency_p50 is None else f"{1000 * s.latency_p50:.0f}",
+            "" if s.latency_p95 is None else f"{1000 * s.latency_p95:.0f}",
+            f"{s.prompt_tokens}/{s.completion_tokens}", "" if s.cost is None else f"{s.cost:.4f}")
+    Console(width=200).print(table)
+
+
+class _errors:
+    """Turn EvalError into a one-line message and exit code 2, not a traceback."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:  # type: ignore[no-untyped-def]
+        if exc_type is not None and issubclass(exc_type, EvalError):
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2)
+        return False

@@ -1,0 +1,324 @@
+"""The eval config: dataclasses that mirror the YAML key for key.
+
+`load_config(path)` reads YAML; `EvalConfig.from_dict(data, source=...)` builds
+the same objects from a dict; `to_dict()` goes back. Every error names the file
+and the field path (`providers[1].base_url`) and says what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab.evals.errors import EvalError
+
+
+@dataclass
+class PromptConfig:
+    """Exactly one of `template` (Jinja text), `messages` ([{role, content}], each
+    content Jinja) or `file` (a prompt file, relative to the config)."""
+
+    id: str
+    template: str | None = None
+    messages: list[dict[str, str]] | None = None
+    file: str | None = None
+
+
+@dataclass
+class Price:
+    input_per_1m: float = 0.0
+    output_per_1m: float = 0.0
+
+
+@dataclass
+class ProviderConfig:
+    """`type: openai` (any OpenAI-compatible endpoint) or `type: tunelab` (in process)."""
+
+    id: str
+    type: str = "openai"
+    model: str = ""
+    base_url: str | None = None
+    api_key_env: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    price: Price | None = None
+    adapter: str | None = None
+    # A provider used only by judges is not itself evaluated.
+    judge_only: bool = False
+
+
+@dataclass
+class MetricConfig:
+    """A metric by name with its options (`pattern`, `schema`, `path`, ...).
+    `id` defaults to the name; give one when the same metric appears twice."""
+
+    name: str
+    id: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.id = self.id or self.name
+
+
+@dataclass
+class JudgeConfig:
+    id: str
+    type: str                        # rubric | pairwise
+    provider: str
+    rubric: str = "Is the answer correct, complete and concise?"
+    scale: tuple[int, int] = (1, 10)
+    threshold: float | None = None
+    compare: list[str] | None = None  # pairwise: two prompt ids, provider ids or variant ids
+    params: dict[str, Any] = field(default_factory=lambda: {"temperature": 0, "max_tokens": 512})
+
+
+@dataclass
+class RetryConfig:
+    """Failed calls (timeout, 5xx, 429, connection refused) are retried
+    `max_retries` times, sleeping backoff_s * 2**attempt between tries."""
+
+    max_retries: int = 3
+    backoff_s: float = 0.5
+    timeout_s: float = 60.0
+
+
+@dataclass
+class EvalConfig:
+    dataset: str | list[dict[str, Any]]
+    prompts: list[PromptConfig]
+    providers: list[ProviderConfig]
+    metrics: list[MetricConfig] = field(default_factory=list)
+    judges: list[JudgeConfig] = field(default_factory=list)
+    description: str = ""
+    repeat: int = 1
+    concurrency: int = 8
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    # Where relative paths (dataset, prompt files, python metrics) are resolved.
+    base_dir: str = "."
+    source: str = "<config>"
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "<config>", base_dir: str | Path = ".") -> "EvalConfig":
+        return _parse(data, source, str(base_dir))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "description": self.description, "dataset": self.dataset,
+            "prompts": [_drop_none({"id": p.id, "template": p.template, "messages": p.messages, "file": p.file})
+                        for p in self.prompts],
+            "providers": [], "metrics": [], "judges": [],
+            "repeat": self.repeat, "concurrency": self.concurrency,
+            "retry": {"max_retries": self.retry.max_retries, "backoff_s": self.retry.backoff_s,
+                      "timeout_s": self.retry.timeout_s},
+        }
+        for p in self.providers:
+            d = {"id": p.id, "type": p.type, "model": p.model, "base_url": p.base_url, "api_key_env": p.api_key_env,
+                 "params": p.params, "adapter": p.adapter, "judge_only": p.judge_only or None,
+                 "price": None if p.price is None else {"input_per_1m": p.price.input_per_1m,
+                                                        "output_per_1m": p.price.output_per_1m}}
+            out["providers"].append(_drop_none(d))
+        for m in self.metrics:
+            out["metrics"].append(dict({"name": m.name, **({"id": m.id} if m.id != m.name else {})}, **m.options))
+        for j in self.judges:
+            out["judges"].append(_drop_none({"id": j.id, "type": j.type, "provider": j.provider, "rubric": j.rubric,
+                                             "scale": list(j.scale), "threshold": j.threshold, "compare": j.compare,
+                                             "params": j.params}))
+        return out
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def provider(self, provider_id: str) -> ProviderConfig:
+        for p in self.providers:
+            if p.id == provider_id:
+                return p
+        raise EvalError(f"{self.source}: no provider with id {provider_id!r}")
+
+
+def load_config(path: str | Path) -> EvalConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise EvalError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise EvalError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    return EvalConfig.from_dict(data, source=str(path), base_dir=path.parent)
+
+
+# ---- parsing ---------------------------------------------------------------
+
+_TOP_KEYS = {"description", "dataset", "prompts", "providers", "metrics", "judges", "repeat", "concurrency", "retry"}
+
+
+def _parse(data: Any, src: str, base_dir: str) -> EvalConfig:
+    if not isinstance(data, dict):
+        raise EvalError(f"{src}: the config must be a mapping with keys dataset, prompts, providers, ...")
+    _no_unknown(data, _TOP_KEYS, src, "")
+    dataset = data.get("dataset")
+    if not isinstance(dataset, (str, list)) or not dataset:
+        raise EvalError(f"{src}: field 'dataset': expected a path to a .jsonl or .csv file (or a list of rows)")
+    prompts = [_prompt(p, src, f"prompts[{i}]") for i, p in enumerate(_list(data, "prompts", src, required=True))]
+    providers = [_provider(p, src, f"providers[{i}]") for i, p in enumerate(_list(data, "providers", src, True))]
+    metrics = [_metric(m, src, f"metrics[{i}]") for i, m in enumerate(_list(data, "metrics", src))]
+    judges = [_judge(j, src, f"judges[{i}]") for i, j in enumerate(_list(data, "judges", src))]
+    retry_data = data.get("retry") or {}
+    if not isinstance(retry_data, dict):
+        raise EvalError(f"{src}: field 'retry': expected a mapping (max_retries, backoff_s, timeout_s)")
+    _no_unknown(retry_data, {"max_retries", "backoff_s", "timeout_s"}, src, "retry.")
+    retry = RetryConfig(**{k: _number(retry_data, k, src, "retry.") for k in retry_data})
+    retry.max_retries = int(retry.max_retries)
+    cfg = EvalConfig(
+        dataset=dataset, prompts=prompts, providers=providers, metrics=metrics, judges=judges,
+        description=str(data.get("description") or ""), repeat=int(_number(data, "repeat", src, "", 1)),
+        concurrency=int(_number(data, "concurrency", src, "", 8)), retry=retry, base_dir=base_dir, source=src,
+    )
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: EvalConfig) -> None:
+    """Cross-field checks shared by YAML and Python-built configs."""
+    src = cfg.source
+    for kind, ids in (("prompts", [p.id for p in cfg.prompts]), ("providers", [p.id for p in cfg.providers]),
+                      ("metrics", [m.id for m in cfg.metrics]), ("judges", [j.id for j in cfg.judges])):
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            hint = " (give each an `id:`)" if kind == "metrics" else ""
+            raise EvalError(f"{src}: {kind}: duplicate id {dupes[0]!r}{hint}")
+    if not cfg.prompts:
+        raise EvalError(f"{src}: field 'prompts': at least one prompt is required")
+    if not [p for p in cfg.providers if not p.judge_only]:
+        raise EvalError(f"{src}: field 'providers': at least one provider to evaluate is required")
+    if cfg.repeat < 1 or cfg.concurrency < 1:
+        raise EvalError(f"{src}: fields 'repeat' and 'concurrency' must be >= 1")
+    provider_ids = {p.id for p in cfg.providers}
+    for i, j in enumerate(cfg.judges):
+        if j.provider not in provider_ids:
+            raise EvalError(f"{src}: judges[{i}].provider: {j.provider!r} is not a provider id "
+                            f"(have: {', '.join(sorted(provider_ids))})")
+        if j.type == "pairwise":
+            names = {p.id for p in cfg.prompts} | provider_ids
+            if not j.compare or len(j.compare) != 2:
+                raise EvalError(f"{src}: judges[{i}].compare: expected two prompt or provider ids")
+            for name in j.compare:
+                if name not in names and "@" not in name:
+                    raise EvalError(f"{src}: judges[{i}].compare: {name!r} is neither a prompt nor a provider id")
+        elif j.type != "rubric":
+            raise EvalError(f"{src}: judges[{i}].type: expected 'rubric' or 'pairwise', got {j.type!r}")
+    from tunelab.evals.metrics import check_metric  # late: metrics imports config
+
+    for i, m in enumerate(cfg.metrics):
+        check_metric(m, where=f"{src}: metrics[{i}]")
+
+
+def _prompt(d: Any, src: str, where: str) -> PromptConfig:
+    d = _mapping(d, src, where, "{id, template | messages | file}")
+    _no_unknown(d, {"id", "template", "messages", "file"}, src, where + ".")
+    given = [k for k in ("template", "messages", "file") if d.get(k) is not None]
+    if len(given) != 1:
+        raise EvalError(f"{src}: {where}: give exactly one of template, messages, file (got {given or 'none'})")
+    messages = d.get("messages")
+    if messages is not None:
+        if not isinstance(messages, list) or not all(isinstance(m, dict) and {"role", "content"} <= m.keys()
+                                                       for m in messages):
+            raise EvalError(f"{src}: {where}.messages: expected a list of {{role, content}} mappings")
+    return PromptConfig(id=str(_required(d, "id", src, where)), template=d.get("template"), messages=messages,
+                        file=d.get("file"))
+
+
+def _provider(d: Any, src: str, where: str) -> ProviderConfig:
+    d = _mapping(d, src, where, "{id, type, model, ...}")
+    _no_unknown(d, {"id", "type", "model", "base_url", "api_key_env", "params", "price", "adapter", "judge_only"},
+                src, where + ".")
+    ptype = d.get("type", "openai")
+    if ptype not in ("openai", "tunelab"):
+        raise EvalError(f"{src}: {where}.type: expected 'openai' or 'tunelab', got {ptype!r}")
+    if ptype == "openai" and not d.get("base_url"):
+        raise EvalError(f"{src}: {where}.base_url: required for type openai (e.g. http://127.0.0.1:8000/v1)")
+    params = d.get("params") or {}
+    if not isinstance(params, dict):
+        raise EvalError(f"{src}: {where}.params: expected a mapping (temperature, max_tokens, stop, ...)")
+    price = None
+    if d.get("price") is not None:
+        pd = _mapping(d["price"], src, where + ".price", "{input_per_1m, output_per_1m}")
+        _no_unknown(pd, {"input_per_1m", "output_per_1m"}, src, where + ".price.")
+        price = Price(**{k: _number(pd, k, src, where + ".price.") for k in pd})
+    return ProviderConfig(id=str(_required(d, "id", src, where)), type=ptype, model=str(_required(d, "model", src, where)),
+                          base_url=d.get("base_url"), api_key_env=d.get("api_key_env"), params=params, price=price,
+                          adapter=d.get("adapter"), judge_only=bool(d.get("judge_only", False)))
+
+
+def _metric(d: Any, src: str, where: str) -> MetricConfig:
+    if isinstance(d, str):
+        return MetricConfig(name=d)
+    d = _mapping(d, src, where, "a metric name or {name, ...options}")
+    name = str(_required(d, "name", src, where))
+    return MetricConfig(name=name, id=str(d.get("id") or name),
+                        options={k: v for k, v in d.items() if k not in ("name", "id")})
+
+
+def _judge(d: Any, src: str, where: str) -> JudgeConfig:
+    d = _mapping(d, src, where, "{id, type, provider, ...}")
+    _no_unknown(d, {"id", "type", "provider", "rubric", "scale", "threshold", "compare", "params"}, src, where + ".")
+    j = JudgeConfig(id=str(_required(d, "id", src, where)), type=str(_required(d, "type", src, where)),
+                    provider=str(_required(d, "provider", src, where)))
+    if "rubric" in d:
+        j.rubric = str(d["rubric"])
+    if "scale" in d:
+        s = d["scale"]
+        if not (isinstance(s, list) and len(s) == 2 and all(isinstance(x, int) for x in s) and s[0] < s[1]):
+            raise EvalError(f"{src}: {where}.scale: expected [low, high] integers, got {s!r}")
+        j.scale = (s[0], s[1])
+    if d.get("threshold") is not None:
+        j.threshold = _number(d, "threshold", src, where + ".")
+    if "compare" in d:
+        j.compare = [str(x) for x in d["compare"]] if isinstance(d["compare"], list) else None
+    if "params" in d:
+        j.params = dict(_mapping(d["params"], src, where + ".params", "a mapping"))
+    return j
+
+
+def _list(d: dict[str, Any], key: str, src: str, required: bool = False) -> list[Any]:
+    value = d.get(key)
+    if value is None:
+        if required:
+            raise EvalError(f"{src}: field {key!r} is required")
+        return []
+    if not isinstance(value, list):
+        raise EvalError(f"{src}: field {key!r}: expected a list")
+    return value
+
+
+def _mapping(d: Any, src: str, where: str, expected: str) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise EvalError(f"{src}: {where}: expected {expected}, got {d!r}")
+    return d
+
+
+def _required(d: dict[str, Any], key: str, src: str, where: str) -> Any:
+    if d.get(key) in (None, ""):
+        raise EvalError(f"{src}: {where}.{key}: required")
+    return d[key]
+
+
+def _number(d: dict[str, Any], key: str, src: str, prefix: str, default: float | None = None) -> float:
+    value = d.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise EvalError(f"{src}: {prefix}{key}: expected a number, got {value!r}")
+    return value
+
+
+def _no_unknown(d: dict[str, Any], allowed: set[str], src: str, prefix: str) -> None:
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise EvalError(f"{src}: {prefix}{unknown[0]}: unknown field (allowed: {', '.join(sorted(allowed))})")
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}

@@ -1,0 +1,53 @@
+"""Uncertainty: a 95% confidence interval for a mean (Student t), and the paired
+bootstrap for the difference between two runs on the same items."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Estimate:
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+def mean_ci(values: list[float], confidence: float = 0.95) -> Estimate | None:
+    """Mean with a t-interval. n=1 gives a zero-width interval (nothing to estimate spread from)."""
+    xs = np.asarray([v for v in values if v is not None], dtype=float)
+    if xs.size == 0:
+        return None
+    mean = float(xs.mean())
+    if xs.size < 2:
+        return Estimate(mean, mean, mean, 1)
+    from scipy.stats import t
+
+    half = float(t.ppf(0.5 + confidence / 2, xs.size - 1) * xs.std(ddof=1) / math.sqrt(xs.size))
+    return Estimate(mean, mean - half, mean + half, int(xs.size))
+
+
+def paired_bootstrap(a: list[float], b: list[float], *, resamples: int = 10_000, confidence: float = 0.95,
+                     seed: int = 0) -> tuple[Estimate, float]:
+    """Mean of (b - a) with a percentile bootstrap CI resampling items (keeping pairs
+    together, so per-item difficulty cancels), and the two-sided bootstrap p-value
+    for 'no difference' (twice the smaller tail mass beyond zero)."""
+    d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    if d.size == 0:
+        raise ValueError("no paired values")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, d.size, size=(resamples, d.size))
+    means = d[idx].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    p = min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
+    return Estimate(float(d.mean()), float(low), float(high), int(d.size)), p
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    xs = [v for v in values if v is not None]
+    return float(np.percentile(xs, q)) if xs else None

@@ -1,0 +1,140 @@
+"""Rendering prompts for rows, and linting them, before any provider call.
+
+A prompt is Jinja (StrictUndefined): a `template` string, a `messages` list
+whose contents are templates, or a `file`. Every row is rendered up front so a
+missing variable stops the run with file, line and variable name and zero calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.meta
+
+from tunelab.evals.config import EvalConfig, PromptConfig
+from tunelab.evals.dataset import Row
+from tunelab.evals.errors import EvalError
+
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+
+
+@dataclass
+class CompiledPrompt:
+    id: str
+    source: str                                   # where the text came from, for messages
+    parts: list[tuple[str, jinja2.Template, set[str]]]   # (role, template, variables it reads)
+    prompt_file: Any = None                       # a tunelab.prompts PromptFile, rendered by that package
+
+    def render(self, row: Row) -> list[dict[str, str]]:
+        if self.prompt_file is not None:
+            return self._render_file(row)
+        messages = []
+        for role, template, names in self.parts:
+            missing = sorted(names - row.vars.keys())
+            if missing:
+                raise EvalError(f"{row.source}:{row.line}: row {row.id!r} has no variable {missing[0]!r} "
+                                f"used by prompt {self.id!r} ({self.source})")
+            try:
+                messages.append({"role": role, "content": template.render(row.vars)})
+            except jinja2.UndefinedError as exc:  # e.g. an attribute of a variable
+                raise EvalError(f"{row.source}:{row.line}: row {row.id!r}, prompt {self.id!r}: {exc.message}") from None
+            except Exception as exc:  # noqa: BLE001 - template runtime errors are user input errors
+                raise EvalError(f"{row.source}:{row.line}: row {row.id!r}, prompt {self.id!r}: {exc}") from None
+        return messages
+
+    def _render_file(self, row: Row) -> list[dict[str, str]]:
+        from tunelab.prompts.errors import PromptError
+        from tunelab.prompts.render import render
+
+        try:
+            out = render(self.prompt_file, row.vars)
+        except PromptError as exc:
+            raise EvalError(f"{row.source}:{row.line}: row {row.id!r}, prompt {self.id!r}: {exc}") from None
+        return [{"role": "user", "content": out}] if isinstance(out, str) else [dict(m) for m in out]
+
+
+def compile_prompts(cfg: EvalConfig) -> list[CompiledPrompt]:
+    return [_compile(p, cfg, i) for i, p in enumerate(cfg.prompts)]
+
+
+def render_all(prompts: list[CompiledPrompt], rows: list[Row]) -> dict[tuple[str, str], list[dict[str, str]]]:
+    """(row id, prompt id) -> chat messages. Raises on the first bad row."""
+    return {(row.id, p.id): p.render(row) for row in rows for p in prompts}
+
+
+def prompt_texts(cfg: EvalConfig) -> list[tuple[str, str, str]]:
+    """(prompt id, path for messages, text) for the linter."""
+    out = []
+    for i, p in enumerate(cfg.prompts):
+        if p.file:
+            path = cfg.resolve(p.file)
+            out.append((p.id, str(path), _read(path, cfg, i)))
+        elif p.template is not None:
+            out.append((p.id, f"{cfg.source}#prompts[{i}]", p.template))
+        else:
+            text = "\n".join(f"{m['role']}: {m['content']}" for m in p.messages or [])
+            out.append((p.id, f"{cfg.source}#prompts[{i}]", text))
+    return out
+
+
+def lint_prompts(cfg: EvalConfig, variables: set[str] | None = None) -> list[Any] | None:
+    """Findings from `tunelab.prompts.lint_text`, or None when that package is not available."""
+    try:
+        from tunelab.prompts import lint_text  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    findings = []
+    for prompt_id, path, text in prompt_texts(cfg):
+        try:
+            findings.extend(lint_text(text, path=path, variables=variables))
+        except TypeError:  # older signature without `variables`
+            findings.extend(lint_text(text, path=path))
+    return findings
+
+
+def _compile(p: PromptConfig, cfg: EvalConfig, index: int) -> CompiledPrompt:
+    where = f"{cfg.source}: prompts[{index}]"
+    if p.file:
+        path = cfg.resolve(p.file)
+        text = _read(path, cfg, index)
+        prompt_file = _load_prompt_file(path)
+        if prompt_file is not None:
+            return CompiledPrompt(p.id, str(path), [], prompt_file=prompt_file)
+        return CompiledPrompt(p.id, str(path), [("user", *_template(text, str(path)))])
+    if p.template is not None:
+        return CompiledPrompt(p.id, where, [("user", *_template(p.template, where + ".template"))])
+    return CompiledPrompt(p.id, where, [(m["role"], *_template(str(m["content"]), f"{where}.messages[{k}]"))
+                                        for k, m in enumerate(p.messages or [])])
+
+
+def _template(text: str, where: str) -> tuple[jinja2.Template, set[str]]:
+    try:
+        ast = _ENV.parse(text)
+        return _ENV.from_string(text), set(jinja2.meta.find_undeclared_variables(ast))
+    except jinja2.TemplateSyntaxError as exc:
+        raise EvalError(f"{where}: line {exc.lineno} of the template: {exc.message}") from None
+
+
+def _load_prompt_file(path: Path) -> Any:
+    """A prompt file through `tunelab.prompts` (front matter, chat messages, few-shot
+    examples, params); None when that package is not installed, and the file is
+    then one Jinja user template."""
+    try:
+        from tunelab.prompts.errors import PromptError
+        from tunelab.prompts.prompt_file import load_prompt
+    except ImportError:
+        return None
+    try:
+        return load_prompt(path)
+    except PromptError as exc:
+        raise EvalError(str(exc)) from None
+
+
+def _read(path: Path, cfg: EvalConfig, index: int) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise EvalError(f"{cfg.source}: prompts[{index}].file: {path} not found") from None
