@@ -1,0 +1,93 @@
+"""Metric values against the reference libraries called directly."""
+
+from __future__ import annotations
+
+import pytest
+import sacrebleu
+from rouge_score import rouge_scorer
+
+from tunelab.evals.config import MetricConfig
+from tunelab.evals.errors import EvalError
+from tunelab.evals.metrics import Metric, MetricInput, check_metric, normalize
+
+PAIRS = [
+    ("The quick brown fox jumps over the lazy dog.", "A quick brown fox jumped over a lazy dog"),
+    ("Paris is the capital of France", "The capital of France is Paris"),
+    ("completely unrelated words here", "Paris"),
+    ("", "empty output against a reference"),
+]
+
+
+def score(name: str, output: str, reference=None, **options) -> float | None:
+    return Metric(MetricConfig(name=name, options=options)).score([MetricInput(output, reference, {})])[0]
+
+
+@pytest.mark.parametrize("name,rtype", [("rouge_1", "rouge1"), ("rouge_2", "rouge2"), ("rouge_l", "rougeL")])
+def test_rouge_equals_rouge_score(name, rtype):
+    scorer = rouge_scorer.RougeScorer([rtype])
+    for out, ref in PAIRS:
+        assert score(name, out, ref) == scorer.score(ref, out)[rtype].fmeasure
+    stem = rouge_scorer.RougeScorer([rtype], use_stemmer=True)
+    out, ref = PAIRS[0]
+    assert score(name, out, ref, use_stemmer=True) == stem.score(ref, out)[rtype].fmeasure
+
+
+def test_bleu_and_chrf_equal_sacrebleu_sentence_scores():
+    for out, ref in PAIRS:
+        assert score("bleu", out, ref) == sacrebleu.sentence_bleu(out, [ref]).score
+        assert score("chrf", out, ref) == sacrebleu.sentence_chrf(out, [ref]).score
+    refs = ["The cat sat.", "A cat was sitting."]
+    assert score("bleu", "The cat sat.", refs) == sacrebleu.sentence_bleu("The cat sat.", refs).score
+
+
+def test_reference_metrics_skip_rows_without_reference():
+    assert score("exact_match", "Paris", None) is None
+    assert score("rouge_l", "Paris", None) is None and score("bleu", "Paris", None) is None
+
+
+def test_exact_match_normalizes_case_whitespace_punctuation():
+    assert normalize("  The  Eiffel-Tower!\n") == "the eiffel tower"
+    assert score("exact_match", "paris.", "Paris") == 1.0
+    assert score("exact_match", "Paris, France", "Paris") == 0.0
+    assert score("exact_match", "rome", ["Roma", "Rome"]) == 1.0
+
+
+def test_string_and_json_checks():
+    assert score("contains", "It is Paris.", "Paris") == 1.0
+    assert score("contains", "it is paris", "Paris") == 0.0
+    assert score("contains", "it is paris", "Paris", ignore_case=True) == 1.0
+    assert score("contains", "ok: yes", value=["yes", "no"]) == 1.0
+    assert score("regex", "Paris", pattern=r"^[A-Z]\w+$") == 1.0 and score("regex", "paris", pattern="^[A-Z]") == 0.0
+    assert score("json_valid", '{"a": 1}') == 1.0 and score("json_valid", "{a: 1}") == 0.0
+    schema = {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}
+    assert score("json_schema", '{"city": "Paris"}', schema=schema) == 1.0
+    assert score("json_schema", '{"city": 3}', schema=schema) == 0.0
+    assert score("json_schema", "not json", schema=schema) == 0.0
+    assert score("length", "two words") == 9.0 and score("length", "two words", unit="words") == 2.0
+
+
+def test_call_metrics_read_the_call_record():
+    x = MetricInput("out", None, {}, latency_s=0.25, prompt_tokens=10, completion_tokens=3, cost=1e-6)
+    got = {n: Metric(MetricConfig(name=n)).score([x])[0] for n in ("latency", "prompt_tokens", "completion_tokens", "cost")}
+    assert got == {"latency": 0.25, "prompt_tokens": 10.0, "completion_tokens": 3.0, "cost": 1e-6}
+
+
+def test_embedding_cosine_equals_sentence_transformers():
+    from sentence_transformers import SentenceTransformer, util
+
+    from tunelab.evals.metrics import default_embedding_model_path
+
+    model = SentenceTransformer(default_embedding_model_path(), device="cpu")
+    out, ref = PAIRS[1]
+    expected = float(util.cos_sim(model.encode(out), model.encode(ref))[0][0])
+    assert score("embedding", out, ref) == pytest.approx(expected, abs=1e-5)
+    assert score("embedding", out, ref) > score("embedding", PAIRS[2][0], PAIRS[2][1])
+
+
+def test_metric_config_errors_name_the_field():
+    with pytest.raises(EvalError, match=r"m\[0\]\.name: unknown metric 'bleurt'"):
+        check_metric(MetricConfig(name="bleurt"), where="m[0]")
+    with pytest.raises(EvalError, match=r"m\[0\]\.pattern: required"):
+        check_metric(MetricConfig(name="regex"), where="m[0]")
+    with pytest.raises(EvalError, match=r"m\[0\]\.path: expected 'file.py:function'"):
+        check_metric(MetricConfig(name="python", options={"path": "x.py"}), where="m[0]")
