@@ -24,6 +24,8 @@ app.add_typer(bench, name="bench")
 COMMAND_MODULES = (
     "tunelab.models.commands",
     "tunelab.evals.commands",
+    "tunelab.lora.commands",
+    "tunelab.review.commands",
 )
 
 

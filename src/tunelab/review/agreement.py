@@ -1,0 +1,425 @@
+"""How much people agree with each other, and how much each automated metric agrees with them.
+
+Every statistic is computed by a library — Cohen's kappa and accuracy by
+scikit-learn, correlations by scipy, Krippendorff's alpha by `krippendorff` —
+except two with no library in our dependencies: percent agreement (a count) and
+Fleiss' kappa (statsmodels is not a dependency; ours is the textbook formula,
+tested against Fleiss' published worked example).
+
+Confidence intervals are percentile bootstraps over *items*: items are the unit
+that was sampled, raters are fixed, so every resample keeps whole rows of the
+item × rater matrix and all figures of one dimension share the same resamples.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import krippendorff
+import numpy as np
+import sklearn
+from scipy import stats
+from sklearn.metrics import accuracy_score, cohen_kappa_score
+
+from tunelab.review.errors import ReviewError
+from tunelab.review.store import Rating
+
+# Pairwise preferences are ordinal: A better < tie < B better.
+PREF_CODE = {"A": 0.0, "tie": 1.0, "B": 2.0}
+PREF_NAME = {v: k for k, v in PREF_CODE.items()}
+KAPPA_WEIGHTS = {"unweighted": None, "linear": "linear", "quadratic": "quadratic"}
+ALPHA_LEVELS = ("nominal", "ordinal", "interval")
+
+
+@dataclass
+class AgreementConfig:
+    n_boot: int = 500  # each draw re-runs every library call; 500 keeps a typical report under a minute
+    seed: int = 0
+    confidence: float = 0.95
+    scale: tuple[int, int] | None = None  # full rating scale, so unused categories still count
+    pass_threshold: float | None = None  # human mean >= this is a pass; default: scale midpoint
+
+
+@dataclass
+class AutoScore:
+    """One automated figure for one item: a metric score, a pass/fail, or a judge's A/B/tie."""
+
+    item_id: str
+    metric: str
+    value: float | bool | str
+    dimension: str | None = None  # compare only against this human dimension
+    kind: str | None = None  # 'score' | 'pass_fail' | 'pairwise'; inferred when None
+
+
+@dataclass
+class _Dim:
+    name: str
+    kind: str  # 'score' or 'preference'
+    items: list[str]
+    raters: list[str]
+    m: np.ndarray  # items × raters, NaN where a rater did not rate the item
+    categories: np.ndarray
+    boot: np.ndarray = field(default=None)  # n_boot × n_items row indices
+
+
+def agreement(ratings: list[Rating], scores: list[AutoScore] | None = None,
+              config: AgreementConfig | None = None) -> dict:
+    """The JSON-ready report: keyed by dimension, figures as {value, ci_low, ci_high}."""
+    config = config or AgreementConfig()
+    if not ratings:
+        raise ReviewError("no human ratings to analyse")
+    # Thousands of small library calls per figure: sklearn's input validation would dominate.
+    with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
+        return _agreement(ratings, scores, config)
+
+
+def _agreement(ratings: list[Rating], scores: list[AutoScore] | None, config: AgreementConfig) -> dict:
+    rng = np.random.default_rng(config.seed)
+    out = {}
+    by_metric = defaultdict(list)
+    for s in scores or []:
+        by_metric[s.metric].append(s)
+    for dim in _dimensions(ratings, config):
+        dim.boot = rng.integers(0, len(dim.items), size=(config.n_boot, len(dim.items)))
+        report = inter_rater(dim, config)
+        report["automated"] = {}
+        for metric, rows in sorted(by_metric.items()):
+            fig = automated(dim, rows, config)
+            if fig is not None:
+                report["automated"][metric] = fig
+        out[dim.name] = report
+    return out
+
+
+def inter_rater(dim: _Dim, config: AgreementConfig) -> dict:
+    boot = _Bootstrap(dim, config)
+    kappas = {}
+    for i, j in itertools.combinations(range(len(dim.raters)), 2):
+        both = ~np.isnan(dim.m[:, i]) & ~np.isnan(dim.m[:, j])
+        if both.sum() < 2:
+            continue
+        kappas[f"{dim.raters[i]}|{dim.raters[j]}"] = {
+            name: boot.figure(lambda m, i=i, j=j, w=w: _cohen(m[:, i], m[:, j], dim.categories, w))
+            for name, w in KAPPA_WEIGHTS.items()
+        }
+    return {
+        "n_items": int(np.sum((~np.isnan(dim.m)).sum(1) > 0)),
+        "n_raters": len(dim.raters),
+        "percent_agreement": boot.figure(percent_agreement),
+        "cohen_kappa": kappas,
+        "fleiss_kappa": boot.figure(lambda m: fleiss_kappa(_counts(m, dim.categories))),
+        "krippendorff_alpha": {
+            level: boot.figure(lambda m, level=level: _alpha(m, dim.categories, level)) for level in ALPHA_LEVELS
+        },
+    }
+
+
+def automated(dim: _Dim, rows: list[AutoScore], config: AgreementConfig) -> dict | None:
+    """Metric vs human figures for one dimension, with the human–human ceiling and a verdict."""
+    got = metric_vector(dim, rows)
+    if got is None:
+        return None
+    kind, x = got
+    boot = _Bootstrap(dim, config, extra=x)
+    if kind == "score":
+        figs = {name: boot.figure(lambda m, x, f=f: _paired(f, x, _human_mean(m)), with_extra=True)
+                for name, f in _CORRELATIONS.items()}
+        ceiling = {name: boot.figure(lambda m, f=f: _ceiling_corr(m, f)) for name, f in _CORRELATIONS.items()}
+        key = "spearman"
+    elif kind == "pass_fail":
+        threshold = config.pass_threshold
+        if threshold is None:
+            threshold = (dim.categories.min() + dim.categories.max()) / 2
+        figs = {
+            "accuracy": boot.figure(lambda m, x: _labels(accuracy_score, x, _human_mean(m) >= threshold, m),
+                                    with_extra=True),
+            "cohen_kappa": boot.figure(lambda m, x: _labels(_kappa2, x, _human_mean(m) >= threshold, m),
+                                       with_extra=True),
+        }
+        ceiling = {"accuracy": boot.figure(lambda m: _ceiling_pass(m, threshold, accuracy_score)),
+                   "cohen_kappa": boot.figure(lambda m: _ceiling_pass(m, threshold, _kappa2))}
+        figs["pass_threshold"] = float(threshold)
+        key = "cohen_kappa"
+    else:
+        figs = {
+            "accuracy": boot.figure(lambda m, x: _labels(accuracy_score, x, _majority(m), m), with_extra=True),
+            "cohen_kappa": boot.figure(lambda m, x: _labels(_kappa3, x, _majority(m), m), with_extra=True),
+        }
+        ceiling = {"accuracy": boot.figure(lambda m: _ceiling_majority(m, accuracy_score)),
+                   "cohen_kappa": boot.figure(lambda m: _ceiling_majority(m, _kappa3))}
+        key = "cohen_kappa"
+    return {"kind": kind, "n_items": int(np.sum(~np.isnan(x) & ~np.all(np.isnan(dim.m), 1))), **figs,
+            "human_ceiling": ceiling, "verdict": verdict(key, figs[key], ceiling[key])}
+
+
+def metric_vector(dim: _Dim, rows: list[AutoScore]) -> tuple[str, np.ndarray] | None:
+    """(kind, per-item values aligned with dim.items) — None when the metric does not apply here."""
+    rows = [r for r in rows if r.dimension in (None, dim.name)]
+    kind = _kind(rows)
+    if not rows or (kind == "pairwise") != (dim.kind == "preference"):
+        return None
+    index = {item: k for k, item in enumerate(dim.items)}
+    x = np.full(len(dim.items), np.nan)
+    for r in rows:
+        if r.item_id in index:
+            x[index[r.item_id]] = _encode(r, kind)
+    if np.sum(~np.isnan(x)) < 3:
+        return None
+    return kind, x
+
+
+def plot_data(ratings: list[Rating], scores: list[AutoScore] | None, config: AgreementConfig) -> tuple[dict, dict]:
+    """What the HTML report plots: {dim: _Dim} and {dim: {metric: (kind, values)}}."""
+    dims = {d.name: d for d in _dimensions(ratings, config)}
+    by_metric = defaultdict(list)
+    for s in scores or []:
+        by_metric[s.metric].append(s)
+    vectors = {}
+    for name, dim in dims.items():
+        for metric, rows in sorted(by_metric.items()):
+            got = metric_vector(dim, rows)
+            if got is not None:
+                vectors.setdefault(name, {})[metric] = got
+    return dims, vectors
+
+
+def verdict(key: str, fig: dict, ceiling: dict) -> str:
+    """Plain words: is the metric about as good a rater as a human is, judged by `key`?"""
+    v, lo, hi, top = fig["value"], fig["ci_low"], fig["ci_high"], ceiling["value"]
+    if v is None or top is None or lo is None:
+        return "not enough rated items to judge"
+    said = f"{key} {v:.2f} [{lo:.2f}, {hi:.2f}] vs human–human {top:.2f}"
+    if top <= 0:
+        return f"cannot be validated: the humans themselves do not agree on this dimension ({said})"
+    if hi >= top:
+        return f"agrees with humans about as well as humans agree with each other ({said})"
+    if lo > 0:
+        return f"agrees with humans, but less than humans agree with each other ({said})"
+    return f"no reliable agreement with humans ({said})"
+
+
+def percent_agreement(m: np.ndarray) -> float:
+    """Share of agreeing rater pairs per item, averaged over items with at least two ratings."""
+    per_item = []
+    for row in m:
+        vals = row[~np.isnan(row)]
+        n = len(vals)
+        if n >= 2:
+            same = sum(c * (c - 1) for c in Counter(vals.tolist()).values())
+            per_item.append(same / (n * (n - 1)))
+    return float(np.mean(per_item)) if per_item else math.nan
+
+
+def fleiss_kappa(counts: np.ndarray) -> float:
+    """Fleiss (1971) kappa from an items × categories count table with equal raters per item."""
+    if counts.shape[0] < 2:
+        return math.nan
+    n = counts.sum(1)[0]
+    p_cat = counts.sum(0) / counts.sum()
+    p_item = (np.sum(counts * counts, 1) - n) / (n * (n - 1))
+    p_e = float(np.sum(p_cat * p_cat))
+    return math.nan if p_e == 1 else float((p_item.mean() - p_e) / (1 - p_e))
+
+
+# -- building the item × rater matrix ------------------------------------------
+def _dimensions(ratings: list[Rating], config: AgreementConfig) -> list[_Dim]:
+    by_dim: dict[str, list[Rating]] = defaultdict(list)
+    for r in ratings:
+        by_dim[r.dimension].append(r)
+    dims = []
+    for name, rows in by_dim.items():
+        prefs = {r.preference is not None for r in rows}
+        if len(prefs) > 1:
+            raise ReviewError(f"dimension {name!r}: mixes scores and preferences; expected one kind")
+        kind = "preference" if prefs == {True} else "score"
+        items = list(dict.fromkeys(r.item_id for r in rows))
+        raters = sorted({r.rater for r in rows})
+        ii = {x: k for k, x in enumerate(items)}
+        rr = {x: k for k, x in enumerate(raters)}
+        m = np.full((len(items), len(raters)), np.nan)
+        for r in rows:
+            m[ii[r.item_id], rr[r.rater]] = PREF_CODE[r.preference] if kind == "preference" else r.score
+        cats = set(np.unique(m[~np.isnan(m)]).tolist())
+        if kind == "preference":
+            cats |= set(PREF_CODE.values())
+        elif config.scale is not None:
+            cats |= set(range(config.scale[0], config.scale[1] + 1))
+        dims.append(_Dim(name, kind, items, raters, m, np.array(sorted(cats), dtype=float)))
+    return dims
+
+
+def _counts(m: np.ndarray, categories: np.ndarray) -> np.ndarray:
+    """Category counts per item, on the items rated by the most common number (>= 2) of raters."""
+    n_per = (~np.isnan(m)).sum(1)
+    common = Counter(n for n in n_per.tolist() if n >= 2).most_common(1)
+    if not common:
+        return np.zeros((0, len(categories)))
+    rows = m[n_per == common[0][0]]
+    return np.stack([(rows == c).sum(1) for c in categories], axis=1).astype(float)
+
+
+# -- library calls, made NaN-safe for degenerate bootstrap resamples -------------
+def _cohen(a, b, categories, weights) -> float:
+    both = ~np.isnan(a) & ~np.isnan(b)
+    if both.sum() < 2:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(cohen_kappa_score(a[both], b[both], labels=categories, weights=weights))
+
+
+def _alpha(m, categories, level) -> float:
+    data = m.T
+    if np.sum((~np.isnan(data)).sum(0) >= 2) < 1 or len(categories) < 2:
+        return math.nan
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            return float(krippendorff.alpha(reliability_data=data, level_of_measurement=level,
+                                            value_domain=categories))
+    except (ValueError, ZeroDivisionError):
+        return math.nan
+
+
+_CORRELATIONS = {"spearman": stats.spearmanr, "kendall": stats.kendalltau, "pearson": stats.pearsonr}
+
+
+def _paired(f, x, y) -> float:
+    ok = ~np.isnan(x) & ~np.isnan(y)
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(f(x[ok], y[ok]).statistic)
+
+
+def _human_mean(m) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # all-NaN rows stay NaN
+        return np.nanmean(m, axis=1)
+
+
+def _majority(m) -> np.ndarray:
+    """Most common preference per item; a split vote counts as a tie."""
+    out = np.full(m.shape[0], np.nan)
+    for k, row in enumerate(m):
+        vals = Counter(row[~np.isnan(row)].tolist()).most_common()
+        if vals:
+            out[k] = vals[0][0] if len(vals) == 1 or vals[0][1] > vals[1][1] else PREF_CODE["tie"]
+    return out
+
+
+def _kappa2(a, b) -> float:
+    return float(cohen_kappa_score(a, b, labels=[False, True]))
+
+
+def _kappa3(a, b) -> float:
+    return float(cohen_kappa_score(a, b, labels=list(PREF_CODE.values())))
+
+
+def _labels(f, x, human, m) -> float:
+    ok = ~np.isnan(x) & ~np.all(np.isnan(m), axis=1)
+    if ok.sum() < 2:
+        return math.nan
+    h = human[ok]
+    a = x[ok].astype(bool) if h.dtype == bool else x[ok]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(f(a, h))
+
+
+def _ceiling_corr(m, f) -> float:
+    """Mean over raters of (one rater vs the mean of the others): how well a single human tracks the rest."""
+    vals = [_paired(f, m[:, r], _human_mean(np.delete(m, r, axis=1))) for r in range(m.shape[1])]
+    vals = [v for v in vals if not math.isnan(v)]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def _ceiling_pass(m, threshold, f) -> float:
+    vals = []
+    for r in range(m.shape[1]):
+        others = _human_mean(np.delete(m, r, axis=1))
+        ok = ~np.isnan(m[:, r]) & ~np.isnan(others)
+        if ok.sum() >= 2:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                vals.append(f(m[ok, r] >= threshold, others[ok] >= threshold))
+    vals = [v for v in vals if not math.isnan(v)]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def _ceiling_majority(m, f) -> float:
+    vals = []
+    for r in range(m.shape[1]):
+        others = _majority(np.delete(m, r, axis=1))
+        ok = ~np.isnan(m[:, r]) & ~np.isnan(others)
+        if ok.sum() >= 2:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                vals.append(f(m[ok, r], others[ok]))
+    vals = [v for v in vals if not math.isnan(v)]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+# -- automated scores ----------------------------------------------------------
+def _kind(rows: list[AutoScore]) -> str:
+    kinds = {r.kind for r in rows if r.kind}
+    if len(kinds) == 1:
+        return kinds.pop()
+    values = [r.value for r in rows]
+    if values and all(isinstance(v, str) and v in PREF_CODE for v in values):
+        return "pairwise"
+    if values and all(isinstance(v, bool) or (isinstance(v, str) and v.lower() in _PASS) for v in values):
+        return "pass_fail"
+    return "score"
+
+
+_PASS = {"pass": 1.0, "fail": 0.0, "true": 1.0, "false": 0.0}
+
+
+def _encode(r: AutoScore, kind: str) -> float:
+    v = r.value
+    if kind == "pairwise":
+        if v not in PREF_CODE:
+            raise ReviewError(f"metric {r.metric!r}, item {r.item_id!r}: judge verdict must be A, B or tie, got {v!r}")
+        return PREF_CODE[v]
+    if kind == "pass_fail":
+        if isinstance(v, str):
+            if v.lower() not in _PASS:
+                raise ReviewError(f"metric {r.metric!r}, item {r.item_id!r}: expected pass/fail, got {v!r}")
+            return _PASS[v.lower()]
+        return float(bool(v))
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise ReviewError(f"metric {r.metric!r}, item {r.item_id!r}: expected a number, got {v!r}") from None
+
+
+class _Bootstrap:
+    """Percentile bootstrap over items; every figure of a dimension reuses the same resamples."""
+
+    def __init__(self, dim: _Dim, config: AgreementConfig, extra: np.ndarray | None = None):
+        self.dim, self.config, self.extra = dim, config, extra
+
+    def figure(self, fn, with_extra: bool = False) -> dict:
+        def call(rows):
+            m = self.dim.m if rows is None else self.dim.m[rows]
+            if with_extra:
+                return fn(m, self.extra if rows is None else self.extra[rows])
+            return fn(m)
+
+        value = call(None)
+        if math.isnan(value):
+            return {"value": None, "ci_low": None, "ci_high": None}
+        draws = np.array([call(rows) for rows in self.dim.boot])
+        draws = draws[~np.isnan(draws)]
+        tail = (1 - self.config.confidence) / 2 * 100
+        # With most resamples degenerate the interval would describe a different population.
+        if len(draws) < max(2, 0.5 * len(self.dim.boot)):
+            return {"value": value, "ci_low": None, "ci_high": None}
+        lo, hi = np.percentile(draws, [tail, 100 - tail])
+        return {"value": value, "ci_low": float(lo), "ci_high": float(hi)}

@@ -1,0 +1,220 @@
+"""`tunelab review ...` and `tunelab agree`."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tunelab.review.errors import ReviewError
+
+DB_HELP = "SQLite file shared with `tunelab eval` (review tables are prefixed review_)."
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    review = typer.Typer(help="Human review: blinded rating tasks for people.", no_args_is_help=True)
+    app.add_typer(review, name="review")
+
+    @review.command("create")
+    def create(
+        name: str = typer.Argument(..., help="Task name."),
+        run: Optional[str] = typer.Option(None, "--run", help="Eval run id (or 'latest') whose outputs to review."),
+        from_file: Optional[Path] = typer.Option(None, "--from", help="items.jsonl: id, input, output (or output_a, output_b)."),
+        pairwise: Optional[tuple[str, str]] = typer.Option(None, "--pairwise", help="Compare two variants A B."),
+        dimensions: Optional[str] = typer.Option(None, "--dimensions", help="Comma-separated, e.g. correctness,helpfulness,creativity,humour,engagement."),
+        scale: str = typer.Option("1-5", "--scale", help="Integer rating scale LOW-HIGH within 0-9."),
+        raters_per_item: int = typer.Option(2, "--raters-per-item", help="K raters per item."),
+        sample: Optional[int] = typer.Option(None, "--sample", help="Review a random sample of N items."),
+        seed: int = typer.Option(0, "--seed", help="Seed for --sample."),
+        db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
+    ) -> None:
+        """Create a review task from an eval run or an items file."""
+        from tunelab.review.runs import items_from_run
+        from tunelab.review.store import ReviewStore
+        from tunelab.review.tasks import TaskSpec, create_task, load_items_jsonl, parse_dimensions, parse_scale
+
+        def go():
+            if (run is None) == (from_file is None):
+                raise ReviewError("give exactly one of --run RUN_ID or --from items.jsonl")
+            if run is not None:
+                run_id, items = items_from_run(db, run, tuple(pairwise) if pairwise else None)
+                source = f"run:{run_id}"
+            else:
+                items, source = load_items_jsonl(from_file), f"file:{from_file}"
+            is_pair = bool(pairwise) or any(it.output_b is not None for it in items)
+            spec = TaskSpec(name, parse_dimensions(dimensions), parse_scale(scale), raters_per_item, is_pair,
+                            sample, seed)
+            store = ReviewStore(db)
+            task = create_task(store, spec, items, source)
+            n = len(store.items(name))
+            typer.echo(f"created review task {name!r}: {n} items, {task.mode}, dimensions "
+                       f"{', '.join(task.dimensions)}, scale {task.scale_min}-{task.scale_max}, "
+                       f"{task.raters_per_item} raters per item")
+            typer.echo(f"next: tunelab review add-rater {name} RATER --db {db}")
+
+        _run(go)
+
+    @review.command("add-rater")
+    def add_rater_cmd(
+        name: str = typer.Argument(...),
+        rater: str = typer.Argument(...),
+        base_url: str = typer.Option("http://127.0.0.1:8100", "--base-url", help="Where `review serve` is reachable."),
+        db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
+    ) -> None:
+        """Add a rater (or re-issue their link) and print their personal sign-in link."""
+        from tunelab.review.auth import add_rater
+        from tunelab.review.store import ReviewStore
+
+        _run(lambda: typer.echo(add_rater(ReviewStore(db), name, rater, base_url)))
+
+    @review.command("serve")
+    def serve(
+        db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
+        host: str = typer.Option("127.0.0.1", "--host"),
+        port: int = typer.Option(8100, "--port"),
+    ) -> None:
+        """Serve the rating app. The admin token comes from $TUNELAB_REVIEW_ADMIN_TOKEN or is generated and printed."""
+        import uvicorn
+
+        from tunelab.review.app import create_app
+
+        token = os.environ.get("TUNELAB_REVIEW_ADMIN_TOKEN") or secrets.token_urlsafe(32)
+        if "TUNELAB_REVIEW_ADMIN_TOKEN" not in os.environ:
+            typer.echo(f"admin: http://{host}:{port}/admin/signin/{token}  (or header 'Authorization: Bearer {token}')")
+        app_ = _run(lambda: create_app(db, token))
+        uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+    @review.command("status")
+    def status(name: str = typer.Argument(...), db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP)) -> None:
+        """Progress per rater."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from tunelab.review.store import ReviewStore
+        from tunelab.review.tasks import progress
+
+        def go():
+            store = ReviewStore(db)
+            task = store.task(name)
+            t = Table(title=f"{name}: {len(store.items(name))} items, {task.raters_per_item} raters per item")
+            for col in ("rater", "assigned", "rated", "skipped", "left"):
+                t.add_column(col)
+            for p in progress(store, name):
+                t.add_row(p["rater"], str(p["assigned"]), str(p["rated"]), str(p["skipped"]),
+                          str(p["assigned"] - p["rated"] - p["skipped"]))
+            Console().print(t)
+
+        _run(go)
+
+    @review.command("export")
+    def export(
+        name: str = typer.Argument(...),
+        fmt: str = typer.Option("csv", "--format", help="csv or jsonl"),
+        output: Optional[Path] = typer.Option(None, "-o", "--output", help="File to write (default: stdout)."),
+        db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
+    ) -> None:
+        """Ratings in long format: item_id, rater, dimension, score or preference, comment, timestamp."""
+        from tunelab.review import longformat
+        from tunelab.review.store import ReviewStore
+
+        def go():
+            store = ReviewStore(db)
+            store.task(name)
+            text = longformat.dumps(store.ratings(name), fmt)
+            if output:
+                output.write_text(text, encoding="utf-8")
+            else:
+                typer.echo(text, nl=False)
+
+        _run(go)
+
+    @review.command("import")
+    def import_(
+        name: str = typer.Argument(...),
+        file: Path = typer.Argument(..., help="Long-format CSV or JSONL."),
+        db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
+    ) -> None:
+        """Import human labels gathered elsewhere (same long format as export)."""
+        from tunelab.review import longformat
+        from tunelab.review.store import ReviewStore
+
+        def go():
+            store = ReviewStore(db)
+            task = store.task(name)
+            rows = longformat.load(file)
+            known = {it.item_id for it in store.items(name)}
+            for n, r in enumerate(rows, 1):
+                if r.item_id not in known:
+                    raise ReviewError(f"{file}: row {n}: item_id {r.item_id!r} is not in task {name!r}")
+                if r.dimension not in task.dimensions:
+                    raise ReviewError(f"{file}: row {n}: dimension {r.dimension!r} is not one of "
+                                      f"{', '.join(task.dimensions)}")
+                if task.pairwise != (r.preference is not None):
+                    want = "preference (A/B/tie)" if task.pairwise else "score"
+                    raise ReviewError(f"{file}: row {n}: task {name!r} expects a {want}")
+                if r.score is not None and not task.scale_min <= r.score <= task.scale_max:
+                    raise ReviewError(f"{file}: row {n}: score {r.score:g} outside the scale "
+                                      f"{task.scale_min}-{task.scale_max}")
+            store.submit(name, rows)
+            typer.echo(f"imported {len(rows)} ratings into {name!r}")
+
+        _run(go)
+
+    @app.command("agree")
+    def agree(
+        source: str = typer.Argument(..., help="A review task name, or a long-format ratings file (CSV/JSONL)."),
+        run: Optional[str] = typer.Option(None, "--run", help="Eval run whose metrics and judges to validate."),
+        scores: Optional[Path] = typer.Option(None, "--scores", help="Automated scores file: item_id, metric, value."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+        output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write an HTML report with plots."),
+        n_boot: int = typer.Option(500, "--bootstrap", help="Bootstrap resamples for the 95% intervals."),
+        seed: int = typer.Option(0, "--seed"),
+        pass_threshold: Optional[float] = typer.Option(None, "--pass-threshold",
+                                                       help="Human mean >= this counts as a pass (default: scale midpoint)."),
+        db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
+    ) -> None:
+        """Inter-rater agreement, and how well each automated metric agrees with the humans."""
+        from tunelab.review import agreement_report, longformat
+        from tunelab.review.agreement import AgreementConfig, agreement, plot_data
+        from tunelab.review.runs import scores_from_run
+        from tunelab.review.store import ReviewStore
+
+        def go():
+            task = items = None
+            if Path(source).is_file():
+                ratings = longformat.load(source)
+            else:
+                store = ReviewStore(db)
+                task = store.task(source)
+                items = store.items(source)
+                ratings = store.ratings(source)
+            auto = []
+            if scores is not None:
+                auto += longformat.load_scores(scores)
+            if run is not None:
+                auto += scores_from_run(db, run, task, items)
+            config = AgreementConfig(n_boot=n_boot, seed=seed, pass_threshold=pass_threshold,
+                                     scale=(task.scale_min, task.scale_max) if task and not task.pairwise else None)
+            report = agreement(ratings, auto, config)
+            if as_json:
+                typer.echo(agreement_report.to_json(report))
+            else:
+                agreement_report.print_tables(report)
+            if output is not None:
+                dims, vectors = plot_data(ratings, auto, config)
+                agreement_report.write_html(report, output, dims, vectors)
+                if not as_json:
+                    typer.echo(f"wrote {output}")
+
+        _run(go)
+
+
+def _run(fn):
+    try:
+        return fn()
+    except ReviewError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None

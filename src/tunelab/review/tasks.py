@@ -1,0 +1,198 @@
+"""What a review task is and who rates what.
+
+A task is a list of items (an input plus one output, or two outputs in pairwise
+mode), a list of dimensions rated on an integer scale, and K raters per item.
+Assignment is recomputed whenever a rater is added: slots a rater has already
+rated or skipped stay theirs, every other slot goes to the least-loaded rater,
+so each item gets K raters and loads differ by at most one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import random
+import secrets
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.review.errors import ReviewError
+from tunelab.review.store import Item, ReviewStore, Task
+
+DEFAULT_DIMENSIONS = ["overall"]
+
+# Shown next to the dimension on the rater page; unknown dimensions get no help text.
+DIMENSION_HELP = {
+    "overall": "How good is this response overall?",
+    "correctness": "Is it factually and logically right?",
+    "helpfulness": "Does it do what the user needed?",
+    "creativity": "Is it original rather than generic?",
+    "humour": "Is it funny, where humour fits?",
+    "engagement": "Would you want to keep reading?",
+}
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    dimensions: list[str]
+    scale: tuple[int, int] = (1, 5)
+    raters_per_item: int = 2
+    pairwise: bool = False
+    sample: int | None = None
+    seed: int = 0
+
+
+def create_task(store: ReviewStore, spec: TaskSpec, items: list[Item], source: str) -> Task:
+    """Validate the spec, sample items and store the task (no raters yet)."""
+    if not items:
+        raise ReviewError(f"review task {spec.name!r}: no items to review from {source}")
+    if not spec.dimensions or any(not d.strip() or "|" in d for d in spec.dimensions):
+        raise ReviewError(f"--dimensions: expected comma-separated names, got {spec.dimensions!r}")
+    if spec.raters_per_item < 1:
+        raise ReviewError(f"--raters-per-item: expected at least 1, got {spec.raters_per_item}")
+    ids = [it.item_id for it in items]
+    dup = [i for i, c in Counter(ids).items() if c > 1]
+    if dup:
+        raise ReviewError(f"{source}: item ids must be unique; repeated: {', '.join(dup[:5])}")
+    for it in items:
+        if spec.pairwise and it.output_b is None:
+            raise ReviewError(f"{source}: item {it.item_id!r} has one output but the task is pairwise")
+        if not spec.pairwise and it.output_b is not None:
+            raise ReviewError(f"{source}: item {it.item_id!r} has two outputs; pass --pairwise for A/B review")
+    if spec.sample is not None and spec.sample < len(items):
+        rng = random.Random(spec.seed)
+        keep = set(rng.sample(range(len(items)), spec.sample))
+        items = [it for i, it in enumerate(items) if i in keep]
+    task = Task(spec.name, "pairwise" if spec.pairwise else "single", list(spec.dimensions), spec.scale[0],
+                spec.scale[1], spec.raters_per_item, source, secrets.token_hex(16), time.time())
+    store.create_task(task, items)
+    return task
+
+
+def rebalance(store: ReviewStore, task_name: str) -> dict[str, int]:
+    """Recompute assignments for the current raters; returns items per rater."""
+    task = store.task(task_name)
+    raters = store.raters(task_name)
+    items = [it.item_id for it in store.items(task_name)]
+    locked = set(store.rated_pairs(task_name))
+    for r in raters:
+        locked |= {(i, r) for i in store.skipped_items(task_name, r)}
+    pairs = assign(items, raters, task.raters_per_item, locked)
+    store.replace_assignments(task_name, pairs)
+    return dict(Counter(r for _, r in pairs))
+
+
+def assign(items: list[str], raters: list[str], k: int, locked: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Each item gets min(k, #raters) raters; greedy least-loaded keeps loads within one of each other.
+
+    Ties are broken by a hash of (item, rater) rather than rater order, so that rater
+    pairs overlap on varied items — pairwise Cohen's kappa needs shared items."""
+    k_eff = min(k, len(raters))
+    on_item: dict[str, set[str]] = defaultdict(set)
+    load: Counter[str] = Counter()
+    known = set(raters)
+    for item, rater in locked:
+        if rater in known:
+            on_item[item].add(rater)
+            load[rater] += 1
+    out: list[tuple[str, str]] = []
+    for item in items:
+        free = sorted((r for r in raters if r not in on_item[item]), key=lambda r: (load[r], _h(item, r)))
+        for r in free[: max(0, k_eff - len(on_item[item]))]:
+            on_item[item].add(r)
+            load[r] += 1
+        out.extend((item, r) for r in sorted(on_item[item]))
+    return out
+
+
+def swapped(task: Task, item_id: str, rater: str) -> bool:
+    """Whether this rater sees output B on the left for this item.
+
+    Keyed by a per-task secret so the order is stable across reloads but a rater
+    cannot work out which side is which variant."""
+    mac = hmac.new(task.salt.encode(), f"{item_id}\x00{rater}".encode(), hashlib.sha256).digest()
+    return bool(mac[0] & 1)
+
+
+def anchors(scale_min: int, scale_max: int) -> list[tuple[int, str]]:
+    """Labelled points of the scale: named ends (and middle, for odd scales)."""
+    names5 = {1: "Very poor", 2: "Poor", 3: "Acceptable", 4: "Good", 5: "Excellent"}
+    if (scale_min, scale_max) == (1, 5):
+        return list(names5.items())
+    out = [(v, str(v)) for v in range(scale_min, scale_max + 1)]
+    out[0] = (scale_min, f"{scale_min} – Very poor")
+    out[-1] = (scale_max, f"{scale_max} – Excellent")
+    if (scale_max - scale_min) % 2 == 0 and scale_max - scale_min >= 2:
+        mid = (scale_min + scale_max) // 2
+        out[mid - scale_min] = (mid, f"{mid} – Acceptable")
+    return out
+
+
+def parse_scale(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in text.split("-", 1))
+    except ValueError:
+        raise ReviewError(f"--scale: expected LOW-HIGH such as 1-5, got {text!r}") from None
+    if not 0 <= lo < hi <= 9:
+        # Single digits are the keyboard shortcuts, so the scale must fit in 0..9.
+        raise ReviewError(f"--scale: expected 0 <= LOW < HIGH <= 9, got {text!r}")
+    return lo, hi
+
+
+def parse_dimensions(text: str | None) -> list[str]:
+    if not text:
+        return list(DEFAULT_DIMENSIONS)
+    return [d.strip() for d in text.split(",") if d.strip()]
+
+
+def load_items_jsonl(path: str | Path) -> list[Item]:
+    """Items produced elsewhere: one JSON object per line with `id`, `input` and either
+    `output`, or `output_a` and `output_b` (optional `variant_a`, `variant_b`)."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ReviewError(f"{path}: cannot read items: {exc.strerror}") from exc
+    items = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ReviewError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise ReviewError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+        for key in ("id", "input"):
+            if key not in obj:
+                raise ReviewError(f"{path}:{n}: missing field {key!r}")
+        if "output" in obj:
+            a, b = obj["output"], None
+        elif "output_a" in obj and "output_b" in obj:
+            a, b = obj["output_a"], obj["output_b"]
+        else:
+            raise ReviewError(f"{path}:{n}: expected field 'output', or 'output_a' and 'output_b'")
+        items.append(Item(str(obj["id"]), str(obj["input"]), str(a), None if b is None else str(b),
+                          obj.get("variant_a", "A" if b is not None else None),
+                          obj.get("variant_b", "B" if b is not None else None)))
+    return items
+
+
+def _h(item: str, rater: str) -> bytes:
+    return hashlib.sha256(f"{item}\x00{rater}".encode()).digest()
+
+
+def progress(store: ReviewStore, task_name: str) -> list[dict]:
+    """Per rater: items assigned, rated and skipped."""
+    out = []
+    assigned = Counter(r for _, r in store.assignments(task_name))
+    for rater in store.raters(task_name):
+        done = store.done_items(task_name, rater)
+        skipped = store.skipped_items(task_name, rater)
+        out.append({"rater": rater, "assigned": assigned.get(rater, 0), "rated": len(done - skipped),
+                    "skipped": len(skipped)})
+    return out

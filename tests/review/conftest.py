@@ -1,0 +1,39 @@
+import json
+
+import pytest
+
+from tunelab.review.auth import add_rater
+from tunelab.review.store import ReviewStore
+from tunelab.review.tasks import TaskSpec, create_task, load_items_jsonl
+
+PAYLOAD = "<script>alert('pwned')</script>"
+ADMIN = "admin-token-for-tests"
+
+
+def write_items(path, n=4, pairwise=False):
+    with open(path, "w") as f:
+        for i in range(n):
+            row = {"id": f"item{i}", "input": f"Question {i}?"}
+            if pairwise:
+                row.update(output_a=f"answer A{i} {PAYLOAD}", output_b=f"answer B{i}", variant_a="SECRETVARIANT_A",
+                           variant_b="SECRETVARIANT_B")
+            else:
+                row["output"] = f"answer {i} {PAYLOAD}"
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+@pytest.fixture
+def make_task(tmp_path):
+    """Create a task with raters in a fresh db; returns (db path, {rater: sign-in token})."""
+
+    def make(name="demo", n=4, raters=("alice", "bob"), k=2, pairwise=False, dims=("correctness", "humour")):
+        db = tmp_path / "tunelab.db"
+        store = ReviewStore(db)
+        items = load_items_jsonl(write_items(tmp_path / f"{name}.jsonl", n, pairwise))
+        create_task(store, TaskSpec(name, list(dims), (1, 5), k, pairwise), items, "file:test")
+        tokens = {r: add_rater(store, name, r, "http://x").rsplit("/", 1)[1] for r in raters}
+        store.close()
+        return db, tokens
+
+    return make
