@@ -112,3 +112,13 @@ def test_paired_bootstrap_matches_scipy_bootstrap():
     assert p < 0.001
     _, p_null = paired_bootstrap(list(a), list(a + rng.normal(0, 0.05, 200)))
     assert p_null > 0.01
+
+
+def test_prompt_lint_runs_first_and_strict_stops_on_errors(tmp_path, server, dataset, cli):
+    bad = 'Country: """{{ country }}\nAnswer with the city name only.'   # fence never closed
+    config = _write_config(tmp_path, server, bad)
+    r = cli("eval", config, "--db", tmp_path / "t.db", "--strict")
+    assert r.exit_code == 2 and "error template" in r.output and "--strict" in r.output
+    assert server.calls == 0
+    r = cli("eval", config, "--db", tmp_path / "t.db")   # without --strict: reported, run goes on
+    assert r.exit_code == 0 and "error template" in r.output and server.calls == 4

@@ -131,3 +131,22 @@ def test_bad_config_names_the_field(tmp_path, server):
         make_config(tmp_path, server, metrics=["exact_match", {"name": "regex", "pattern": "("}])
     with pytest.raises(EvalError, match=r"judges\[0\]\.provider: 'nope' is not a provider id"):
         make_config(tmp_path, server, judges=[{"id": "j", "type": "rubric", "provider": "nope"}])
+
+
+def test_python_api_mirrors_yaml(tmp_path, server):
+    from tunelab.evals import EvalConfig, MetricConfig, PromptConfig, ProviderConfig, RetryConfig
+
+    cfg = EvalConfig(
+        dataset=[{"id": "fr", "country": "France", "reference": "Paris"}],
+        prompts=[PromptConfig(id="zs", template="Capital of {{ country }}?")],
+        providers=[ProviderConfig(id="small", base_url=server.base_url, model="m")],
+        metrics=[MetricConfig("exact_match"), MetricConfig("regex", id="caps", options={"pattern": "^[A-Z]"})],
+        retry=RetryConfig(max_retries=0),
+    )
+    stats = run_eval(cfg, tmp_path / "r.db")
+    with Store(tmp_path / "r.db") as store:
+        (row,) = store.results(stats.run_id)
+    assert row.scores == {"caps": 1.0, "exact_match": 1.0}
+    # the YAML form of the same config round-trips to an equal config
+    again = EvalConfig.from_dict(cfg.to_dict(), source=cfg.source, base_dir=cfg.base_dir)
+    assert again.to_dict() == cfg.to_dict()

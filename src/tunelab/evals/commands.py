@@ -34,6 +34,7 @@ def eval_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from tunelab.evals.config import load_config
+    from tunelab.evals.dataset import load_dataset
     from tunelab.evals.runner import run_eval
     from tunelab.evals.store import Store
     from tunelab.evals.templates import lint_prompts
@@ -41,14 +42,13 @@ def eval_command(
     console = Console(stderr=True)
     with _errors():
         cfg = load_config(config)
-        findings = lint_prompts(cfg)
+        rows = load_dataset(cfg.dataset if isinstance(cfg.dataset, list) else cfg.resolve(cfg.dataset))
+        findings = lint_prompts(cfg, rows)
         if findings is None:
             console.print("[yellow]prompt linter (tunelab.prompts.lint_text) not available; prompts not linted[/]")
         else:
             for f in findings:
-                d = f.to_dict() if hasattr(f, "to_dict") else dict(f.__dict__)
-                where = f"{d.get('path', '')}:{d.get('line', '')}:{d.get('column', '')}"
-                console.print(f"{where} {d.get('severity')} {d.get('rule')}: {d.get('message')}", markup=False,
+                console.print(f"{f.path}:{f.line}:{f.column}: {f.severity} {f.rule}: {f.message}", markup=False,
                               highlight=False)
             if strict and any(getattr(f, "severity", "") == "error" for f in findings):
                 raise EvalError("--strict: the prompt linter reported errors; fix them or drop --strict")

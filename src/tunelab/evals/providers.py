@@ -104,66 +104,102 @@ class OpenAIProvider:
 
 
 class TunelabProvider:
-    """In-process generation. Prefers `tunelab.engine.LLM` when the engine package
-    exists; otherwise `tunelab.models.load_pretrained` + `generate`."""
+    """In-process generation with `tunelab.engine.LLM` (paged KV cache, continuous
+    batching, LoRA adapters via `adapter:`). Concurrent requests are gathered into
+    one `LLM.generate` batch per step, so `concurrency:` sets the batch size.
+    Without the engine package it falls back to `tunelab.models.generate`, one
+    request at a time (no adapters)."""
 
-    _PARAMS = {"max_tokens": "max_new_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
-               "seed": "seed", "stop": "stop"}
+    _PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "presence_penalty",
+               "frequency_penalty")
 
     def __init__(self, cfg: ProviderConfig) -> None:
         self.config = cfg
-        self._model: Any = None
-        self._tokenizer: Any = None
-        self._engine: Any = None
-        # One model, one forward at a time; the event loop keeps scheduling HTTP work meanwhile.
-        self._lock = threading.Lock()
+        self._llm: Any = None
+        self._fallback: Any = None   # (model, tokenizer) when the engine is unavailable
+        self._pending: list[tuple[list[dict[str, str]], dict[str, Any], asyncio.Future[Completion]]] = []
+        self._worker: asyncio.Task[None] | None = None
+        self._load_lock = threading.Lock()
 
     async def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
-        return await asyncio.to_thread(self._complete, messages, params)
+        future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
+        self._pending.append((messages, params, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        return await future
 
     async def aclose(self) -> None:
-        self._model = self._engine = None
+        self._llm = self._fallback = None
 
-    def _complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
-        with self._lock:
-            self._load()
-            kwargs = {self._PARAMS[k]: v for k, v in params.items() if k in self._PARAMS}
-            if isinstance(kwargs.get("stop"), str):
-                kwargs["stop"] = [kwargs["stop"]]
-            prompt = self._prompt_text(messages)
+    async def _drain(self) -> None:
+        await asyncio.sleep(0)  # let every coroutine that is ready enqueue before the first batch
+        while self._pending:
+            batch, self._pending = self._pending, []
             start = time.perf_counter()
             try:
-                from tunelab.models.generate import generate
+                results = await asyncio.to_thread(self._generate, [(m, p) for m, p, _ in batch])
+            except ProviderError as exc:
+                for _, _, fut in batch:
+                    fut.set_exception(ProviderError(str(exc)))
+                continue
+            except Exception as exc:  # noqa: BLE001 - recorded on the items, the run goes on
+                for _, _, fut in batch:
+                    fut.set_exception(ProviderError(f"{self.config.id}: generation failed: "
+                                                    f"{type(exc).__name__}: {exc}"))
+                continue
+            latency = time.perf_counter() - start
+            for (_, _, fut), (text, pt, ct, reason) in zip(batch, results):
+                fut.set_result(Completion(text, pt, ct, latency, reason))
 
-                gen = generate(self._model, self._tokenizer, prompt, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - recorded on the item, the run goes on
-                raise ProviderError(f"{self.config.id}: generation failed: {type(exc).__name__}: {exc}") from None
-            return Completion(text=gen.text, prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
-                              latency_s=time.perf_counter() - start, finish_reason=gen.finish_reason)
+    def _generate(self, requests: list[tuple[list[dict[str, str]], dict[str, Any]]]) -> list[tuple[str, int, int, str]]:
+        with self._load_lock:
+            self._load()
+        if self._llm is not None:
+            from tunelab.engine import SamplingParams
+
+            prompts = [self._prompt_text(m) for m, _ in requests]
+            params = [SamplingParams(**{k: v for k, v in p.items() if k in self._PARAMS}) for _, p in requests]
+            adapter = "adapter" if self.config.adapter else None
+            outs = self._llm.generate(prompts, params, adapter=adapter)
+            return [(o.text, o.prompt_tokens, o.completion_tokens, o.finish_reason) for o in outs]
+        from tunelab.models.generate import generate
+
+        model, tok = self._fallback
+        out = []
+        for messages, p in requests:
+            kwargs = {{"max_tokens": "max_new_tokens"}.get(k, k): v for k, v in p.items()
+                      if k in ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop")}
+            if isinstance(kwargs.get("stop"), str):
+                kwargs["stop"] = [kwargs["stop"]]
+            g = generate(model, tok, self._prompt_text(messages), **kwargs)
+            out.append((g.text, g.prompt_tokens, g.completion_tokens, g.finish_reason))
+        return out
 
     def _load(self) -> None:
-        if self._model is not None:
+        if self._llm is not None or self._fallback is not None:
+            return
+        try:
+            from tunelab.engine import LLM
+        except ImportError:
+            LLM = None  # noqa: N806
+        if LLM is not None:
+            adapters = {"adapter": self.config.adapter} if self.config.adapter else None
+            self._llm = LLM(self.config.model, adapters=adapters)
+            self._tokenizer = self._llm.tokenizer
             return
         if self.config.adapter:
-            raise ProviderError(f"{self.config.id}: `adapter:` needs the tunelab engine/LoRA packages, "
-                                "which this install does not provide yet")
-        try:
-            from tunelab.models import load_pretrained
-        except ImportError as exc:
-            raise ProviderError(f"{self.config.id}: tunelab.models is not available: {exc}") from None
-        self._model, self._tokenizer = load_pretrained(self.config.model)
+            raise ProviderError(f"{self.config.id}: `adapter:` needs the tunelab engine, which is not installed")
+        from tunelab.models import load_pretrained
+
+        self._fallback = load_pretrained(self.config.model)
+        self._tokenizer = self._fallback[1]
 
     def _prompt_text(self, messages: list[dict[str, str]]) -> str:
         tok = self._tokenizer
-        if len(messages) == 1 and messages[0]["role"] == "user":
-            # A bare template: base models should see the text exactly as written.
-            try_chat = getattr(tok, "chat_template", None)
-            if not try_chat:
-                return messages[0]["content"]
-        try:
+        if getattr(tok, "chat_template", None):
             return tok.apply_chat_template(messages, add_generation_prompt=True)
-        except Exception:  # noqa: BLE001 - tokenizers without a chat template
-            return "\n\n".join(m["content"] for m in messages)
+        # Base models without a chat template see the text exactly as written.
+        return "\n\n".join(m["content"] for m in messages)
 
 
 def _short(exc: Exception | None, limit: int = 300) -> str:

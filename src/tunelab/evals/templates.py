@@ -80,18 +80,20 @@ def prompt_texts(cfg: EvalConfig) -> list[tuple[str, str, str]]:
     return out
 
 
-def lint_prompts(cfg: EvalConfig, variables: set[str] | None = None) -> list[Any] | None:
-    """Findings from `tunelab.prompts.lint_text`, or None when that package is not available."""
+def lint_prompts(cfg: EvalConfig, rows: list[Row] | None = None) -> list[Any] | None:
+    """Findings from `tunelab.prompts.lint_text` for every prompt, told which
+    variables the dataset provides and (with a single evaluated provider) its
+    sampling params. None when the prompts package is not installed."""
     try:
-        from tunelab.prompts import lint_text  # type: ignore[attr-defined]
+        from tunelab.prompts.linter import lint_text
     except ImportError:
         return None
+    variables = set().union(*(r.vars.keys() for r in rows)) if rows else None
+    evaluated = [p for p in cfg.providers if not p.judge_only]
+    params = dict(evaluated[0].params) if len(evaluated) == 1 else None
     findings = []
-    for prompt_id, path, text in prompt_texts(cfg):
-        try:
-            findings.extend(lint_text(text, path=path, variables=variables))
-        except TypeError:  # older signature without `variables`
-            findings.extend(lint_text(text, path=path))
+    for _prompt_id, path, text in prompt_texts(cfg):
+        findings.extend(lint_text(text, path=path, params=params, variables=variables))
     return findings
 
 

@@ -1,0 +1,46 @@
+"""The in-process `tunelab` provider: a tiny checkpoint through tunelab.engine,
+checked against tunelab.models.generate on the same chat-templated prompt, and
+an HTTP-only eval never importing torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tunelab.evals.config import EvalConfig
+from tunelab.evals.runner import run_eval
+from tunelab.evals.store import Store
+
+
+def test_tunelab_provider_matches_direct_generation(tmp_path, tiny_checkpoint):
+    from tunelab.models import load_pretrained
+    from tunelab.models.generate import generate
+
+    ckpt = tiny_checkpoint("llama")
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps({"topic": t}) + "\n" for t in ("fox", "Paris", "LoRA")))
+    cfg = EvalConfig.from_dict({
+        "dataset": "data.jsonl",
+        "prompts": [{"id": "p", "template": "Tell me about {{ topic }}"}],
+        "providers": [{"id": "local", "type": "tunelab", "model": str(ckpt), "params": {"max_tokens": 8}}],
+        "metrics": ["length"],
+        "concurrency": 3,
+    }, source="eval.yaml", base_dir=tmp_path)
+    stats = run_eval(cfg, tmp_path / "r.db")
+    assert stats.errors == 0
+    with Store(tmp_path / "r.db") as store:
+        rows = store.results(stats.run_id)
+
+    model, tok = load_pretrained(ckpt)
+    for row in rows:
+        prompt = tok.apply_chat_template(row.rendered, add_generation_prompt=True)
+        ref = generate(model, tok, prompt, max_new_tokens=8)
+        assert row.output == ref.text
+        assert row.completion_tokens == ref.completion_tokens and row.scores["length"] == len(ref.text)
+
+
+def test_http_only_eval_does_not_import_torch(tmp_path):
+    code = ("import sys; import tunelab.evals.runner, tunelab.evals.commands, tunelab.evals.report; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
