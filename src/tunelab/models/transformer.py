@@ -10,7 +10,8 @@ KV-cache interface: `forward(..., cache=...)` takes any object with
 `update(layer_idx, k, v) -> (k_all, v_all)` and an int `offset` (slots already
 filled). `KVCache` below is the contiguous one used by `generate`; the engine's
 paged cache implements the same two members and may pass its own boolean
-`attn_mask` ([B, 1, T, S], True = attend).
+`attn_mask` ([B, 1, T, S], True = attend), or a dict {sliding_window: mask} when
+layers differ in window (key None for full attention).
 """
 
 from __future__ import annotations
@@ -80,7 +81,10 @@ class Transformer(nn.Module):
         masks = {}
         for layer in self.layers:
             window = layer.self_attn.sliding_window
-            if attn_mask is not None:
+            if isinstance(attn_mask, dict):
+                # The engine builds one mask per sliding window (None = full attention).
+                mask = attn_mask[window]
+            elif attn_mask is not None:
                 mask = attn_mask
             else:
                 if window not in masks:
