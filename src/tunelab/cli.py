@@ -22,7 +22,9 @@ app.add_typer(bench, name="bench")
 
 # One line per package that contributes commands.
 COMMAND_MODULES = (
+    "tunelab.prompts.commands",
     "tunelab.models.commands",
+    "tunelab.train.commands",
     "tunelab.evals.commands",
     "tunelab.lora.commands",
     "tunelab.review.commands",
