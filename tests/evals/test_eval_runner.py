@@ -150,3 +150,27 @@ def test_python_api_mirrors_yaml(tmp_path, server):
     # the YAML form of the same config round-trips to an equal config
     again = EvalConfig.from_dict(cfg.to_dict(), source=cfg.source, base_dir=cfg.base_dir)
     assert again.to_dict() == cfg.to_dict()
+
+
+def test_two_evals_write_one_database_at_once(tmp_path, server, dataset):
+    import threading
+
+    db = tmp_path / "shared.db"
+    results, errors = [], []
+
+    def go(prompt: str) -> None:
+        try:
+            cfg = make_config(tmp_path, server, prompts=[{"id": prompt, "template": prompt + " {{ country }}"}])
+            results.append(run_eval(cfg, db))   # each thread opens its own connection
+        except Exception as exc:  # noqa: BLE001 - surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(p,)) for p in ("capital-of", "city-in", "main-city-of")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(results) == 3 and server.calls == 12
+    with Store(db) as store:
+        assert sorted(r.n_outputs for r in store.runs()) == [4, 4, 4]
+        assert all(r.status == "complete" for r in store.runs())

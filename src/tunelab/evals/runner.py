@@ -10,6 +10,7 @@ itself.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,8 +335,6 @@ class _Run:
 
 
 def _question(rendered_json: str) -> str:
-    import json
-
     messages = json.loads(rendered_json)
     if len(messages) == 1:
         return messages[0]["content"]
@@ -343,6 +342,4 @@ def _question(rendered_json: str) -> str:
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, ensure_ascii=False)
