@@ -76,9 +76,22 @@ def load_prompt(path: str | Path) -> PromptFile:
 
 
 def parse_text_prompt(source: str, path: str = "<text>") -> PromptFile:
-    lines = source.split("\n")
-    segment = Segment(source, None, [(i + 1, 0) for i in range(len(lines))], editable=True)
-    return PromptFile(path=path, source=source, template=source, segments=[segment])
+    """A template; an optional `---` YAML front matter block may carry params, task, variables, examples."""
+    front = re.match(r"---[ \t]*\n(.*?\n)?---[ \t]*\n", source, re.S)
+    if front is None:
+        lines = source.split("\n")
+        segment = Segment(source, None, [(i + 1, 0) for i in range(len(lines))], editable=True)
+        return PromptFile(path=path, source=source, template=source, segments=[segment])
+    header = front.group(1) or ""
+    body = source[front.end():]
+    # Parse the header as a YAML prompt whose template is the body, then restore line numbers.
+    padded = header + "template: ''\n"
+    pf = parse_yaml_prompt(padded if header.strip() else "template: ''\n", path)
+    pf.source, pf.template = source, body
+    pf.key_positions = {k: (line + 1, col) for k, (line, col) in pf.key_positions.items()}
+    first = source.count("\n", 0, front.end()) + 1
+    pf.segments = [Segment(body, None, [(first + i, 0) for i in range(len(body.split("\n")))], editable=True)]
+    return pf
 
 
 def parse_yaml_prompt(source: str, path: str) -> PromptFile:

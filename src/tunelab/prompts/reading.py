@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from tunelab.prompts.placeholders import JINJA_BLOCK, JINJA_COMMENT, find_placeholders
 from tunelab.prompts.prompt_file import PromptFile, Segment
+from tunelab.prompts.shots import shot_blocks
 
 VERBS = frozenset("""
 summarize summarise extract classify categorize categorise label translate write compose draft generate create
@@ -38,7 +39,7 @@ CONTEXT_LABELS = re.compile(
     r"content|essay|conversation|letter|post|tweet|source|excerpt|abstract)[ \t]*:[ \t]*", re.I | re.M)
 
 TASK_PATTERNS = (
-    ("code", r"\b(?:python|javascript|typescript|sql|bash|shell|rust|golang|java|c\+\+|ruby|php|kotlin|swift|regex)\b[^.\n]*"
+    ("code", r"\b(?:python|javascript|(?:postgre|my|t-?)sql|sqlite|typescript|sql|bash|shell|rust|golang|java|c\+\+|ruby|php|kotlin|swift|regex)\b[^.\n]*"
              r"\b(?:function|query|script|code|class|program|snippet|method|statement|one-liner|expression|module)\b"
              r"|\b(?:write|implement|generate|create)\s+(?:a|an|the)\s+(?:\w+\s+){0,2}(?:function|script|program|class|method)\b"
              r"|\bsql\b|```(?!json|yaml|yml|text|txt|xml|markdown|md|csv)[a-z]+"),
@@ -128,9 +129,12 @@ def read_prompt(prompt: PromptFile, task: str | None = None) -> Reading:
         reading.fences += fences
         reading.hash_lines.append([m.start() for m in re.finditer(r"(?m)^[ \t]*###", text)])
         placeholders = find_placeholders(text)
+        # A variable in a few-shot example's slot is framed by the example pattern itself.
+        shot_spans = [(b["lines"][0][0], b["lines"][-1][0] + len(b["lines"][-1][1])) for b in shot_blocks(text)]
         for p in placeholders:
+            in_shot = any(a <= p.start < b for a, b in shot_spans)
             reading.vars.append(Var(p.name, index, p.start, p.end, _is_block(text, p, placeholders),
-                                    _is_delimited(index, text, p, fences, reading.hash_lines[-1], segment)))
+                                    in_shot or _is_delimited(index, text, p, fences, reading.hash_lines[-1], segment)))
         reading.pasted += _pasted(index, text, fences, placeholders)
         masked = _mask(text, fences, placeholders)
         for r in reading.pasted:

@@ -9,6 +9,7 @@ from collections import Counter
 from tunelab.prompts.finding import Finding
 from tunelab.prompts.reading import TASK_PATTERNS
 from tunelab.prompts.rules.base import LintContext, Rule
+from tunelab.prompts.shots import blocks, is_shot, share_pattern, shot_blocks
 
 STRUCTURED = re.compile(r"\b(?:as|in|into|return|output|respond with|produce|reply with)\s+(?:a\s+|an\s+|valid\s+)?(?:json|csv|yaml|xml|table)\b", re.I)
 FORMAT_SPEC = re.compile(
@@ -17,8 +18,6 @@ FORMAT_SPEC = re.compile(
     r"|\b(?:keys|fields|columns|properties)\s*:|\bone per line\b|\bcomma[- ]separated\b|\bbullet|\bnumbered list\b"
     r"|\btable with\b|\blike this\b|\bas follows\b", re.I)
 SLOT = re.compile(r":[ \t]*<[\w ,/.-]+>")
-LABELED = re.compile(r"^[ \t]*([A-Za-z][A-Za-z0-9_]*(?: [A-Za-z0-9_]+){0,2})[ \t]*(:|->|=>| - )[ \t]?(.*?)[ \t]*$")
-SEPARATOR_LINE = re.compile(r"^[ \t]*(#{3,}|-{3,}|={3,}|\*{3,}|<\|endoftext\|>|END)[ \t]*$")
 LEADING_END = re.compile(
     r"(?:^|\s)(?:import|from|SELECT|select|WITH|def|class|function|const|let|var|#include|package|fn|func|CREATE|INSERT"
     r"|UPDATE|DELETE|public|<\?php|#!\S*)\s*$")
@@ -52,15 +51,15 @@ def few_shot_consistency(ctx: LintContext) -> list[Finding]:
     for seg, segment in enumerate(ctx.reading.segments):
         if segment.role == "assistant":
             continue
-        blocks, separators = _blocks(segment.text)
-        shots = [b for b in blocks if _is_shot(b)]
-        if len(shots) < 2 or not _share_pattern(shots):
+        paragraphs, separators = blocks(segment.text)
+        shots = [b for b in paragraphs if is_shot(b)]
+        if len(shots) < 2 or not share_pattern(shots):
             continue
         findings += _label_findings(ctx, seg, shots)
         findings += _value_findings(ctx, seg, shots)
-        findings += _separator_findings(ctx, seg, blocks, separators, shots)
+        findings += _separator_findings(ctx, seg, paragraphs, separators, shots)
         last = shots[-1]
-        if last is blocks[-1] and all(value.strip() for _, _, value, _ in last["labeled"]) and "{" not in last["text"]:
+        if last is paragraphs[-1] and all(value.strip() for _, _, value, _ in last["labeled"]) and "{" not in last["text"]:
             line_start, _ = last["lines"][-1]
             findings.append(FEW_SHOT.at(
                 ctx, seg, line_start, line_start + len(segment.text[line_start:].split("\n")[0]),
@@ -92,38 +91,6 @@ def leading_words(ctx: LintContext) -> list[Finding]:
         "this code-generation prompt does not end with a leading word or an open code fence, so the model may "
         "answer in prose or in another language",
         f'End the prompt with the start of the code, e.g. "{lead}" on the last line.')]
-
-
-def _blocks(text: str):
-    """Paragraph blocks (offsets of their lines) and the separator found before each one."""
-    blocks, separators, current, pending, offset = [], [], None, [], 0
-    for line in text.split("\n"):
-        if not line.strip() or SEPARATOR_LINE.match(line):
-            if line.strip():
-                pending.append(line.strip())
-            current = None
-        else:
-            if current is None:
-                current = {"lines": [], "labeled": [], "text": ""}
-                blocks.append(current)
-                separators.append(("blank" if not pending else pending[-1], offset))
-                pending = []
-            current["lines"].append((offset, line))
-            current["text"] += line + "\n"
-            m = LABELED.match(line)
-            if m:
-                current["labeled"].append((m.group(1), m.group(2), m.group(3), (offset + m.start(1), offset + m.start(2) + len(m.group(2).rstrip()))))
-        offset += len(line) + 1
-    return blocks, separators
-
-
-def _is_shot(block) -> bool:
-    return len(block["labeled"]) >= 2 and len(block["labeled"]) == len(block["lines"])
-
-
-def _share_pattern(shots) -> bool:
-    keys = Counter(tuple(label.lower() for label, *_ in b["labeled"]) for b in shots)
-    return keys.most_common(1)[0][1] >= 2
 
 
 def _label_findings(ctx, seg, shots) -> list[Finding]:
@@ -171,9 +138,9 @@ def _value_findings(ctx, seg, shots) -> list[Finding]:
     return findings
 
 
-def _separator_findings(ctx, seg, blocks, separators, shots) -> list[Finding]:
-    indices = [blocks.index(b) for b in shots]
-    between = [(separators[i], blocks[i]) for i in indices[1:]]
+def _separator_findings(ctx, seg, paragraphs, separators, shots) -> list[Finding]:
+    indices = [paragraphs.index(b) for b in shots]
+    between = [(separators[i], paragraphs[i]) for i in indices[1:]]
     if len(between) < 2:
         return []
     usual, count = Counter(s for (s, _), _ in between).most_common(1)[0]
@@ -222,11 +189,7 @@ def _yaml_example_findings(ctx) -> list[Finding]:
 
 
 def _few_shot_blocks(reading) -> bool:
-    for segment in reading.segments:
-        shots = [b for b in _blocks(segment.text)[0] if _is_shot(b)]
-        if len(shots) >= 2 and _share_pattern(shots):
-            return True
-    return False
+    return any(shot_blocks(segment.text) for segment in reading.segments)
 
 
 SHOW_FORMAT = Rule(

@@ -36,7 +36,7 @@ def params_rule(ctx: LintContext) -> list[Finding]:
     if isinstance(temperature, (int, float)) and temperature > 0 and task in ("extraction", "classification", "qa"):
         findings.append(PARAMS.at_position(
             ctx, _key_span(ctx, "temperature"),
-            f"temperature {temperature} on a {task} task: there is one right answer, and sampling only adds variation",
+            f"temperature {temperature} on {'an' if task[0] in 'aeiou' else 'a'} {task} task: there is one right answer, and sampling only adds variation",
             "Set temperature: 0 for extraction, classification and factual QA."))
     max_tokens = params.get("max_tokens")
     text = reading.instruction_text()
