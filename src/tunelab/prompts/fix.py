@@ -7,7 +7,9 @@ still be present: a fix may move and fence text, never drop it."""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 from tunelab.prompts.config import LintConfig, find_config
@@ -50,12 +52,14 @@ def apply_edit(text: str, edit: Edit) -> str:
 
 
 def _check_nothing_lost(before: str, after: str, path: str) -> None:
-    remaining = [line.strip() for line in after.split("\n")]
-    for line in before.split("\n"):
-        stripped = line.strip()
-        # The instruction move rewrites "above" to "below"; compare modulo that word.
-        if stripped and not any(stripped.replace("above", "below") in r or stripped in r for r in remaining):
-            raise PromptError(f"--fix would lose the line {stripped!r}; the file was left unchanged", path=path)
+    # Compare words, not lines: fencing splits "Text: {{ t }}" over lines. The instruction
+    # move rewrites "above" to "below", so those count as the same word.
+    def words(text: str) -> Counter:
+        return Counter(w.replace("above", "below") for w in re.findall(r"\S+", text))
+
+    lost = words(before) - words(after)
+    if lost:
+        raise PromptError(f"--fix would lose {sorted(lost)[:5]}; the file was left unchanged", path=path)
 
 
 def _write_atomically(path: Path, text: str) -> None:
