@@ -27,6 +27,8 @@ COMMAND_MODULES = (
     "tunelab.evals.commands",
     "tunelab.lora.commands",
     "tunelab.review.commands",
+    "tunelab.engine.commands",
+    "tunelab.serve.commands",
 )
 
 

@@ -1,0 +1,179 @@
+"""The OpenAI-compatible server, driven by the real `openai` client (and httpx for what the client cannot send)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import torch
+import uvicorn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+peft = pytest.importorskip("peft")
+
+from tunelab.engine import LLM, AsyncLLM  # noqa: E402
+from tunelab.serve import create_app  # noqa: E402
+
+KEY = "sekret"
+NAME = "tiny-llama"
+
+
+def make_peft_adapter(base_path, out_dir, seed):
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    model.save_pretrained(out_dir)
+    return model.eval()
+
+
+class Server:
+    def __init__(self, app):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def served(tiny_checkpoint, tmp_path_factory):
+    base = tiny_checkpoint("llama")
+    adapter_dir = tmp_path_factory.mktemp("adapter") / "alpha"
+    peft_model = make_peft_adapter(base, adapter_dir, 3)
+    engine = AsyncLLM(LLM(base, block_size=4, adapters={"alpha": str(adapter_dir)}))
+    server = Server(create_app(engine, NAME, api_key=KEY))
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+    ref = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    yield {"server": server, "client": client, "engine": engine, "ref": ref, "peft": peft_model,
+           "hf_tok": AutoTokenizer.from_pretrained(base)}
+    server.stop()
+    engine.shutdown()
+
+
+def hf_text(model, tok, ids, n):
+    out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, eos_token_id=1, pad_token_id=2)
+    return tok.decode([t for t in out[0, len(ids):].tolist() if t != 1], skip_special_tokens=True)
+
+
+def test_models_lists_base_and_adapters(served):
+    ids = [m.id for m in served["client"].models.list().data]
+    assert ids == [NAME, "alpha"]
+
+
+def test_completion_equals_transformers_and_stream_concatenates(served):
+    c, tok = served["client"], served["hf_tok"]
+    prompt = "The quick brown fox"
+    r = c.completions.create(model=NAME, prompt=prompt, max_tokens=20, temperature=0)
+    assert r.choices[0].text == hf_text(served["ref"], tok, tok(prompt)["input_ids"], 20)
+    assert r.usage.prompt_tokens == len(tok(prompt)["input_ids"])
+    assert r.usage.completion_tokens > 0 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    chunks = list(c.completions.create(model=NAME, prompt=prompt, max_tokens=20, temperature=0, stream=True,
+                                       stream_options={"include_usage": True}))
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == r.choices[0].text
+    assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == r.choices[0].finish_reason
+
+
+def test_chat_uses_the_template_and_streams_the_same_text(served):
+    c, tok = served["client"], served["hf_tok"]
+    messages = [{"role": "user", "content": "Paris is the capital of"}]
+    r = c.chat.completions.create(model=NAME, messages=messages, max_tokens=16, temperature=0)
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    ids = ids["input_ids"] if isinstance(ids, dict) else list(ids)
+    assert r.choices[0].message.content == hf_text(served["ref"], tok, ids, 16)
+    assert r.choices[0].message.role == "assistant" and r.usage.prompt_tokens == len(ids)
+    stream = c.chat.completions.create(model=NAME, messages=messages, max_tokens=16, temperature=0, stream=True)
+    assert "".join(ch.choices[0].delta.content or "" for ch in stream) == r.choices[0].message.content
+
+
+def test_adapter_is_chosen_by_model_name(served):
+    c, tok = served["client"], served["hf_tok"]
+    prompt = "Hello, how"
+    ids = tok(prompt)["input_ids"]
+    with_adapter = c.completions.create(model="alpha", prompt=prompt, max_tokens=16, temperature=0)
+    base = c.completions.create(model=NAME, prompt=prompt, max_tokens=16, temperature=0)
+    assert with_adapter.choices[0].text == hf_text(served["peft"], tok, ids, 16)
+    assert with_adapter.choices[0].text != base.choices[0].text
+    assert with_adapter.model == "alpha"
+
+
+def test_errors_have_openai_shape(served):
+    c, url = served["client"], served["server"].url
+    cases = [
+        (openai.BadRequestError, dict(model=NAME, prompt="hi", max_tokens=-1), "max_tokens"),
+        (openai.BadRequestError, dict(model=NAME, prompt="hi", temperature=5), "temperature"),
+        (openai.BadRequestError, dict(model=NAME, prompt=[5] * 300), "context"),
+        (openai.NotFoundError, dict(model="nope", prompt="hi"), "nope"),
+    ]
+    for error, kwargs, words in cases:
+        with pytest.raises(error) as info:
+            c.completions.create(**kwargs)
+        assert info.value.body["type"] == "invalid_request_error"
+        assert words in info.value.body["message"]
+    bad_key = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad_key.models.list()
+    r = httpx.post(url + "/v1/chat/completions", content=b'{"model": "tiny", "messages": [',
+                   headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert "JSON" in r.json()["error"]["message"]
+    r = httpx.post(url + "/v1/chat/completions", json={"model": NAME, "messages": "hi"},
+                   headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    assert httpx.get(url + "/health").status_code == 200  # still alive after all that
+
+
+def test_full_queue_answers_429(served, tiny_checkpoint):
+    engine = AsyncLLM(LLM(tiny_checkpoint("llama")), max_queue=0)
+    server = Server(create_app(engine, NAME))
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.RateLimitError):
+            client.completions.create(model=NAME, prompt="hi", max_tokens=4)
+    finally:
+        server.stop()
+        engine.shutdown()
+
+
+def metric(url, name):
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_aborting_a_stream_frees_its_blocks(served):
+    url = served["server"].url
+    aborted = metric(url, "tunelab_requests_aborted_total")
+    body = {"model": NAME, "prompt": "The quick brown fox", "max_tokens": 230, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                break  # one chunk, then hang up
+    deadline = time.time() + 10
+    while metric(url, "tunelab_requests_aborted_total") == aborted:
+        assert time.time() < deadline, "the request was not aborted"
+        time.sleep(0.05)
+    while metric(url, "tunelab_kv_blocks_used") != 0:
+        assert time.time() < deadline, "blocks were not freed"
+        time.sleep(0.05)
+    assert metric(url, "tunelab_running_sequences") == 0
+    assert metric(url, "tunelab_requests_total") >= 1
