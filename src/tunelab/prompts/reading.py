@@ -42,7 +42,7 @@ TASK_PATTERNS = (
     ("code", r"\b(?:python|javascript|(?:postgre|my|t-?)sql|sqlite|typescript|sql|bash|shell|rust|golang|java|c\+\+|ruby|php|kotlin|swift|regex)\b[^.\n]*"
              r"\b(?:function|query|script|code|class|program|snippet|method|statement|one-liner|expression|module)\b"
              r"|\b(?:write|implement|generate|create)\s+(?:a|an|the)\s+(?:\w+\s+){0,2}(?:function|script|program|class|method)\b"
-             r"|\bsql\b|```(?!json|yaml|yml|text|txt|xml|markdown|md|csv)[a-z]+"),
+             r"|```(?!json|yaml|yml|text|txt|xml|markdown|md|csv)[a-z]+"),
     ("extraction", r"\b(?:extract|pull out|list (?:all|every|each)\b|find (?:all|every)\b|parse out|named entit"
                    r"|identify (?:all|every|each|the) [\w ]{0,25}(?:entities|names|dates|amounts|mentioned))"),
     ("classification", r"\b(?:classify|categori[sz]e|sentiment|which (?:category|label|class)|assign (?:a|one) (?:label|category)"
@@ -132,7 +132,7 @@ def read_prompt(prompt: PromptFile, task: str | None = None) -> Reading:
         # A variable in a few-shot example's slot is framed by the example pattern itself.
         shot_spans = [(b["lines"][0][0], b["lines"][-1][0] + len(b["lines"][-1][1])) for b in shot_blocks(text)]
         for p in placeholders:
-            in_shot = any(a <= p.start < b for a, b in shot_spans)
+            in_shot = any(a <= p.start < b for a, b in shot_spans) or _before_open_slot(text, p)
             reading.vars.append(Var(p.name, index, p.start, p.end, _is_block(text, p, placeholders),
                                     in_shot or _is_delimited(index, text, p, fences, reading.hash_lines[-1], segment)))
         reading.pasted += _pasted(index, text, fences, placeholders)
@@ -202,6 +202,17 @@ def _is_block(text: str, p, placeholders) -> bool:
         line = line[: q.start - line_start] + line[q.end - line_start:]
     rest = line.strip()
     return rest == "" or re.fullmatch(r"[A-Za-z][\w /()'-]{0,40}:", rest) is not None or rest in ('"""', "```", "###")
+
+
+def _before_open_slot(text: str, p) -> bool:
+    """`Question: {{ q }}` followed by an empty `Answer:` line: the labels frame the input (completion slot)."""
+    line_start = text.rfind("\n", 0, p.start) + 1
+    line_end = text.find("\n", p.end)
+    if line_end < 0 or not re.match(r"\s*[A-Za-z][\w ]{0,30}:", text[line_start:p.start]):
+        return False
+    following = text[line_end + 1:].split("\n", 1)[0]
+    rest = text[line_end + 1 + len(following):]
+    return re.fullmatch(r"\s*[A-Za-z][\w ]{0,30}:\s*", following) is not None and not rest.strip()
 
 
 def _is_delimited(seg: int, text: str, p, fences: list[Region], hashes: list[int], segment: Segment) -> bool:

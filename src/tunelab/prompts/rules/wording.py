@@ -16,7 +16,8 @@ LENGTH = re.compile(
     r"|\b(?:short|brief|concise|long|lengthy|one-line|one-sentence|one-paragraph|succinct|tweet-length)\b", re.I)
 FORMAT = re.compile(
     r"\b(?:bullet|bulleted|bullet-point|list|table|json|markdown|csv|yaml|headings?|numbered|outline|haiku|sonnet|limerick"
-    r"|paragraphs?|subject line|checklist|faq|dialogue|acrostic|tagline|slogan)\b", re.I)
+    r"|paragraphs?|subject line|checklist|faq|dialogue|acrostic|tagline|slogan|backticks|code block)\b"
+    r"|\b(?:reply|respond|answer|return|output)\s+with\b[^.\n]*\bonly\b", re.I)
 AUDIENCE = re.compile(
     r"\b(?:audience|readers?|aimed at|targeted at|written for|addressed to"
     r"|for (?:a |an |the |our |my |new |busy |young )?(?:[\w-]+ ){0,2}(?:customers|beginners|children|kids|students|engineers"
