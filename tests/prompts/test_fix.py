@@ -65,6 +65,6 @@ def test_cli_fix_preserves_mode(tmp_path):
 
 
 def test_guard_refuses_to_drop_content():
-    with pytest.raises(PromptError, match="lose"):
+    with pytest.raises(PromptError, match="drop"):
         _check_nothing_lost("keep me\nand me\n", "keep me\n", "p.prompt")
     _check_nothing_lost("a\n\nSummarize the text above.\n", 'Summarize the text below.\n"""\na\n"""\n', "p.prompt")

@@ -52,14 +52,15 @@ def apply_edit(text: str, edit: Edit) -> str:
 
 
 def _check_nothing_lost(before: str, after: str, path: str) -> None:
-    # Compare words, not lines: fencing splits "Text: {{ t }}" over lines. The instruction
-    # move rewrites "above" to "below", so those count as the same word.
-    def words(text: str) -> Counter:
-        return Counter(w.replace("above", "below") for w in re.findall(r"\S+", text))
+    # Count characters, not lines: fencing splits "Text: {{ t }}" over lines and moving
+    # an instruction reorders them. The move rewrites "above" to "below", so normalise that.
+    def chars(text: str) -> Counter:
+        return Counter(re.sub(r"\s+", "", text.replace("above", "below")))
 
-    lost = words(before) - words(after)
+    lost = chars(before) - chars(after)
     if lost:
-        raise PromptError(f"--fix would lose {sorted(lost)[:5]}; the file was left unchanged", path=path)
+        raise PromptError(f"--fix would drop the characters {''.join(sorted(lost.elements()))[:40]!r}; "
+                          "the file was left unchanged", path=path)
 
 
 def _write_atomically(path: Path, text: str) -> None:

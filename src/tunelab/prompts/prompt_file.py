@@ -31,10 +31,22 @@ class Segment:
     role: str | None  # None for a completion-style template
     origins: list[tuple[int, int]]  # per text line: (1-based file line, 0-based column of its first char)
     editable: bool  # whether file lines map 1:1 onto text lines, so --fix may rewrite them
+    # For quoted and folded YAML scalars, where text and file differ by escapes and line
+    # folding: the file (line, column) of each character of `text` (None for whitespace).
+    char_positions: list[tuple[int, int] | None] | None = None
 
     def position(self, offset: int) -> tuple[int, int]:
         """1-based (line, column) in the file of a character offset into `text`."""
         offset = max(0, min(offset, len(self.text)))
+        if self.char_positions is not None:
+            if offset < len(self.text) and self.char_positions[offset] is not None:
+                return self.char_positions[offset]
+            # An end offset or whitespace: one column after the last mapped character before it.
+            for k in range(offset - 1, -1, -1):
+                if self.char_positions[k] is not None:
+                    line, column = self.char_positions[k]
+                    return line, column + 1
+            return self.origins[0][0], self.origins[0][1] + 1
         index = self.text.count("\n", 0, offset)
         line_start = self.text.rfind("\n", 0, offset) + 1
         file_line, column = self.origins[min(index, len(self.origins) - 1)]
@@ -210,29 +222,30 @@ def _segment(source: str, node: yaml.Node, role: str | None) -> Segment:
     if node.style == "|":
         # A literal block keeps every line verbatim below its header, at one indentation.
         first = node.start_mark.line + 1
-        indent = None
+        # The block's indentation is what the file has and the value lacks (an explicit
+        # indicator such as `|2` keeps extra spaces in the value).
+        indent = 0
+        value_line = next((t for t in text.split("\n") if t.strip()), "")
         for raw in lines[first:node.end_mark.line + 1]:
             if raw.strip():
-                indent = len(raw) - len(raw.lstrip(" "))
+                indent = (len(raw) - len(raw.lstrip(" "))) - (len(value_line) - len(value_line.lstrip(" ")))
                 break
-        indent = indent or 0
         return Segment(text, role, [(first + 1 + i, indent) for i in range(n)], editable=True)
     quote = 1 if node.style in ("'", '"') else 0
-    if node.start_mark.line == node.end_mark.line:
-        return Segment(text, role, [(node.start_mark.line + 1, node.start_mark.column + quote)] * n, editable=False)
-    # Folded and multi-line flow scalars rewrap text; find each line where it was written.
-    origins, cursor = [], node.start_mark.line
-    for part in text.split("\n"):
-        probe = part.strip()[:40]
-        found = None
-        for j in range(cursor, min(node.end_mark.line + 1, len(lines))):
-            col = lines[j].find(probe) if probe else -1
-            if col >= 0:
-                found = (j + 1, col - (len(part) - len(part.lstrip())))
-                cursor = j
-                break
-        origins.append(found or (cursor + 1, 0))
-    return Segment(text, role, origins, editable=False)
+    segment = Segment(text, role, [(node.start_mark.line + 1, node.start_mark.column + quote)] * n, editable=False)
+    # Match the value's characters, in order, against the file text the scalar spans; escapes
+    # and folded line breaks are the only characters that differ, and they are skipped.
+    positions, cursor, end = [], node.start_mark.index, node.end_mark.index
+    for ch in text:
+        found = -1 if ch.isspace() else source.find(ch, cursor, end)
+        if found < 0:
+            positions.append(None)
+            continue
+        cursor = found + 1
+        line_start = source.rfind("\n", 0, found) + 1
+        positions.append((source.count("\n", 0, found) + 1, found - line_start + 1))
+    segment.char_positions = positions
+    return segment
 
 
 def looks_like_prompt_yaml(source: str) -> bool:
