@@ -52,3 +52,12 @@ def test_spans_inside_yaml_scalars(marked):
     text, span = unmark(marked)
     findings = [f for f in lint_text(text, path="p.yaml") if f.rule == "fluffy-wording"]
     assert [(f.line, f.column, f.end_line, f.end_column) for f in findings] == [span]
+
+
+def test_names_used_only_in_jinja_tags_count_as_used():
+    marked = ("variables: [q]\ntemplate: |\n  Answer the question using the documents, in one sentence.\n"
+              "  {% for d in ⟦docs⟧ %}\n  <doc>{{ d }}</doc>\n  {% endfor %}\n  <question>{{ q }}</question>\n")
+    text, span = unmark(marked)
+    findings = [f for f in lint_text(text, path="p.yaml") if f.rule == "template"]
+    assert [(f.line, f.column, f.end_line, f.end_column) for f in findings] == [span]
+    assert lint_text(text.replace("[q]", "[docs, q]"), path="p.yaml") == []

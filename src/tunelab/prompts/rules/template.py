@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import jinja2
+import jinja2.meta
 
 from tunelab.prompts.finding import Finding
 from tunelab.prompts.placeholders import find_placeholders, to_jinja
@@ -73,17 +74,29 @@ def _variables(ctx: LintContext) -> list[Finding]:
     provided = set(declared or ()) | set(known or ())
     if ctx.prompt.examples:
         provided.add("examples")
-    findings, seen = [], set()
-    used = set()
+    findings, used = [], set()
     for seg, segment in enumerate(ctx.reading.segments):
-        for p in find_placeholders(segment.text):
-            used.add(p.name)
-            if p.name not in provided and p.name not in seen:
-                seen.add(p.name)
-                findings.append(TEMPLATE.at(
-                    ctx, seg, p.start, p.end, f"variable '{p.name}' is used but never provided",
-                    f"Declare '{p.name}' under variables: (or provide it from the dataset), or fix the spelling.",
-                    severity="error"))
+        names = {p.name: p for p in reversed(find_placeholders(segment.text))}  # first use of each
+        try:
+            # Jinja's own analysis also sees names used only in tags, e.g. `{% for d in docs %}`.
+            names_in_tags = jinja2.meta.find_undeclared_variables(_ENV.parse(to_jinja(segment.text)))
+        except jinja2.TemplateSyntaxError:
+            names_in_tags = set()
+        for name in sorted(set(names) | names_in_tags, key=lambda n: names[n].start if n in names else 0):
+            if name in used:
+                continue
+            used.add(name)
+            if name in provided:
+                continue
+            if name in names:
+                start, end = names[name].start, names[name].end
+            else:
+                m = re.search(rf"\b{re.escape(name)}\b", segment.text)
+                start, end = (m.start(), m.end()) if m else (0, 1)
+            findings.append(TEMPLATE.at(
+                ctx, seg, start, end, f"variable '{name}' is used but never provided",
+                f"Declare '{name}' under variables: (or provide it from the dataset), or fix the spelling.",
+                severity="error"))
     for name in declared or {}:
         if name not in used:
             line, col = ctx.prompt.key_positions.get(f"variables.{name}", (1, 1))
