@@ -46,6 +46,9 @@ def files(tmp_path):
     (tmp_path / "good.prompt").write_text(GOOD)
     (tmp_path / "other.yaml").write_text("providers: []\n")  # not a prompt: skipped when walking a directory
     (tmp_path / "chat.yaml").write_text("messages:\n  - role: user\n    content: Hi\n")
+    (tmp_path / "requirements.txt").write_text("jinja2>=3\n")  # not a prompt: no variable, not under prompts/
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "ask.txt").write_text("Write a poem about the sea.\n")
     return tmp_path
 
 
@@ -73,7 +76,7 @@ def test_exit_codes_follow_fail_on(files):
 def test_directory_walk_lints_prompt_files_only(files):
     result = runner.invoke(app, ["lint", str(files), "--format", "json"])
     paths = {d["path"] for d in json.loads(result.stdout)}
-    assert paths == {str(files / "warn.prompt"), str(files / "error.prompt")}
+    assert paths == {str(files / "warn.prompt"), str(files / "error.prompt"), str(files / "prompts" / "ask.txt")}
     assert result.exit_code == 1
 
 
@@ -86,7 +89,7 @@ def test_sarif_is_valid_and_matches_findings(files):
     rule_ids = [r["id"] for r in run["tool"]["driver"]["rules"]]
     assert {"instructions-first", "delimit-context", "be-specific", "show-format", "few-shot-consistency",
             "fluffy-wording", "say-what-to-do", "leading-words", "params", "template"} <= set(rule_ids)
-    findings = lint_file(files / "warn.prompt") + lint_file(files / "error.prompt")
+    findings = lint_file(files / "warn.prompt") + lint_file(files / "error.prompt") + lint_file(files / "prompts" / "ask.txt")
     got = sorted((r["ruleId"], r["locations"][0]["physicalLocation"]["region"]["startLine"],
                   r["locations"][0]["physicalLocation"]["region"]["startColumn"]) for r in run["results"])
     assert got == sorted((f.rule, f.line, f.column) for f in findings)

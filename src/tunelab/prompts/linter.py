@@ -12,6 +12,7 @@ from tunelab.prompts.finding import Finding
 from tunelab.prompts.prompt_file import (
     TEXT_SUFFIXES, YAML_SUFFIXES, PromptFile, load_prompt, looks_like_prompt_yaml, parse_text_prompt, parse_yaml_prompt,
 )
+from tunelab.prompts.placeholders import find_placeholders
 from tunelab.prompts.reading import read_prompt
 from tunelab.prompts.rules import RULES, LintContext
 
@@ -76,7 +77,7 @@ def prompt_files(paths: Iterable[str | Path]) -> list[Path]:
                 for name in sorted(names):
                     candidate = Path(root) / name
                     suffix = candidate.suffix.lower()
-                    if suffix in TEXT_SUFFIXES and not name.startswith("requirements"):
+                    if suffix == ".prompt" or (suffix in TEXT_SUFFIXES and _is_prompt_txt(candidate)):
                         files.append(candidate)
                     elif suffix in YAML_SUFFIXES and _is_prompt_yaml(candidate):
                         files.append(candidate)
@@ -95,6 +96,17 @@ def load_error_finding(path: str, exc: PromptError) -> Finding:
     return Finding(path=path, rule="template", severity="error", practice="template", message=message,
                    line=line, column=1, end_line=line, end_column=2, fix="Fix the file so it loads.",
                    title="Template is well-formed")
+
+
+def _is_prompt_txt(path: Path) -> bool:
+    # A tree holds many .txt files that are not prompts (requirements, licences, notes):
+    # a walk takes one only under a prompts/ folder or when it inserts a variable.
+    if "prompts" in path.parts[:-1]:
+        return True
+    try:
+        return bool(find_placeholders(path.read_text(encoding="utf-8")[:100_000]))
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _is_prompt_yaml(path: Path) -> bool:
