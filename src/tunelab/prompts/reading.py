@@ -117,9 +117,6 @@ class Reading:
         roles = [s.role for s in self.segments]
         return sorted(i for i in items if roles[i[0]] != "assistant")
 
-    def inside_fence(self, seg: int, offset: int) -> bool:
-        return any(r.seg == seg and r.start <= offset < r.end for r in self.fences)
-
 
 def read_prompt(prompt: PromptFile, task: str | None = None) -> Reading:
     reading = Reading(prompt)
