@@ -138,3 +138,17 @@ def test_two_loaded_adapters_equal_peft_each(tmp_path, ids):
     from tunelab.lora import set_active
     set_active(model, "b")
     assert torch.allclose(logits(model, ids), logits(b, ids), atol=1e-4)
+
+
+def test_gradients_equal_peft(tmp_path, ids):
+    pm = _peft_model(tiny_llama, dict(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj", "embed_tokens"]))
+    pm.save_pretrained(tmp_path)
+    ours = load_adapter(tiny_llama(), tmp_path)
+    for model in (pm, ours):
+        model(input_ids=ids, labels=ids).loss.backward()
+    theirs = {n.removeprefix("base_model.model.").replace(".default", ""): p.grad
+              for n, p in pm.named_parameters() if p.requires_grad}
+    mine = {n.replace(".default", ""): p.grad for n, p in ours.named_parameters() if p.requires_grad}
+    assert set(mine) == set(theirs) and len(mine) == 10
+    for name, grad in mine.items():
+        assert grad is not None and torch.allclose(grad, theirs[name], atol=1e-5), name

@@ -34,10 +34,12 @@ class BenchResult:
     size: str
     device: str
     params: int
-    train_ms: dict[str, float] = field(default_factory=dict)      # tunelab / peft
+    train_ms: dict[str, float] = field(default_factory=dict)      # tunelab / peft, medians
+    train_ratio: float = 0.0                                       # median over rounds of tunelab_i / peft_i
     train_memory_mb: dict[str, float] = field(default_factory=dict)
     memory_kind: str = ""
-    infer_tok_s: dict[str, float] = field(default_factory=dict)   # merged / mixed / peft_mixed
+    infer_tok_s: dict[str, float] = field(default_factory=dict)   # merged / mixed / peft_mixed, medians
+    infer_ratio: dict[str, float] = field(default_factory=dict)   # median over rounds of merged_i / candidate_i
     notes: list[str] = field(default_factory=list)
 
 
@@ -70,7 +72,8 @@ def run(size: str = "default", iters: int = 5, warmup: int = 2, rank: int = 16, 
         model.zero_grad(set_to_none=True)
 
     times = _interleaved({"tunelab": lambda: step(ours), "peft": lambda: step(theirs)}, iters, warmup, device)
-    result.train_ms = {k: 1000 * v for k, v in times.items()}
+    result.train_ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
+    result.train_ratio = _paired_ratio(times["tunelab"], times["peft"])
     for name, model in (("tunelab", ours), ("peft", theirs)):
         result.train_memory_mb[name], result.memory_kind = _step_memory(model, ids, device)
     del ours, theirs
@@ -105,16 +108,17 @@ def run(size: str = "default", iters: int = 5, warmup: int = 2, rank: int = 16, 
             "mixed": mixed_forward,
             "peft_mixed": lambda: theirs(input_ids=ids, adapter_names=rows),
         }, iters, warmup, device)
-    result.infer_tok_s = {k: batch * seq / v for k, v in times.items()}
+    result.infer_tok_s = {k: batch * seq / statistics.median(v) for k, v in times.items()}
+    result.infer_ratio = {k: _paired_ratio(times["merged"], v) for k, v in times.items()}
     result.notes.append(f"Llama-style {layers} layers, hidden {hidden}, {result.params / 1e6:.1f}M params, "
                         f"batch {batch} x {seq} tokens, LoRA r={rank} on all linear layers, {adapters} adapters, "
                         f"median of {iters} after {warmup} warm-up, torch threads {torch.get_num_threads()}")
     return result
 
 
-def _interleaved(fns: dict, iters: int, warmup: int, device: str) -> dict[str, float]:
-    """Median seconds per call. Candidates alternate, in reversed order every other round, so drift and load from
-    other processes hit all of them alike."""
+def _interleaved(fns: dict, iters: int, warmup: int, device: str) -> dict[str, list[float]]:
+    """Seconds per call, one sample per round. Candidates alternate, in reversed order every other round, so drift
+    and load from other processes hit all of them alike."""
     samples: dict[str, list[float]] = {k: [] for k in fns}
     for i in range(warmup + iters):
         order = list(fns.items())
@@ -125,7 +129,13 @@ def _interleaved(fns: dict, iters: int, warmup: int, device: str) -> dict[str, f
             _sync(device)
             if i >= warmup:
                 samples[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return samples
+
+
+def _paired_ratio(a: list[float], b: list[float]) -> float:
+    """Median of per-round ratios a_i / b_i: a burst of background load that slows one whole round cancels out,
+    which the ratio of two medians does not do on a shared machine."""
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def _step_memory(model, ids, device: str) -> tuple[float, str]:

@@ -36,7 +36,7 @@ def find_targets(model: nn.Module, config: LoraConfig) -> list[str]:
     head = _output_head_paths(model) if config.target_modules == ALL_LINEAR else set()
     found = []
     for path, module in model.named_modules():
-        if not path or isinstance(module, (ModulesToSave,)) or _inside_wrapper(path, model):
+        if not path or isinstance(module, ModulesToSave) or _inside_wrapper(path, model):
             continue
         if isinstance(module, _LoraBase):
             base = module.base_layer
@@ -107,13 +107,15 @@ def _names(model: nn.Module, path: str) -> list[str]:
 
 def _inside_wrapper(path: str, model: nn.Module) -> bool:
     # Parts of an existing LoRA wrapper (base_layer, lora_A.x, ...) are never targets themselves.
-    parts = path.split(".")
-    return any(p in ("base_layer", "lora_A", "lora_B", "original_module", "modules_to_save") for p in parts)
+    return any(p in _WRAPPER_PARTS for p in path.split("."))
+
+
+_WRAPPER_PARTS = frozenset({"base_layer", "lora_A", "lora_B", "lora_dropout", "original_module", "modules_to_save"})
 
 
 def _output_head_paths(model: nn.Module) -> set[str]:
     """The output head that 'all-linear' leaves alone: `lm_head`, or whatever `get_output_embeddings()` returns."""
-    heads = {p for p, _ in model.named_modules() if p.split(".")[-1] in ("lm_head", "lm_head.base_layer")}
+    heads = {p for p, _ in model.named_modules() if p.split(".")[-1] == "lm_head"}
     getter = getattr(model, "get_output_embeddings", None)
     if callable(getter):
         try:
