@@ -48,7 +48,7 @@ class BenchResult:
 
 def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens: int = 128, single_tokens: int = 128,
                        device: str = "cpu", dtype: str = "float32", layers: int = 8, hidden: int = 512,
-                       seed: int = 0, log=print) -> BenchResult:
+                       seed: int = 0, bandwidth_mbytes: int = 512, log=print) -> BenchResult:
     from transformers import AutoModelForCausalLM
 
     from tunelab.engine import LLM, SamplingParams
@@ -64,7 +64,7 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
     prompts = [torch.randint(3, vocab, (prompt_tokens,), generator=gen).tolist() for _ in range(requests)]
     short = prompts[0][:16]
 
-    bandwidth = measure_bandwidth(device)
+    bandwidth = measure_bandwidth(device, bandwidth_mbytes)
     weights = sum(p.numel() * p.element_size() for n, p in llm.model.named_parameters() if "embed_tokens" not in n)
     if llm.model.config.tie_word_embeddings:
         weights += llm.model.lm_head.weight.numel() * llm.model.lm_head.weight.element_size()

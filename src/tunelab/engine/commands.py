@@ -18,11 +18,16 @@ def bench_generate(
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
     layers: int = typer.Option(8, "--layers", min=1),
     hidden: int = typer.Option(512, "--hidden", min=64),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's choice)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON at the end."),
 ) -> None:
     """tunelab's engine vs transformers `generate` on a random ~60M Llama: batch 1 and N concurrent requests."""
+    import torch
+
     from tunelab.engine.bench import run_generate_bench
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     result = run_generate_bench(requests, prompt_tokens, new_tokens, single_tokens, device, dtype, layers, hidden)
     if json_out:
         typer.echo(result.to_json())

@@ -88,9 +88,11 @@ class ModelRunner:
         for w in self.windows:
             m = base if w is None else base & (k[None, None, :] > positions[:, :, None] - w)
             masks[w] = m[:, None].to(dev)
+        # Nothing cached yet (a prefill of whole sequences): the new keys are the whole context, no gather needed.
+        fresh = bool((starts == 0).all()) and context == width
         return PagedStep(
             self, ids.to(dev), positions.to(dev), masks, slots.to(dev), (write_rows * width + write_cols).to(dev),
-            gather.reshape(-1).to(dev), (lengths - 1).to(dev), rows, context,
+            gather.reshape(-1).to(dev), (lengths - 1).to(dev), rows, context, fresh,
         )
 
 
@@ -99,8 +101,10 @@ class PagedStep:
 
     offset = 0  # unused: the engine passes explicit position_ids and masks
 
-    def __init__(self, runner, input_ids, position_ids, masks, slots, write_index, gather, last_index, rows, context):
+    def __init__(self, runner, input_ids, position_ids, masks, slots, write_index, gather, last_index, rows, context,
+                 fresh=False):
         self.runner = runner
+        self.fresh = fresh
         self.input_ids, self.position_ids, self.masks = input_ids, position_ids, masks
         self.slots, self.write_index, self.gather = slots, write_index, gather
         self.last_index = last_index
@@ -114,6 +118,8 @@ class PagedStep:
         v_new = v.transpose(1, 2).reshape(-1, heads, dim).index_select(0, self.write_index)
         k_cache.index_copy_(0, self.slots, k_new.to(k_cache.dtype))
         v_cache.index_copy_(0, self.slots, v_new.to(v_cache.dtype))
+        if self.fresh:
+            return k, v
         shape = (self.rows, self.context, heads, dim)
         k_all = k_cache.index_select(0, self.gather).view(shape).transpose(1, 2)
         v_all = v_cache.index_select(0, self.gather).view(shape).transpose(1, 2)
