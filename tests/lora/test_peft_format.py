@@ -152,3 +152,34 @@ def test_gradients_equal_peft(tmp_path, ids):
     assert set(mine) == set(theirs) and len(mine) == 10
     for name, grad in mine.items():
         assert grad is not None and torch.allclose(grad, theirs[name], atol=1e-5), name
+
+
+def test_pissa_converted_to_plain_lora_works_on_the_original_base(tmp_path, ids):
+    ours = inject(tiny_llama(), LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"], init="pissa",
+                                           use_rslora=True))
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn_like(p) * 0.05)  # "training" moved both factors
+    save_adapter(ours, tmp_path, convert_pissa=True)
+    written = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert written["r"] == 8 and written["init_lora_weights"] is True
+    expected = logits(ours, ids)
+    theirs = peft.PeftModel.from_pretrained(tiny_llama(), tmp_path)   # the ORIGINAL base weights
+    assert torch.allclose(logits(theirs, ids), expected, atol=1e-4)
+    assert torch.allclose(logits(load_adapter(tiny_llama(), tmp_path), ids), expected, atol=1e-4)
+    with pytest.raises(LoraError, match="convert_pissa"):
+        save_adapter(inject(tiny_llama(), LoraConfig(target_modules=["q_proj"])), tmp_path / "x", convert_pissa=True)
+
+
+def test_half_precision_model_keeps_float32_adapters_like_peft(tmp_path, ids):
+    pm = _peft_model(tiny_llama, dict(r=4, lora_alpha=8, target_modules=["q_proj", "embed_tokens"]))
+    pm.save_pretrained(tmp_path)
+    ours = load_adapter(tiny_llama().to(torch.bfloat16), tmp_path)
+    theirs = peft.PeftModel.from_pretrained(tiny_llama().to(torch.bfloat16), tmp_path)
+    lora = [p for n, p in ours.named_parameters() if "lora_" in n]
+    assert lora and all(p.dtype == torch.float32 for p in lora)
+    assert all(p.dtype == torch.float32 for n, p in theirs.named_parameters() if "lora_" in n)
+    got, expected = logits(ours, ids), logits(theirs, ids)
+    assert got.dtype == torch.bfloat16
+    assert torch.allclose(got.float(), expected.float(), atol=1e-2)

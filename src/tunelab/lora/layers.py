@@ -24,6 +24,14 @@ def is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
 
 
+def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
+    """Adapters of a bf16/fp16 model are kept in float32 (as PEFT's autocast_adapter_dtype does): they are tiny, and
+    the optimizer's small updates to A and B would otherwise round away."""
+    if weight.dtype in (torch.float16, torch.bfloat16) or not weight.is_floating_point():
+        return torch.float32
+    return weight.dtype
+
+
 def is_lora_target_type(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, nn.Embedding)) or is_conv1d(module)
 
@@ -136,8 +144,7 @@ class LoraLinear(_LoraBase):
         return self.lora_A[name].weight, self.lora_B[name].weight
 
     def _create(self, name: str, r: int) -> None:
-        w = self.base_layer.weight
-        kw = {"device": w.device, "dtype": w.dtype if w.is_floating_point() else torch.float32}
+        kw = {"device": self.base_layer.weight.device, "dtype": adapter_dtype(self.base_layer.weight)}
         self.lora_A[name] = nn.Linear(self.in_features, r, bias=False, **kw)
         self.lora_B[name] = nn.Linear(r, self.out_features, bias=False, **kw)
 
@@ -203,9 +210,9 @@ class LoraEmbedding(_LoraBase):
         return self.lora_embedding_A[name], self.lora_embedding_B[name]
 
     def _create(self, name: str, r: int) -> None:
-        w = self.base_layer.weight
-        self.lora_embedding_A[name] = nn.Parameter(torch.zeros(r, self.in_features, device=w.device, dtype=w.dtype))
-        self.lora_embedding_B[name] = nn.Parameter(torch.zeros(self.out_features, r, device=w.device, dtype=w.dtype))
+        kw = {"device": self.base_layer.weight.device, "dtype": adapter_dtype(self.base_layer.weight)}
+        self.lora_embedding_A[name] = nn.Parameter(torch.zeros(r, self.in_features, **kw))
+        self.lora_embedding_B[name] = nn.Parameter(torch.zeros(self.out_features, r, **kw))
 
     def _initialise(self, name: str, init: str) -> None:
         if init == "pissa":

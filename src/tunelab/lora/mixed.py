@@ -20,7 +20,7 @@ from torch import nn
 
 from tunelab.lora.errors import LoraError
 from tunelab.lora.inject import _wrappers, adapter_state
-from tunelab.lora.layers import LoraEmbedding, ModulesToSave, _LoraBase
+from tunelab.lora.layers import LoraEmbedding, ModulesToSave, _LoraBase, adapter_dtype
 
 
 @contextlib.contextmanager
@@ -142,7 +142,7 @@ def _stack_adapters(layer: _LoraBase, names: list[str]) -> tuple[torch.Tensor, t
     present = [n for n in names if n in layer.adapters]
     r_max = max((layer.r[n] for n in present), default=1)
     ref = layer.factors(present[0])[0] if present else layer.base_layer.weight
-    dtype = ref.dtype if ref.is_floating_point() else torch.float32
+    dtype = ref.dtype if present else adapter_dtype(ref)
     embedding = isinstance(layer, LoraEmbedding)
     a_shape = (len(names) + 1, layer.in_features, r_max) if embedding else (len(names) + 1, r_max, layer.in_features)
     a_all = torch.zeros(a_shape, dtype=dtype, device=ref.device)

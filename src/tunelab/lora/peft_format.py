@@ -9,6 +9,7 @@ the Hugging Face checkpoint's even when the model is tunelab's own (via `model.c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -28,8 +29,14 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 
 
-def save_adapter(model: nn.Module, directory: str | Path, adapter_name: str = "default") -> Path:
-    """Write adapter `adapter_name` as a PEFT LoRA adapter that `PeftModel.from_pretrained` loads. Returns the dir."""
+def save_adapter(model: nn.Module, directory: str | Path, adapter_name: str = "default",
+                 convert_pissa: bool = False) -> Path:
+    """Write adapter `adapter_name` as a PEFT LoRA adapter that `PeftModel.from_pretrained` loads. Returns the dir.
+
+    A PiSSA adapter is saved as PEFT saves it (loading re-derives the residual base from the original weights).
+    With `convert_pissa=True` it is written instead as a plain rank-2r LoRA whose delta is the change from the
+    original W0 (PEFT's `path_initial_model_for_weight_conversion`), usable on the original base like any adapter
+    and combinable with other adapters."""
     state = adapter_state(model)
     if adapter_name not in state.configs:
         raise LoraError(f"unknown adapter {adapter_name!r}; this model has {list(state.configs)}")
@@ -37,6 +44,11 @@ def save_adapter(model: nn.Module, directory: str | Path, adapter_name: str = "d
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = _adapter_tensors(model, adapter_name, config)
+    if convert_pissa:
+        if config.init != "pissa":
+            raise LoraError(f"convert_pissa=True: adapter {adapter_name!r} was initialised with {config.init!r}, "
+                            "not 'pissa'; save it without convert_pissa")
+        tensors, config = _pissa_as_lora(model, adapter_name, config, tensors)
     save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(directory / WEIGHTS_FILE),
               metadata={"format": "pt"})
     peft = config.to_peft(target_modules=_saved_targets(model, adapter_name, config),
@@ -109,6 +121,21 @@ def _adapter_tensors(model: nn.Module, adapter_name: str, config: LoraConfig) ->
             if bias is not None:
                 out[f"{PREFIX}{checkpoint_name(model, path) + '.' if path else ''}bias"] = bias
     return out
+
+
+def _pissa_as_lora(model, adapter_name, config, tensors):
+    """s*(B A - B0 A0) = s*[B, -B0] @ [A; A0]: a rank-2r adapter on the original W0 with the same scaling."""
+    for path, layer in lora_layers(model):
+        if adapter_name not in layer.adapters:
+            continue
+        a0, b0 = layer.pissa_init[adapter_name]
+        key = PREFIX + checkpoint_name(model, path)
+        a, b = tensors[f"{key}.lora_A.weight"], tensors[f"{key}.lora_B.weight"]
+        tensors[f"{key}.lora_A.weight"] = torch.cat([a.detach(), a0.to(a.dtype)], dim=0)
+        tensors[f"{key}.lora_B.weight"] = torch.cat([b.detach(), -b0.to(b.dtype)], dim=1)
+    r = 2 * config.r
+    alpha = config.scaling * (r ** 0.5 if config.use_rslora else r)
+    return tensors, dataclasses.replace(config, r=r, alpha=alpha, init="kaiming")
 
 
 def _saved_targets(model: nn.Module, adapter_name: str, config: LoraConfig) -> list[str] | str:
