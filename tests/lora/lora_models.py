@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy  # noqa: F401  (re-exported for tests)
-
 import pytest
 import torch
 

@@ -89,3 +89,13 @@ def test_mixed_batch_errors_are_actionable(llama, ids):
         with per_row_adapters(llama, ["a", "b", "a", "a"]):
             pass
     unmerge(llama)
+
+
+def test_per_row_decode_shape_takes_the_token_path_and_still_matches(llama):
+    # One token per row (decode) and more rows than adapter slots: the cheaper token path must give the same answer.
+    _three_adapters(llama, ["q_proj", "embed_tokens"], "all-linear", ["down_proj"])
+    ids = torch.randint(0, 64, (7, 1), generator=torch.Generator().manual_seed(3))
+    rows = ["a", "b", None, "c", "c", "a", "b"]
+    with per_row_adapters(llama, rows):
+        mixed = logits(llama, ids)
+    assert torch.allclose(mixed, _alone(llama, ids, rows), atol=1e-5)

@@ -32,7 +32,6 @@ def unmerge(model: nn.Module, adapter_name: str | list[str] | None = None) -> No
 def merge_and_unload(model: nn.Module, adapter_name: str | list[str] | None = None) -> nn.Module:
     """Merge the adapter(s) (default: the active ones) and put the plain base layers back: the result is an ordinary
     model with no trace of LoRA (active `modules_to_save` copies replace their originals). Returns `model`."""
-    state = adapter_state(model)
     names = _names(model, adapter_name)
     merge(model, names)
     for path, module in list(model.named_modules()):
@@ -41,7 +40,6 @@ def merge_and_unload(model: nn.Module, adapter_name: str | list[str] | None = No
             _replace(model, path, chosen if chosen is not None else module.original_module)
     for path, layer in list(lora_layers(model)):
         _replace(model, path, layer.base_layer)
-    del state
     delattr(model, _STATE_ATTR)
     for p in model.parameters():
         p.requires_grad_(True)

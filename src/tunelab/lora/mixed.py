@@ -2,7 +2,8 @@
 
 Each LoRA layer stacks its adapters once per context into zero-padded tensors with a zero "base" slot:
 A [S+1, r_max, in] and B [S+1, out, r_max] with the adapter's scaling folded into B. Then
-  - per row:   gather each row's A and B and run two batched matmuls (torch.bmm) over the whole batch;
+  - per row:   gather each row's A and B and run two batched matmuls (torch.bmm) over the whole batch (rows with
+               only a few tokens, as in decoding, take the per-token path below, which moves fewer bytes);
   - per token: (for packed sequences, where one row holds many requests) project every token through all adapters'
                A at once ([N, S*r_max], cheap since r is small), zero the slots a token does not use, and multiply by
                all B's concatenated: one dense matmul, no Python loop and no per-token weight copies.
@@ -86,54 +87,63 @@ class _Routing:
         a, b = self._stack(layer)                       # [S+1, r, in], [S+1, out, r]
         x = x.to(a.dtype)
         lead = x.shape[:-1]
-        if not self.per_token:
-            index = self._row_index(x)
-            rows = x.reshape(index.numel(), -1, x.shape[-1])
-            h = torch.bmm(rows, a[index].transpose(1, 2))
-            out = torch.bmm(h, b[index].transpose(1, 2))
-            return out.reshape(*lead, b.shape[1])
         flat = x.reshape(-1, x.shape[-1])
-        index = self._token_index(flat.shape[0], x.device)
-        s, r = a.shape[0], a.shape[1]
-        h = flat @ a.reshape(s * r, -1).T                # every adapter's A at once: [N, (S+1)*r]
-        h = h.view(-1, s, r) * F.one_hot(index, s).to(h.dtype).unsqueeze(-1)
-        out = h.view(-1, s * r) @ b.permute(0, 2, 1).reshape(s * r, -1)
+        if self.per_token:
+            return self._tokens_linear(flat, self._token_index(flat.shape[0]), a, b).reshape(*lead, -1)
+        index = self._row_index(x)
+        rows = x.reshape(index.numel(), -1, x.shape[-1])
+        if rows.shape[1] <= a.shape[0]:
+            # Few tokens per row (decode): gathering a copy of A and B per row would move more bytes than the
+            # token path computes, so expand the row index to tokens instead.
+            return self._tokens_linear(flat, index.repeat_interleave(rows.shape[1]), a, b).reshape(*lead, -1)
+        h = torch.bmm(rows, a[index].transpose(1, 2))
+        out = torch.bmm(h, b[index].transpose(1, 2))
         return out.reshape(*lead, b.shape[1])
 
     def embedding_delta(self, layer: LoraEmbedding, ids: torch.Tensor) -> torch.Tensor:
         a, b = self._stack(layer)                       # a: [S+1, vocab, r] (A transposed), b: [S+1, out, r]
         s, vocab, r = a.shape
         table = a.reshape(s * vocab, r)
-        if not self.per_token:
+        if self.per_token:
+            index = self._token_index(ids.numel())
+        else:
             index = self._row_index(ids)
             rows = ids.reshape(index.numel(), -1)
-            # Offset each row's token ids into its adapter's slice of the stacked table: one lookup for all rows.
-            h = layer.embed(rows + index.unsqueeze(1) * vocab, table)
-            out = torch.bmm(h, b[index].transpose(1, 2))
-            return out.reshape(*ids.shape, b.shape[1])
-        flat = ids.reshape(-1)
-        index = self._token_index(flat.numel(), ids.device)
-        h = layer.embed(flat + index * vocab, table)    # [N, r]
+            if rows.shape[1] > s:
+                # Offset each row's token ids into its adapter's slice of the stacked table: one lookup for all rows.
+                h = layer.embed(rows + index.unsqueeze(1) * vocab, table)
+                out = torch.bmm(h, b[index].transpose(1, 2))
+                return out.reshape(*ids.shape, b.shape[1])
+            index = index.repeat_interleave(rows.shape[1])
+        h = layer.embed(ids.reshape(-1) + index * vocab, table)     # [N, r]
         h = h.unsqueeze(1) * F.one_hot(index, s).to(h.dtype).unsqueeze(-1)
         out = h.reshape(-1, s * r) @ b.permute(0, 2, 1).reshape(s * r, -1)
         return out.reshape(*ids.shape, b.shape[1])
+
+    @staticmethod
+    def _tokens_linear(flat: torch.Tensor, index: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        s, r = a.shape[0], a.shape[1]
+        h = flat @ a.reshape(s * r, -1).T                # every adapter's A at once: [N, (S+1)*r]
+        h = h.view(-1, s, r) * F.one_hot(index, s).to(h.dtype).unsqueeze(-1)
+        return h.view(-1, s * r) @ b.permute(0, 2, 1).reshape(s * r, -1)
 
     def _row_index(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] != self.index.numel():
             raise LoraError(f"per_row_adapters got {self.index.numel()} adapter names but the batch has "
                             f"{x.shape[0]} rows; give one name (or None) per row")
-        return self.index.to(x.device)
+        return self.index
 
-    def _token_index(self, n: int, device: torch.device) -> torch.Tensor:
+    def _token_index(self, n: int) -> torch.Tensor:
         if n != self.index.numel():
             raise LoraError(f"per_token_adapters got an index of {self.index.numel()} entries but the input has "
                             f"{n} tokens; give one entry per token of input_ids.reshape(-1)")
-        return self.index.to(device)
+        return self.index
 
     def _stack(self, layer: _LoraBase) -> tuple[torch.Tensor, torch.Tensor]:
         key = id(layer)
         if key not in self._stacks:
             self._stacks[key] = _stack_adapters(layer, self.names)
+            self.index = self.index.to(self._stacks[key][0].device)
         return self._stacks[key]
 
 
