@@ -18,7 +18,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWa
 
 CASES = {
     "gpt2": dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc", "wte"]),
-    "llama": dict(r=4, lora_alpha=16, target_modules="all-linear", use_rslora=True),
+    "llama": dict(r=4, lora_alpha=16, target_modules="all-linear", use_rslora=True, modules_to_save=["lm_head"]),
     "qwen2": dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "embed_tokens"], bias="lora_only"),
 }
 
@@ -57,7 +57,8 @@ def test_tunelab_adapter_loads_into_peft_on_transformers(tiny_checkpoint, tmp_pa
     path = tiny_checkpoint(family)
     kw = CASES[family]
     ours = inject(_ours(path), LoraConfig(r=kw["r"], alpha=kw["lora_alpha"], target_modules=kw["target_modules"],
-                                          use_rslora=kw.get("use_rslora", False), bias=kw.get("bias", "none")))
+                                          use_rslora=kw.get("use_rslora", False), bias=kw.get("bias", "none"),
+                                          modules_to_save=kw.get("modules_to_save")))
     randomize_lora(ours, seed=12)
     with torch.no_grad():
         for name, p in ours.named_parameters():
@@ -103,3 +104,21 @@ def test_mixed_rows_and_merge_on_tunelab_model(tiny_checkpoint):
         assert (mixed - torch.cat([b, a])).abs().max() <= 1e-5
         merge_and_unload(model)
         assert (model(ids[1:]) - a).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("targets,extra", [
+    (["qkv_proj", "up_proj"], {"exclude_modules": ["layers.0.self_attn.qkv_proj"]}),  # canonical spelling
+    (r"layers\.1\.mlp\..*", {}),                                                      # canonical regex
+    (["c_attn", "c_proj"], {"layers_to_transform": [1], "exclude_modules": r".*mlp.*"}),
+])
+def test_saved_config_makes_peft_wrap_the_same_layers(tiny_checkpoint, tmp_path, targets, extra):
+    path = tiny_checkpoint("gpt2")
+    ours = inject(_ours(path), LoraConfig(r=2, target_modules=targets, **extra))
+    randomize_lora(ours, seed=3)
+    save_adapter(ours, tmp_path)
+    theirs = peft.PeftModel.from_pretrained(_hf(path), tmp_path)
+    wrapped = {n.removeprefix("base_model.model.") for n, m in theirs.named_modules() if hasattr(m, "lora_A")
+               and hasattr(m, "base_layer")}
+    assert wrapped == {ours.checkpoint_name(n) for n, m in ours.named_modules() if hasattr(m, "lora_A")}
+    with torch.no_grad():
+        assert (theirs(_ids()).logits - ours(_ids())).abs().max() <= 1e-4

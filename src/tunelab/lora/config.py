@@ -75,10 +75,10 @@ class LoraConfig:
         return cls(**data)
 
     # --- PEFT's adapter_config.json -------------------------------------------------------------------------
-    def to_peft(self, target_modules: list[str] | str | None = None, fan_in_fan_out: bool = False) -> dict[str, Any]:
+    def to_peft(self, fan_in_fan_out: bool = False) -> dict[str, Any]:
         """PEFT's LoraConfig fields (the ones a LoRA adapter uses; PEFT fills the rest with defaults)."""
         init = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa"}[self.init]
-        targets = self.target_modules if target_modules is None else target_modules
+        targets = self.target_modules
         return {
             "alpha_pattern": {},
             "base_model_name_or_path": self.base_model_name_or_path,

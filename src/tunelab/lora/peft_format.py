@@ -21,8 +21,8 @@ from torch import nn
 from tunelab.lora.config import ALL_LINEAR, LoraConfig
 from tunelab.lora.errors import LoraError
 from tunelab.lora.inject import _STATE_ATTR, adapter_state, add, delete, lora_layers, set_active
-from tunelab.lora.layers import LoraEmbedding, ModulesToSave, _LoraBase
-from tunelab.lora.targets import _inside_wrapper, checkpoint_name, matches
+from tunelab.lora.layers import LoraEmbedding, ModulesToSave, _LoraBase, is_lora_target_type
+from tunelab.lora.targets import _inside_wrapper, checkpoint_name, layer_index, matches
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -51,8 +51,8 @@ def save_adapter(model: nn.Module, directory: str | Path, adapter_name: str = "d
         tensors, config = _pissa_as_lora(model, adapter_name, config, tensors)
     save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(directory / WEIGHTS_FILE),
               metadata={"format": "pt"})
-    peft = config.to_peft(target_modules=_saved_targets(model, adapter_name, config),
-                          fan_in_fan_out=_checkpoint_uses_conv1d(model, adapter_name))
+    peft = config.to_peft(fan_in_fan_out=_checkpoint_uses_conv1d(model, adapter_name))
+    peft.update(_peft_selection(model, adapter_name, config))
     if peft["base_model_name_or_path"] is None:
         peft["base_model_name_or_path"] = _model_name(model)
     (directory / CONFIG_FILE).write_text(json.dumps(peft, indent=2, sort_keys=True) + "\n")
@@ -138,15 +138,26 @@ def _pissa_as_lora(model, adapter_name, config, tensors):
     return tensors, dataclasses.replace(config, r=r, alpha=alpha, init="kaiming")
 
 
-def _saved_targets(model: nn.Module, adapter_name: str, config: LoraConfig) -> list[str] | str:
-    """target_modules as PEFT must read them: in checkpoint names, re-matching exactly the layers we wrapped."""
-    names = [checkpoint_name(model, p) for p, layer in lora_layers(model) if adapter_name in layer.adapters]
+def _peft_selection(model: nn.Module, adapter_name: str, config: LoraConfig) -> dict:
+    """target_modules / exclude_modules / layers_to_transform that make PEFT wrap exactly the layers we wrapped.
+
+    PEFT only sees checkpoint names, so the user's spelling (maybe tunelab's canonical names) is re-checked against
+    them: the original fields if they still select the same set, else the wrapped layers' leaf names (PEFT expands
+    "all-linear" the same way), else a regex of the exact names."""
+    wanted = {checkpoint_name(model, p) for p, layer in lora_layers(model) if adapter_name in layer.adapters}
+    candidates = [checkpoint_name(model, p) for p, m in model.named_modules()
+                  if p and not _inside_wrapper(p, model) and (isinstance(m, _LoraBase) or is_lora_target_type(m))]
+    options = []
     if isinstance(config.target_modules, str) and config.target_modules != ALL_LINEAR:
-        if all(matches(config.target_modules, n) for n in names):
-            return config.target_modules
-        return "|".join(re.escape(n) for n in names)  # a regex over exact names: PEFT full-matches it
-    # PEFT saves suffix names too ("all-linear" is expanded the same way by PEFT itself).
-    return sorted({n.rsplit(".", 1)[-1] for n in names})
+        options.append((config.target_modules, config.exclude_modules, None))
+    options.append((sorted({n.rsplit(".", 1)[-1] for n in wanted}), config.exclude_modules, config.layers_to_transform))
+    for targets, exclude, layers in options:
+        chosen = {n for n in candidates if matches(targets, n) and not (exclude and matches(exclude, n))
+                  and (layers is None or layer_index(n) in layers)}
+        if chosen == wanted:
+            return {"target_modules": targets, "exclude_modules": exclude, "layers_to_transform": layers}
+    exact = "|".join(re.escape(n) for n in sorted(wanted))  # PEFT full-matches a string target
+    return {"target_modules": exact, "exclude_modules": None, "layers_to_transform": None}
 
 
 def _checkpoint_uses_conv1d(model: nn.Module, adapter_name: str) -> bool:
