@@ -26,7 +26,9 @@ class ModelRunner:
         cfg = model.config
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        shape = (cfg.num_layers, num_blocks * block_size, cfg.num_kv_heads, cfg.head_dim)
+        # Head-major slots: a gathered context is [heads, rows * context, dim], so each (row, head) pair is one
+        # contiguous [context, dim] slab that SDPA reads as a strided batch, without another copy.
+        shape = (cfg.num_layers, cfg.num_kv_heads, num_blocks * block_size, cfg.head_dim)
         # Zeros, not empty: masked slots still enter SDPA's weighted sum (with weight 0), and 0 * NaN is NaN.
         self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
@@ -73,26 +75,28 @@ class ModelRunner:
         t = torch.arange(width)
         valid = t[None, :] < lengths[:, None]  # [rows, width]
         positions = torch.where(valid, starts[:, None] + t[None, :], 0)
-        context = max(len(s) for s in seqs)
-        tables = torch.zeros(rows, -(-context // self.block_size), dtype=torch.long)
+        longest = max(len(s) for s in seqs)
+        tables = torch.zeros(rows, -(-longest // self.block_size), dtype=torch.long)
         for i, s in enumerate(seqs):
             tables[i, : len(s.block_table)] = torch.tensor(s.block_table[: tables.shape[1]])
-        k = torch.arange(context)
-        # Slot of every (row, key position): block table lookup, then offset inside the block.
-        gather = tables[:, k // self.block_size] * self.block_size + k % self.block_size  # [rows, context]
+        pos = torch.arange(longest)
+        slot_of = tables[:, pos // self.block_size] * self.block_size + pos % self.block_size  # [rows, longest]
         write_rows, write_cols = valid.nonzero(as_tuple=True)
-        slots = gather[write_rows, positions[write_rows, write_cols]]
+        slots = slot_of[write_rows, positions[write_rows, write_cols]]
+        # Nothing cached yet (a prefill of whole sequences): the new keys are the whole context, no gather needed.
+        # Otherwise whole blocks are gathered (few, large copies), so the context is padded to a block multiple.
+        fresh = bool((starts == 0).all()) and longest == width
+        context = longest if fresh else tables.shape[1] * self.block_size
+        k = torch.arange(context)
         total = starts + lengths
         base = (k[None, None, :] <= positions[:, :, None]) & (k[None, None, :] < total[:, None, None])
         masks = {}
         for w in self.windows:
             m = base if w is None else base & (k[None, None, :] > positions[:, :, None] - w)
             masks[w] = m[:, None].to(dev)
-        # Nothing cached yet (a prefill of whole sequences): the new keys are the whole context, no gather needed.
-        fresh = bool((starts == 0).all()) and context == width
         return PagedStep(
             self, ids.to(dev), positions.to(dev), masks, slots.to(dev), (write_rows * width + write_cols).to(dev),
-            gather.reshape(-1).to(dev), (lengths - 1).to(dev), rows, context, fresh,
+            tables.reshape(-1).to(dev), (lengths - 1).to(dev), rows, context, fresh,
         )
 
 
@@ -113,16 +117,17 @@ class PagedStep:
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor):
         k_cache, v_cache = self.runner.k_cache[layer_idx], self.runner.v_cache[layer_idx]
         heads, dim = k.shape[1], k.shape[3]
-        # [rows, heads, width, dim] -> one row per token, padding dropped.
-        k_new = k.transpose(1, 2).reshape(-1, heads, dim).index_select(0, self.write_index)
-        v_new = v.transpose(1, 2).reshape(-1, heads, dim).index_select(0, self.write_index)
-        k_cache.index_copy_(0, self.slots, k_new.to(k_cache.dtype))
-        v_cache.index_copy_(0, self.slots, v_new.to(v_cache.dtype))
+        # [rows, heads, width, dim] -> [heads, tokens, dim], padding dropped.
+        k_new = k.transpose(0, 1).reshape(heads, -1, dim).index_select(1, self.write_index)
+        v_new = v.transpose(0, 1).reshape(heads, -1, dim).index_select(1, self.write_index)
+        k_cache.index_copy_(1, self.slots, k_new.to(k_cache.dtype))
+        v_cache.index_copy_(1, self.slots, v_new.to(v_cache.dtype))
         if self.fresh:
             return k, v
-        shape = (self.rows, self.context, heads, dim)
-        k_all = k_cache.index_select(0, self.gather).view(shape).transpose(1, 2)
-        v_all = v_cache.index_select(0, self.gather).view(shape).transpose(1, 2)
+        bs = self.runner.block_size
+        shape = (heads, self.rows, self.context, dim)
+        k_all = k_cache.view(heads, -1, bs, dim).index_select(1, self.gather).view(shape).transpose(0, 1)
+        v_all = v_cache.view(heads, -1, bs, dim).index_select(1, self.gather).view(shape).transpose(0, 1)
         return k_all, v_all
 
     def advance(self, n: int) -> None:
