@@ -104,3 +104,12 @@ def test_bad_config_fields_are_named():
 def test_rslora_and_gaussian_scaling():
     assert LoraConfig(r=16, alpha=8, use_rslora=True).scaling == pytest.approx(2.0)
     assert LoraConfig(r=16, alpha=8).scaling == pytest.approx(0.5)
+
+
+def test_failed_add_leaves_the_model_unchanged(llama, ids):
+    before = logits(llama, ids)
+    with pytest.raises(LoraError):
+        inject(llama, LoraConfig(target_modules=["q_proj"], modules_to_save=["no_such_head"]))
+    assert not hasattr(llama, "_tunelab_lora") and all(p.requires_grad for p in llama.parameters())
+    assert not any(isinstance(m, LoraLinear) for m in llama.modules())
+    assert torch.equal(logits(llama, ids), before)

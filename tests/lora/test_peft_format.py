@@ -183,3 +183,21 @@ def test_half_precision_model_keeps_float32_adapters_like_peft(tmp_path, ids):
     got, expected = logits(ours, ids), logits(theirs, ids)
     assert got.dtype == torch.bfloat16
     assert torch.allclose(got.float(), expected.float(), atol=1e-2)
+
+
+def test_deleting_or_failing_to_load_pissa_restores_the_original_base(tmp_path, ids):
+    base = logits(tiny_llama(), ids)
+    model = inject(tiny_llama(), LoraConfig(r=4, target_modules=["q_proj"], init="pissa"))
+    from tunelab.lora import delete
+    delete(model, "default")
+    assert torch.allclose(logits(model, ids), base, atol=1e-5)
+    pm = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"],
+                                                           init_lora_weights="pissa"))
+    pm.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "adapter_model.safetensors")
+    tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"] = torch.zeros(3, 32)
+    save_file(tensors, tmp_path / "adapter_model.safetensors")
+    model = tiny_llama()
+    with pytest.raises(LoraError, match=r"\(3, 32\)"):
+        load_adapter(model, tmp_path)
+    assert torch.allclose(logits(model, ids), base, atol=1e-5)

@@ -39,15 +39,17 @@ def add(model: nn.Module, config: LoraConfig, adapter_name: str) -> None:
     """Add another named adapter (same or different targets) without changing which adapters are active."""
     if not adapter_name or "." in adapter_name:
         raise LoraError(f"adapter name {adapter_name!r} must be non-empty and contain no '.'")
-    state = adapter_state(model, create=True)
-    if adapter_name in state.configs:
-        raise LoraError(f"adapter {adapter_name!r} already exists (adapters: {list(state.configs)}); "
+    existing = list(getattr(model, _STATE_ATTR).configs) if hasattr(model, _STATE_ATTR) else []
+    if adapter_name in existing:
+        raise LoraError(f"adapter {adapter_name!r} already exists (adapters: {existing}); "
                         "delete it or choose another name")
-    if config.init == "pissa" and state.configs:
+    if config.init == "pissa" and existing:
         raise LoraError("init='pissa' rewrites the base weights, so it cannot share a model with other adapters "
-                        f"(already has {list(state.configs)})")
+                        f"(already has {existing})")
+    # Resolve everything before touching the model, so a bad config leaves it unchanged.
     paths = find_targets(model, config)
     save_paths = find_modules_to_save(model, config.modules_to_save) if config.modules_to_save else []
+    state = adapter_state(model, create=True)
     for path in paths:
         module = model.get_submodule(path)
         if not isinstance(module, _LoraBase):

@@ -74,6 +74,10 @@ class _LoraBase(nn.Module):
     def delete_adapter(self, name: str) -> None:
         if name in self.merged_adapters:
             raise LoraError(f"adapter {name!r} is merged into the base weight; unmerge it before deleting it")
+        if name in self.pissa_init:
+            # PiSSA moved scaling*B0@A0 out of W0; put it back so the base model is the original again.
+            a0, b0 = self.pissa_init[name]
+            self._add_to_base(self._as_base_layout((b0 @ a0) * self.scaling[name]), f"deleting PiSSA adapter {name!r}")
         for table in (self.r, self.scaling, self.pissa_init):
             table.pop(name, None)
         for attr in ("lora_dropout", "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B"):

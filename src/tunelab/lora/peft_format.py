@@ -191,18 +191,18 @@ def _copy_into(model: nn.Module, adapter_name: str, tensors: dict[str, torch.Ten
         if not _inside_wrapper(path, model):
             modules[checkpoint_name(model, path) if path else ""] = (path, module)
     filled: set[tuple[str, int]] = set()
-    with torch.no_grad():
-        for key, value in tensors.items():
-            if not key.startswith(PREFIX):
-                raise LoraError(f"{source}: key {key!r} does not start with {PREFIX!r} (not a PEFT LoRA adapter file)")
-            name = key[len(PREFIX):]
-            target, where = _resolve(model, modules, name, adapter_name, source, key)
-            if where is not None:
-                filled.add(where)
-            if tuple(target.shape) != tuple(value.shape):
-                raise LoraError(f"{source}: tensor {key!r} has shape {tuple(value.shape)} but the model's "
-                                f"parameter has shape {tuple(target.shape)}")
-            target.copy_(value.to(dtype=target.dtype, device=target.device))
+    planned: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for key, value in tensors.items():
+        if not key.startswith(PREFIX):
+            raise LoraError(f"{source}: key {key!r} does not start with {PREFIX!r} (not a PEFT LoRA adapter file)")
+        name = key[len(PREFIX):]
+        target, where = _resolve(model, modules, name, adapter_name, source, key)
+        if where is not None:
+            filled.add(where)
+        if tuple(target.shape) != tuple(value.shape):
+            raise LoraError(f"{source}: tensor {key!r} has shape {tuple(value.shape)} but the model's "
+                            f"parameter has shape {tuple(target.shape)}")
+        planned.append((target, value))
     missing = []
     for path, layer in lora_layers(model):
         if adapter_name in layer.adapters:
@@ -213,6 +213,10 @@ def _copy_into(model: nn.Module, adapter_name: str, tensors: dict[str, torch.Ten
     if missing:
         raise LoraError(f"{source}: adapter_config.json targets layers whose weights are missing from the file: "
                         f"{missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    # Copy only once every key is known to fit: a bad file must not leave base biases half overwritten.
+    with torch.no_grad():
+        for target, value in planned:
+            target.copy_(value.to(dtype=target.dtype, device=target.device))
 
 
 def _resolve(model, modules, name, adapter_name, source, key):
