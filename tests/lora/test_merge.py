@@ -77,3 +77,18 @@ def test_merge_one_of_two_adapters(llama, ids):
     before = copy.deepcopy(llama.model.layers[0].self_attn.o_proj.base_layer.weight)
     unmerge(llama, "default")
     assert torch.equal(llama.model.layers[0].self_attn.o_proj.base_layer.weight, before)
+
+
+def test_gpt2_conv1d_merge_uses_the_transposed_layout(gpt2, ids):
+    inject(gpt2, LoraConfig(r=4, alpha=8, target_modules=["c_attn", "c_fc", "wte"]))
+    randomize_lora(gpt2)
+    expected = logits(gpt2, ids)
+    layer = gpt2.transformer.h[0].attn.c_attn
+    w0 = layer.base_layer.weight.detach().clone()                      # Conv1D: [in, out]
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    with pytest.warns(UserWarning, match="tied"):  # wte is also lm_head: the head must keep W0
+        merge_and_unload(gpt2)
+    assert gpt2.lm_head.weight is not gpt2.transformer.wte.weight
+    assert type(gpt2.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
+    assert torch.allclose(gpt2.transformer.h[0].attn.c_attn.weight, w0 + ((8 / 4) * b @ a).T, atol=1e-6)
+    assert torch.allclose(logits(gpt2, ids), expected, atol=1e-5)

@@ -6,6 +6,8 @@ accumulating rounding error in the low-precision dtype (the bf16 merge drift PEF
 
 from __future__ import annotations
 
+import warnings
+
 from torch import nn
 
 from tunelab.lora.errors import LoraError
@@ -15,8 +17,11 @@ from tunelab.lora.layers import ModulesToSave
 
 def merge(model: nn.Module, adapter_name: str | list[str] | None = None) -> None:
     """Add the adapter(s) (default: the active ones) into the base weights; merged adapters no longer cost a matmul."""
-    for name in _names(model, adapter_name):
-        for _, layer in lora_layers(model):
+    names = _names(model, adapter_name)
+    for path, layer in lora_layers(model):
+        if any(n in layer.adapters and n not in layer.merged_adapters for n in names):
+            _untie(model, path, layer)
+        for name in names:
             if name in layer.adapters:
                 layer.merge(name)
 
@@ -44,6 +49,19 @@ def merge_and_unload(model: nn.Module, adapter_name: str | list[str] | None = No
     for p in model.parameters():
         p.requires_grad_(True)
     return model
+
+
+def _untie(model: nn.Module, path: str, layer) -> None:
+    """A tied weight (GPT-2's wte is also lm_head) must not carry the embedding's delta into the output head, which
+    never saw the adapter: give the adapted layer its own copy first."""
+    weight = layer.base_layer.weight
+    users = [p for p, m in model.named_modules(remove_duplicate=False)
+             if any(t is weight for t in m._parameters.values())]
+    if len(users) > 1:
+        warnings.warn(f"merging into {path}: its weight is tied to {[u for u in users if u != path + '.base_layer']}; "
+                      "the merged layer gets its own copy so the other module keeps W0 (the weights are now untied)",
+                      stacklevel=3)
+        layer.base_layer.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
 
 
 def _names(model: nn.Module, adapter_name: str | list[str] | None) -> list[str]:
