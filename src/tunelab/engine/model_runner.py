@@ -33,6 +33,8 @@ class ModelRunner:
         self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.windows = sorted({layer.self_attn.sliding_window for layer in model.layers}, key=lambda w: w or 0)
+        if self.device.type == "cpu":
+            store_weights_transposed(model)
         self._hidden = model.hidden_states
         if compile:  # GPU: fuse the small decode kernels; shapes vary, so compile dynamically.
             self._hidden = torch.compile(model.hidden_states, dynamic=True)
@@ -98,6 +100,18 @@ class ModelRunner:
             self, ids.to(dev), positions.to(dev), masks, slots.to(dev), (write_rows * width + write_cols).to(dev),
             tables.reshape(-1).to(dev), (lengths - 1).to(dev), rows, context, fresh,
         )
+
+
+def store_weights_transposed(model: torch.nn.Module) -> None:
+    """Keep every Linear weight as a transposed view of an [in, out] contiguous tensor. Same values, same module
+    API; but on CPU the one-row matrix-vector products of decoding run ~1.3-1.8x faster in this layout (measured with
+    MKL/oneDNN sgemv: the [out, in] layout reads the weight at about half the memory bandwidth). Tied embedding
+    weights are left alone: the embedding lookup wants rows contiguous."""
+    tied = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and id(module.weight) not in tied and module.weight.is_contiguous():
+            weight = module.weight.detach().t().contiguous().t()
+            module.weight = torch.nn.Parameter(weight, requires_grad=module.weight.requires_grad)
 
 
 class PagedStep:
