@@ -177,8 +177,10 @@ class LoraLinear(_LoraBase):
         b = u[:, :r] @ torch.diag(torch.sqrt(s_r))
         self.lora_A[name].weight.copy_(a)
         self.lora_B[name].weight.copy_(b)
-        residual = weight - scaling * (b @ a)
-        self.base_layer.weight.copy_(self._as_base_layout(residual).to(self.base_layer.weight.dtype))
+        residual = self._as_base_layout(weight - scaling * (b @ a)).to(self.base_layer.weight.dtype)
+        # A fresh Parameter rather than an in-place write: a weight tied elsewhere (an output head tied to the
+        # embedding) must keep W0 there.
+        self.base_layer.weight = nn.Parameter(residual.contiguous(), requires_grad=False)
         self.pissa_init[name] = (a.clone(), b.clone())
 
     def _as_out_in(self, w: torch.Tensor) -> torch.Tensor:
