@@ -177,3 +177,21 @@ def test_aborting_a_stream_frees_its_blocks(served):
         time.sleep(0.05)
     assert metric(url, "tunelab_running_sequences") == 0
     assert metric(url, "tunelab_requests_total") >= 1
+
+
+def test_a_failing_step_fails_its_request_not_the_server(served, monkeypatch):
+    runner = served["engine"].llm.runner
+    real_run, calls = runner.run, []
+
+    def broken_once(seqs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("simulated kernel failure")
+        return real_run(seqs)
+
+    monkeypatch.setattr(runner, "run", broken_once)
+    with pytest.raises(openai.InternalServerError):
+        served["client"].completions.create(model=NAME, prompt="hi", max_tokens=4, temperature=0)
+    r = served["client"].completions.create(model=NAME, prompt="hi", max_tokens=4, temperature=0)
+    assert r.usage.completion_tokens >= 1
+    assert metric(served["server"].url, "tunelab_kv_blocks_used") == 0

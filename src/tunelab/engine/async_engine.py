@@ -21,6 +21,10 @@ class QueueFull(EngineError):
     """The waiting queue already holds `max_queue` requests."""
 
 
+class EngineFailure(RuntimeError):
+    """A step failed (a bug, out of memory): the requests in flight end with this; the engine keeps serving."""
+
+
 class AsyncLLM:
     def __init__(self, llm: LLM, max_queue: int | None = None):
         self.llm = llm
@@ -112,7 +116,7 @@ class AsyncLLM:
     def _fail_all(self, exc: Exception) -> None:
         with self._lock:
             ids = list(self._queues)
-        error = EngineError(f"the engine failed while running this request: {type(exc).__name__}: {exc}")
+        error = EngineFailure(f"the engine failed while running this request: {type(exc).__name__}: {exc}")
         for request_id in ids:
             self.llm.abort(request_id)
             self._deliver(request_id, error, True)

@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from tunelab.engine import AsyncLLM, EngineError, QueueFull, RequestOutput
+from tunelab.engine import AsyncLLM, EngineError, EngineFailure, QueueFull, RequestOutput
 from tunelab.models import ModelError
 from tunelab.serve import metrics
 from tunelab.serve.protocol import ChatCompletionRequest, CompletionRequest, error_body
@@ -47,7 +47,11 @@ def create_app(engine: AsyncLLM, model_name: str, api_key: str | None = None) ->
                                                    code="invalid_api_key"), status_code=401)
                 http_status[401] += 1
                 return response
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # nothing a request does may take the server down
+            response = JSONResponse(error_body(f"internal error: {type(exc).__name__}: {exc}", "server_error"),
+                                    status_code=500)
         http_status[response.status_code] += 1
         return response
 
@@ -166,6 +170,8 @@ async def _start(engine: AsyncLLM, prompt, params, adapter, rid) -> AsyncIterato
         raise ApiError(429, str(exc), "rate_limit_error", code="queue_full") from None
     except (EngineError, ModelError) as exc:
         raise ApiError(400, str(exc), param=str(exc).split(":")[0]) from None
+    except EngineFailure as exc:
+        raise ApiError(500, str(exc), "server_error") from None
 
     async def chained():
         try:
@@ -198,6 +204,9 @@ def _sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
         try:
             async for chunk in chunks:
                 yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+        except Exception as exc:  # the status line is sent already: report the failure as an error event
+            yield f"data: {json.dumps(error_body(str(exc), 'server_error'))}\n\n"
+        else:
             yield "data: [DONE]\n\n"
         finally:
             await chunks.aclose()  # close the chain down to the engine now, not whenever it is collected
