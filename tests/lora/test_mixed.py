@@ -99,3 +99,19 @@ def test_per_row_decode_shape_takes_the_token_path_and_still_matches(llama):
     with per_row_adapters(llama, rows):
         mixed = logits(llama, ids)
     assert torch.allclose(mixed, _alone(llama, ids, rows), atol=1e-5)
+
+
+def test_cached_stacks_follow_adapter_updates(llama):
+    _three_adapters(llama, ["q_proj", "embed_tokens"], ["v_proj"], ["o_proj"])
+    ids = torch.randint(0, 64, (3, 6), generator=torch.Generator().manual_seed(5))
+    rows = ["a", "b", "c"]
+    with per_row_adapters(llama, rows):
+        first = logits(llama, ids)
+    with torch.no_grad():  # an optimizer step, in place
+        for name, p in llama.named_parameters():
+            if "lora_B.b" in name or "lora_embedding_B.a" in name:
+                p.mul_(-2.0)
+    with per_row_adapters(llama, rows):
+        second = logits(llama, ids)
+    assert not torch.allclose(first, second, atol=1e-4)
+    assert torch.allclose(second, _alone(llama, ids, rows), atol=1e-5)

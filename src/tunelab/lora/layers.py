@@ -52,6 +52,8 @@ class _LoraBase(nn.Module):
         self.routing = None
         # PiSSA keeps its initial (A, B) so a trained adapter can be exported as a plain LoRA delta.
         self.pissa_init: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Stacked adapters for mixed batches, kept between batches by tunelab.lora.mixed.
+        self._mixed_cache = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -65,6 +67,7 @@ class _LoraBase(nn.Module):
     def add_adapter(self, name: str, config: LoraConfig) -> None:
         if name in self.r:
             raise LoraError(f"adapter {name!r} already exists on this layer; delete it first or pick another name")
+        self._mixed_cache = None
         self.r[name] = config.r
         self.scaling[name] = config.scaling
         self.lora_dropout[name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
@@ -78,6 +81,7 @@ class _LoraBase(nn.Module):
             # PiSSA moved scaling*B0@A0 out of W0; put it back so the base model is the original again.
             a0, b0 = self.pissa_init[name]
             self._add_to_base(self._as_base_layout((b0 @ a0) * self.scaling[name]), f"deleting PiSSA adapter {name!r}")
+        self._mixed_cache = None
         for table in (self.r, self.scaling, self.pissa_init):
             table.pop(name, None)
         for attr in ("lora_dropout", "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B"):

@@ -8,6 +8,7 @@ A [S+1, r_max, in] and B [S+1, out, r_max] with the adapter's scaling folded int
                A at once ([N, S*r_max], cheap since r is small), zero the slots a token does not use, and multiply by
                all B's concatenated: one dense matmul, no Python loop and no per-token weight copies.
 Dropout is not applied: mixed batches are an inference feature. Merged adapters cannot be mixed (they are in W0).
+The stacks are cached on the layer while the same adapters are mixed (see `_cached_stack`).
 """
 
 from __future__ import annotations
@@ -142,9 +143,22 @@ class _Routing:
     def _stack(self, layer: _LoraBase) -> tuple[torch.Tensor, torch.Tensor]:
         key = id(layer)
         if key not in self._stacks:
-            self._stacks[key] = _stack_adapters(layer, self.names)
+            self._stacks[key] = _cached_stack(layer, self.names)
             self.index = self.index.to(self._stacks[key][0].device)
         return self._stacks[key]
+
+
+def _cached_stack(layer: _LoraBase, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stacked tensors, reused across batches while the same adapters are mixed (every decode step of a server).
+    The key holds each factor's identity and `_version`, which in-place updates (optimizer steps, load_adapter's
+    copy_) bump, so a changed adapter is never served stale."""
+    factors = [(n, *layer.factors(n)) for n in names if n in layer.adapters]
+    key = (tuple(names), tuple((n, id(a), a._version, id(b), b._version, layer.scaling[n]) for n, a, b in factors))
+    cached = getattr(layer, "_mixed_cache", None)
+    if cached is None or cached[0] != key:
+        cached = (key, _stack_adapters(layer, names))
+        layer._mixed_cache = cached
+    return cached[1]
 
 
 @torch.no_grad()
