@@ -38,7 +38,7 @@ class BenchResult:
     train_ratio: float = 0.0                                       # median over rounds of tunelab_i / peft_i
     train_memory_mb: dict[str, float] = field(default_factory=dict)
     memory_kind: str = ""
-    infer_tok_s: dict[str, float] = field(default_factory=dict)   # merged / mixed / peft_mixed, medians
+    infer_tok_s: dict[str, float] = field(default_factory=dict)   # merged / mixed / mixed_cold / peft_mixed
     infer_ratio: dict[str, float] = field(default_factory=dict)   # median over rounds of merged_i / candidate_i
     notes: list[str] = field(default_factory=list)
 
@@ -96,16 +96,23 @@ def run(size: str = "default", iters: int = 5, warmup: int = 2, rank: int = 16, 
     _randomize(theirs)
     theirs.eval()
 
-    # The stacked adapter tensors are built on the first forward inside the context and reused after; timing one
-    # context per forward is the honest case for a server that sees a new mix of adapters every batch.
+    # per_row_adapters caches the stacked adapter tensors on each layer while the same adapters are mixed (a
+    # server's decode steps); "mixed_cold" drops that cache before every batch: a server seeing a new mix each time.
     def mixed_forward():
         with per_row_adapters(mixed, rows):
             mixed(input_ids=ids)
+
+    def mixed_cold():
+        for module in mixed.modules():
+            if hasattr(module, "_mixed_cache"):
+                module._mixed_cache = None
+        mixed_forward()
 
     with torch.no_grad():
         times = _interleaved({
             "merged": lambda: merged(input_ids=ids),
             "mixed": mixed_forward,
+            "mixed_cold": mixed_cold,
             "peft_mixed": lambda: theirs(input_ids=ids, adapter_names=rows),
         }, iters, warmup, device)
     result.infer_tok_s = {k: batch * seq / statistics.median(v) for k, v in times.items()}

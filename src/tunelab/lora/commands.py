@@ -43,6 +43,7 @@ def bench_lora_command(
     for col in ("", "tokens/s", "vs merged"):
         mixed.add_column(col, justify="right")
     for key, label in (("merged", "one adapter, merged into W"), ("mixed", "tunelab per_row_adapters"),
+                       ("mixed_cold", "  same, adapter stacks rebuilt each batch"),
                        ("peft_mixed", "PEFT adapter_names=")):
         mixed.add_row(label, f"{r.infer_tok_s[key]:,.0f}", f"{r.infer_ratio[key]:.2f}x")
     console.print(mixed)
