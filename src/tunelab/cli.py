@@ -24,6 +24,7 @@ app.add_typer(bench, name="bench")
 COMMAND_MODULES = (
     "tunelab.prompts.commands",
     "tunelab.models.commands",
+    "tunelab.train.commands",
     "tunelab.evals.commands",
     "tunelab.lora.commands",
     "tunelab.review.commands",
