@@ -195,7 +195,7 @@ class LoraLinear(_LoraBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         if self.routing is not None and not self.disabled:
-            return result + self.routing.linear_delta(self, x).to(result.dtype)
+            return self.routing.linear_forward(self, x, result)
         for name in self._lora_forward_ok():
             a, b = self.lora_A[name], self.lora_B[name]
             h = self.lora_dropout[name](x.to(a.weight.dtype))

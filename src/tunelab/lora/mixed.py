@@ -81,28 +81,36 @@ class _Routing:
     def __init__(self, names: list[str], index: torch.Tensor, per_token: bool) -> None:
         self.names = names          # slot i + 1 holds names[i]; slot 0 is the base model (zero delta)
         self.index = index          # per row [B] or per token [N], values in [0, S]
+        self.index_key = None if per_token else tuple(index.tolist())
         self.per_token = per_token
-        self._stacks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._stacks: dict[int, _Stack] = {}
 
-    def linear_delta(self, layer: _LoraBase, x: torch.Tensor) -> torch.Tensor:
-        a, b = self._stack(layer)                       # [S+1, r, in], [S+1, out, r]
+    def linear_forward(self, layer: _LoraBase, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """result (the base layer's output) plus each row's / token's own adapter."""
+        stack = self._stack(layer)
+        a, b = stack.a, stack.b                         # [S+1, r, in], [S+1, out, r]
         x = x.to(a.dtype)
         lead = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1])
         if self.per_token:
-            return self._tokens_linear(flat, self._token_index(flat.shape[0]), a, b).reshape(*lead, -1)
+            delta = self._tokens_linear(flat, self._token_index(flat.shape[0]), a, b)
+            return result + delta.reshape(*lead, -1).to(result.dtype)
         index = self._row_index(x)
         rows = x.reshape(index.numel(), -1, x.shape[-1])
         if rows.shape[1] <= a.shape[0]:
             # Few tokens per row (decode): gathering a copy of A and B per row would move more bytes than the
             # token path computes, so expand the row index to tokens instead.
-            return self._tokens_linear(flat, index.repeat_interleave(rows.shape[1]), a, b).reshape(*lead, -1)
-        h = torch.bmm(rows, a[index].transpose(1, 2))
-        out = torch.bmm(h, b[index].transpose(1, 2))
-        return out.reshape(*lead, b.shape[1])
+            delta = self._tokens_linear(flat, index.repeat_interleave(rows.shape[1]), a, b)
+            return result + delta.reshape(*lead, -1).to(result.dtype)
+        a_rows, b_rows = stack.rows(index, self.index_key)   # [B, in, r], [B, r, out]
+        h = torch.bmm(rows, a_rows)
+        if result.dtype == h.dtype:
+            # result + h @ B in one kernel: fewer passes over the [B, T, out] activations than bmm then add.
+            return torch.baddbmm(result.reshape(rows.shape[0], -1, result.shape[-1]), h, b_rows).reshape(result.shape)
+        return result + torch.bmm(h, b_rows).reshape(result.shape).to(result.dtype)
 
     def embedding_delta(self, layer: LoraEmbedding, ids: torch.Tensor) -> torch.Tensor:
-        a, b = self._stack(layer)                       # a: [S+1, vocab, r] (A transposed), b: [S+1, out, r]
+        a, b = self._stack(layer).pair()                    # a: [S+1, vocab, r] (A transposed), b: [S+1, out, r]
         s, vocab, r = a.shape
         table = a.reshape(s * vocab, r)
         if self.per_token:
@@ -140,15 +148,35 @@ class _Routing:
                             f"{n} tokens; give one entry per token of input_ids.reshape(-1)")
         return self.index
 
-    def _stack(self, layer: _LoraBase) -> tuple[torch.Tensor, torch.Tensor]:
+    def _stack(self, layer: _LoraBase) -> _Stack:
         key = id(layer)
         if key not in self._stacks:
             self._stacks[key] = _cached_stack(layer, self.names)
-            self.index = self.index.to(self._stacks[key][0].device)
+            self.index = self.index.to(self._stacks[key].a.device)
         return self._stacks[key]
 
 
-def _cached_stack(layer: _LoraBase, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+class _Stack:
+    """One layer's adapters stacked for mixing, plus the last per-row gather of them (reused while the rows keep the
+    same adapters, e.g. every step of one batch)."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.a, self.b = a, b
+        self._rows_key = None
+        self._rows: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.a, self.b
+
+    def rows(self, index: torch.Tensor, key: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._rows is None or self._rows_key != key:
+            # Laid out for bmm: x [B, T, in] @ A_rows [B, in, r], then @ B_rows [B, r, out].
+            self._rows = (self.a[index].transpose(1, 2).contiguous(), self.b[index].transpose(1, 2).contiguous())
+            self._rows_key = key
+        return self._rows
+
+
+def _cached_stack(layer: _LoraBase, names: list[str]) -> _Stack:
     """The stacked tensors, reused across batches while the same adapters are mixed (every decode step of a server).
     The key holds each factor's identity and `_version`, which in-place updates (optimizer steps, load_adapter's
     copy_) bump, so a changed adapter is never served stale."""
@@ -156,7 +184,7 @@ def _cached_stack(layer: _LoraBase, names: list[str]) -> tuple[torch.Tensor, tor
     key = (tuple(names), tuple((n, id(a), a._version, id(b), b._version, layer.scaling[n]) for n, a, b in factors))
     cached = getattr(layer, "_mixed_cache", None)
     if cached is None or cached[0] != key:
-        cached = (key, _stack_adapters(layer, names))
+        cached = (key, _Stack(*_stack_adapters(layer, names)))
         layer._mixed_cache = cached
     return cached[1]
 
