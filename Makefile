@@ -21,6 +21,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 install: $(STAMP)
 
 test: install
+	bash scripts/ensure-browser.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install

@@ -5,7 +5,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import ADMIN, PAYLOAD
+from review_helpers import ADMIN, PAYLOAD
 from tunelab.review.app import create_app
 from tunelab.review.store import ReviewStore
 from tunelab.review.tasks import swapped

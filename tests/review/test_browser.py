@@ -9,7 +9,7 @@ import signal
 
 from playwright.sync_api import sync_playwright
 
-from conftest import write_items
+from review_helpers import write_items
 from test_durability import free_port, start_server
 from tunelab.review import longformat
 from tunelab.review.auth import add_rater

@@ -7,7 +7,7 @@ import json
 import typer
 from typer.testing import CliRunner
 
-from conftest import PAYLOAD, write_items
+from review_helpers import PAYLOAD, write_items
 from tunelab.evals.store import Store
 from tunelab.review.commands import register
 

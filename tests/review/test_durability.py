@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from conftest import ADMIN
+from review_helpers import ADMIN
 from tunelab.review.store import ReviewStore
 
 

@@ -1,11 +1,5 @@
-import json
-
 import pytest
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+from train_helpers import write_jsonl
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Data loading: completion-only labels, chat masking, bad rows named by file and line."""
 
 import pytest
-from conftest import write_jsonl
+from train_helpers import write_jsonl
 
 from tunelab.models import load_pretrained
 from tunelab.train import TrainError
