@@ -20,6 +20,8 @@ def bench_lora_command(
     rank: int = typer.Option(16, "--rank", min=1),
     adapters: int = typer.Option(8, "--adapters", min=1, help="Adapters in the mixed batch."),
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda if available)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's choice). "
+                                       "1 gives steadier figures on a machine shared with other jobs."),
 ) -> None:
     """LoRA training step vs PEFT (time, memory) and a mixed-adapter batch vs one merged adapter."""
     from tunelab.lora.bench import SIZES, run
@@ -27,6 +29,10 @@ def bench_lora_command(
     if size not in SIZES:
         console.print(f"[red]error:[/red] --size must be one of {sorted(SIZES)}, got {size!r}")
         raise typer.Exit(2)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     r = run(size=size, iters=iters, warmup=warmup, rank=rank, adapters=adapters, device=device)
 
     train = Table(title=f"LoRA training step (forward+backward) on {r.device}")
