@@ -1,6 +1,7 @@
 """Mixed-adapter batches: every row (or every token) of ONE forward pass uses its own adapter.
 
-Each LoRA layer stacks its adapters once per context into zero-padded tensors with a zero "base" slot:
+Each LoRA layer stacks its adapters into zero-padded tensors with a zero "base" slot (cached while the same adapters
+are mixed, see `_cached_stack`):
 A [S+1, r_max, in] and B [S+1, out, r_max] with the adapter's scaling folded into B. Then
   - per row:   gather each row's A and B and run two batched matmuls (torch.bmm) over the whole batch (rows with
                only a few tokens, as in decoding, take the per-token path below, which moves fewer bytes);
@@ -8,7 +9,6 @@ A [S+1, r_max, in] and B [S+1, out, r_max] with the adapter's scaling folded int
                A at once ([N, S*r_max], cheap since r is small), zero the slots a token does not use, and multiply by
                all B's concatenated: one dense matmul, no Python loop and no per-token weight copies.
 Dropout is not applied: mixed batches are an inference feature. Merged adapters cannot be mixed (they are in W0).
-The stacks are cached on the layer while the same adapters are mixed (see `_cached_stack`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def per_row_adapters(model: nn.Module, adapters: Sequence[str | None]) -> Iterat
     """
     names = sorted({a for a in adapters if a is not None})
     slot = {n: i + 1 for i, n in enumerate(names)}
-    index = torch.tensor([0 if a is None else slot.get(a, -1) for a in adapters], dtype=torch.long)
+    index = torch.tensor([0 if a is None else slot[a] for a in adapters], dtype=torch.long)
     with _routed(model, _Routing(names, index, per_token=False), adapters):
         yield model
 
