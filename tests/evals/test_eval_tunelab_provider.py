@@ -44,3 +44,38 @@ def test_http_only_eval_does_not_import_torch(tmp_path):
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_completion_style_sends_the_text_as_written(tmp_path, tiny_checkpoint):
+    """`chat: false`: a base model sees the rendered template, not a chat-templated message."""
+    from tunelab.models import load_pretrained
+    from tunelab.models.generate import generate
+
+    ckpt = tiny_checkpoint("qwen2")
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps({"topic": t}) + "\n" for t in ("fox", "Paris")))
+    cfg = EvalConfig.from_dict({
+        "dataset": "data.jsonl",
+        "prompts": [{"id": "p", "template": "Tell me about {{ topic }}"}],
+        "providers": [{"id": "local", "type": "tunelab", "model": str(ckpt), "chat": False,
+                       "params": {"max_tokens": 8}}],
+        "metrics": ["length"],
+    }, source="eval.yaml", base_dir=tmp_path)
+    stats = run_eval(cfg, tmp_path / "r.db")
+    assert stats.errors == 0
+    model, tok = load_pretrained(ckpt)
+    with Store(tmp_path / "r.db") as store:
+        for row in store.results(stats.run_id):
+            ref = generate(model, tok, f"Tell me about {row.vars['topic']}", max_new_tokens=8)
+            assert row.output == ref.text and row.prompt_tokens == ref.prompt_tokens
+
+
+def test_chat_must_be_a_boolean(tmp_path):
+    import pytest
+
+    from tunelab.evals.errors import EvalError
+
+    (tmp_path / "data.jsonl").write_text('{"x": 1}\n')
+    with pytest.raises(EvalError, match=r"providers\[0\]\.chat: expected true or false"):
+        EvalConfig.from_dict({"dataset": "data.jsonl", "prompts": [{"id": "p", "template": "{{ x }}"}],
+                              "providers": [{"id": "l", "type": "tunelab", "model": "m", "chat": "no"}]},
+                             source="eval.yaml", base_dir=tmp_path)

@@ -1,5 +1,5 @@
 """Cache keys. Responses are keyed by everything that determines them
-(provider type, endpoint, model, adapter, params, rendered messages, repeat
+(provider type, endpoint, model, adapter, chat or completion style, params, rendered messages, repeat
 index), so an unchanged rerun makes zero calls while `repeat: 3` still samples
 three times. Metric and judge results are keyed by their own config and
 implementation version (see metrics.Metric.input_key and judges.judge_key)."""
@@ -16,5 +16,5 @@ from tunelab.evals.config import ProviderConfig
 def response_key(provider: ProviderConfig, params: dict[str, Any], messages: list[dict[str, str]],
                  repeat: int) -> str:
     identity = {"type": provider.type, "base_url": provider.base_url, "model": provider.model,
-                "adapter": provider.adapter, "params": params, "messages": messages, "repeat": repeat}
+                "adapter": provider.adapter, "chat": provider.chat, "params": params, "messages": messages, "repeat": repeat}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()

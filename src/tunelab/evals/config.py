@@ -47,6 +47,10 @@ class ProviderConfig:
     adapter: str | None = None
     # A provider used only by judges is not itself evaluated.
     judge_only: bool = False
+    # None: chat (the model's chat template / chat completions) when the model has one.
+    # False: completion style, the prompt text exactly as rendered (base models;
+    # OpenAI's /v1/completions). True: chat, and an error if there is no template.
+    chat: bool | None = None
 
 
 @dataclass
@@ -115,7 +119,7 @@ class EvalConfig:
         }
         for p in self.providers:
             d = {"id": p.id, "type": p.type, "model": p.model, "base_url": p.base_url, "api_key_env": p.api_key_env,
-                 "params": p.params, "adapter": p.adapter, "judge_only": p.judge_only or None,
+                 "params": p.params, "adapter": p.adapter, "judge_only": p.judge_only or None, "chat": p.chat,
                  "price": None if p.price is None else {"input_per_1m": p.price.input_per_1m,
                                                         "output_per_1m": p.price.output_per_1m}}
             out["providers"].append(_drop_none(d))
@@ -234,7 +238,7 @@ def _prompt(d: Any, src: str, where: str) -> PromptConfig:
 
 def _provider(d: Any, src: str, where: str) -> ProviderConfig:
     d = _mapping(d, src, where, "{id, type, model, ...}")
-    _no_unknown(d, {"id", "type", "model", "base_url", "api_key_env", "params", "price", "adapter", "judge_only"},
+    _no_unknown(d, {"id", "type", "model", "base_url", "api_key_env", "params", "price", "adapter", "judge_only", "chat"},
                 src, where + ".")
     ptype = d.get("type", "openai")
     if ptype not in ("openai", "tunelab"):
@@ -251,7 +255,15 @@ def _provider(d: Any, src: str, where: str) -> ProviderConfig:
         price = Price(**{k: _number(pd, k, src, where + ".price.") for k in pd})
     return ProviderConfig(id=str(_required(d, "id", src, where)), type=ptype, model=str(_required(d, "model", src, where)),
                           base_url=d.get("base_url"), api_key_env=d.get("api_key_env"), params=params, price=price,
-                          adapter=d.get("adapter"), judge_only=bool(d.get("judge_only", False)))
+                          adapter=d.get("adapter"), judge_only=bool(d.get("judge_only", False)),
+                          chat=_optional_bool(d, "chat", src, where))
+
+
+def _optional_bool(d: dict[str, Any], key: str, src: str, where: str) -> bool | None:
+    value = d.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise EvalError(f"{src}: {where}.{key}: expected true or false, got {value!r}")
+    return value
 
 
 def _metric(d: Any, src: str, where: str) -> MetricConfig:

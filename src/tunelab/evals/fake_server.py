@@ -17,6 +17,8 @@ Responder = Callable[[dict[str, Any]], "str | tuple[int, str]"]
 
 def echo(body: dict[str, Any]) -> str:
     """Default reply: the last user message, reversed word order -> deterministic, distinct per prompt."""
+    if "prompt" in body:  # /v1/completions
+        return " ".join(reversed(str(body["prompt"]).split()))
     user = [m["content"] for m in body.get("messages", []) if m.get("role") == "user"]
     return " ".join(reversed((user[-1] if user else "").split()))
 
@@ -70,6 +72,14 @@ class FakeOpenAI:
         if isinstance(result, tuple):
             return result[0], {"error": {"message": result[1], "type": "server_error"}}
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+        if "prompt" in body:  # /v1/completions
+            prompt_tokens = len(str(body["prompt"]).split())
+            return 200, {
+                "id": f"cmpl-{self.calls}", "object": "text_completion", "created": 0, "model": body.get("model", ""),
+                "choices": [{"index": 0, "text": result, "finish_reason": "stop", "logprobs": None}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(result.split()),
+                          "total_tokens": prompt_tokens + len(result.split())},
+            }
         return 200, {
             "id": f"chatcmpl-{self.calls}", "object": "chat.completion", "created": 0, "model": body.get("model", ""),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result}, "finish_reason": "stop"}],

@@ -76,7 +76,12 @@ class OpenAIProvider:
                 await asyncio.sleep(self.retry.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random() / 2))
             start = time.perf_counter()
             try:
-                resp = await self.client.chat.completions.create(model=self.config.model, messages=messages, **params)
+                if self.config.chat is False:
+                    resp = await self.client.completions.create(model=self.config.model,
+                                                                prompt=completion_text(messages), **params)
+                else:
+                    resp = await self.client.chat.completions.create(model=self.config.model, messages=messages,
+                                                                     **params)
             except (o.APITimeoutError, o.APIConnectionError, o.RateLimitError, o.InternalServerError) as exc:
                 last = exc
                 continue
@@ -90,8 +95,9 @@ class OpenAIProvider:
                 raise ProviderError(f"{self.config.id}: response had no choices")
             choice = resp.choices[0]
             usage = resp.usage
+            text = choice.text if self.config.chat is False else choice.message.content
             return Completion(
-                text=choice.message.content or "",
+                text=text or "",
                 prompt_tokens=usage.prompt_tokens if usage else None,
                 completion_tokens=usage.completion_tokens if usage else None,
                 latency_s=latency, finish_reason=choice.finish_reason,
@@ -196,10 +202,18 @@ class TunelabProvider:
 
     def _prompt_text(self, messages: list[dict[str, str]]) -> str:
         tok = self._tokenizer
-        if getattr(tok, "chat_template", None):
+        has_template = bool(getattr(tok, "chat_template", None))
+        if self.config.chat is True and not has_template:
+            raise ProviderError(f"{self.config.id}: chat: true, but {self.config.model} has no chat template")
+        if has_template and self.config.chat is not False:
             return tok.apply_chat_template(messages, add_generation_prompt=True)
-        # Base models without a chat template see the text exactly as written.
-        return "\n\n".join(m["content"] for m in messages)
+        return completion_text(messages)
+
+
+def completion_text(messages: list[dict[str, str]]) -> str:
+    """Completion style: the model sees the rendered text exactly as written
+    (several messages, e.g. few-shot turns, are joined by blank lines)."""
+    return "\n\n".join(m["content"] for m in messages)
 
 
 def _short(exc: Exception | None, limit: int = 300) -> str:
