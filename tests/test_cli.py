@@ -40,3 +40,8 @@ def test_info(tiny_checkpoint):
 def test_bad_model_path_exits_2_with_a_message(tmp_path):
     out = _run("generate", "--model", str(tmp_path), "--prompt", "x")
     assert out.returncode == 2 and "no config.json" in out.stdout + out.stderr
+
+
+def test_generate_with_a_missing_adapter_is_a_clear_error(tiny_checkpoint, tmp_path):
+    out = _run("generate", "--model", str(tiny_checkpoint("llama")), "--prompt", "x", "--adapter", str(tmp_path))
+    assert out.returncode == 2 and "adapter_config.json" in out.stdout and "Traceback" not in out.stderr

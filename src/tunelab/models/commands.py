@@ -30,6 +30,7 @@ def generate_command(
     dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: as stored)."),
 ) -> None:
     """Generate text from a prompt with a KV cache."""
+    from tunelab.lora import LoraError
     from tunelab.models import ModelError, generate, load_pretrained
 
     try:
@@ -42,8 +43,8 @@ def generate_command(
         ids = tok.encode(text, add_special_tokens=not chat)
         out = generate(m, tok, ids, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                        seed=seed, stop=stop)
-    except ModelError as e:
-        console.print(f"[red]error:[/red] {e}")
+    except (ModelError, LoraError) as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(2) from None
     typer.echo(out.text)
     console.print(
