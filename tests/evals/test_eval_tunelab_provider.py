@@ -34,7 +34,7 @@ def test_tunelab_provider_matches_direct_generation(tmp_path, tiny_checkpoint):
     model, tok = load_pretrained(ckpt)
     for row in rows:
         prompt = tok.apply_chat_template(row.rendered, add_generation_prompt=True)
-        ref = generate(model, tok, prompt, max_new_tokens=8)
+        ref = generate(model, tok, tok.encode(prompt, add_special_tokens=False), max_new_tokens=8)
         assert row.output == ref.text
         assert row.completion_tokens == ref.completion_tokens and row.scores["length"] == len(ref.text)
 

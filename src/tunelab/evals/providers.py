@@ -163,7 +163,7 @@ class TunelabProvider:
         if self._llm is not None:
             from tunelab.engine import SamplingParams
 
-            prompts = [self._prompt_text(m) for m, _ in requests]
+            prompts = [self._prompt_ids(m) for m, _ in requests]
             params = [SamplingParams(**{k: v for k, v in p.items() if k in self._PARAMS}) for _, p in requests]
             adapter = "adapter" if self.config.adapter else None
             outs = self._llm.generate(prompts, params, adapter=adapter)
@@ -177,7 +177,7 @@ class TunelabProvider:
                       if k in ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop")}
             if isinstance(kwargs.get("stop"), str):
                 kwargs["stop"] = [kwargs["stop"]]
-            g = generate(model, tok, self._prompt_text(messages), **kwargs)
+            g = generate(model, tok, self._prompt_ids(messages), **kwargs)
             out.append((g.text, g.prompt_tokens, g.completion_tokens, g.finish_reason))
         return out
 
@@ -200,14 +200,16 @@ class TunelabProvider:
         self._fallback = load_pretrained(self.config.model)
         self._tokenizer = self._fallback[1]
 
-    def _prompt_text(self, messages: list[dict[str, str]]) -> str:
+    def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         tok = self._tokenizer
         has_template = bool(getattr(tok, "chat_template", None))
         if self.config.chat is True and not has_template:
             raise ProviderError(f"{self.config.id}: chat: true, but {self.config.model} has no chat template")
         if has_template and self.config.chat is not False:
-            return tok.apply_chat_template(messages, add_generation_prompt=True)
-        return completion_text(messages)
+            # The template writes its own special tokens (BOS included), as transformers'
+            # apply_chat_template(tokenize=True) and the chat endpoint of `tunelab serve` do.
+            return tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True), add_special_tokens=False)
+        return tok.encode(completion_text(messages))
 
 
 def completion_text(messages: list[dict[str, str]]) -> str:
