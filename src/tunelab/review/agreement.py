@@ -215,14 +215,15 @@ def percent_agreement(m: np.ndarray) -> float:
 
 
 def fleiss_kappa(counts: np.ndarray) -> float:
-    """Fleiss (1971) kappa from an items × categories count table with equal raters per item."""
+    """Fleiss (1971) kappa from an items × categories count table with equal raters per item (statsmodels)."""
+    from statsmodels.stats.inter_rater import fleiss_kappa as _fleiss
+
     if counts.shape[0] < 2:
         return math.nan
-    n = counts.sum(1)[0]
     p_cat = counts.sum(0) / counts.sum()
-    p_item = (np.sum(counts * counts, 1) - n) / (n * (n - 1))
-    p_e = float(np.sum(p_cat * p_cat))
-    return math.nan if p_e == 1 else float((p_item.mean() - p_e) / (1 - p_e))
+    if float(np.sum(p_cat * p_cat)) == 1.0:  # every rating in one category: kappa is undefined
+        return math.nan
+    return float(_fleiss(counts, method="fleiss"))
 
 
 # -- building the item × rater matrix ------------------------------------------
