@@ -79,3 +79,23 @@ def test_chat_must_be_a_boolean(tmp_path):
         EvalConfig.from_dict({"dataset": "data.jsonl", "prompts": [{"id": "p", "template": "{{ x }}"}],
                               "providers": [{"id": "l", "type": "tunelab", "model": "m", "chat": "no"}]},
                              source="eval.yaml", base_dir=tmp_path)
+
+
+def test_one_bad_prompt_does_not_fail_its_batch(tmp_path, tiny_checkpoint):
+    ckpt = tiny_checkpoint("llama")  # context: 256 positions
+    rows = [{"topic": "fox"}, {"topic": "word " * 400}, {"topic": "Paris"}]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = EvalConfig.from_dict({
+        "dataset": "data.jsonl",
+        "prompts": [{"id": "p", "template": "Tell me about {{ topic }}"}],
+        "providers": [{"id": "local", "type": "tunelab", "model": str(ckpt), "chat": False,
+                       "params": {"max_tokens": 4}}],
+        "metrics": ["length"],
+        "concurrency": 3,
+    }, source="eval.yaml", base_dir=tmp_path)
+    stats = run_eval(cfg, tmp_path / "r.db")
+    with Store(tmp_path / "r.db") as store:
+        rows = {r.line: r for r in store.results(stats.run_id)}
+    assert stats.errors == 1
+    assert rows[2].error and "local" in rows[2].error and rows[2].output is None
+    assert rows[1].error is None and rows[3].error is None and rows[1].completion_tokens == 4

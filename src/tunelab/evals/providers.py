@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -144,18 +145,28 @@ class TunelabProvider:
             start = time.perf_counter()
             try:
                 results = await asyncio.to_thread(self._generate, [(m, p) for m, p, _ in batch])
-            except ProviderError as exc:
-                for _, _, fut in batch:
-                    fut.set_exception(ProviderError(str(exc)))
-                continue
-            except Exception as exc:  # noqa: BLE001 - recorded on the items, the run goes on
-                for _, _, fut in batch:
-                    fut.set_exception(ProviderError(f"{self.config.id}: generation failed: "
-                                                    f"{type(exc).__name__}: {exc}"))
+            except Exception:  # noqa: BLE001 - find which request failed: one bad prompt must not fail the rest
+                if len(batch) == 1:
+                    self._fail(batch[0][2], *sys.exc_info()[:2])
+                    continue
+                for messages, params, fut in batch:
+                    one_start = time.perf_counter()
+                    try:
+                        ((text, pt, ct, reason),) = await asyncio.to_thread(self._generate, [(messages, params)])
+                    except Exception as exc:  # noqa: BLE001 - recorded on the item, the run goes on
+                        self._fail(fut, type(exc), exc)
+                        continue
+                    fut.set_result(Completion(text, pt, ct, time.perf_counter() - one_start, reason))
                 continue
             latency = time.perf_counter() - start
             for (_, _, fut), (text, pt, ct, reason) in zip(batch, results):
                 fut.set_result(Completion(text, pt, ct, latency, reason))
+
+    def _fail(self, fut: asyncio.Future[Completion], kind: type[BaseException] | None, exc: BaseException | None) -> None:
+        if isinstance(exc, ProviderError):
+            fut.set_exception(ProviderError(str(exc)))
+        else:
+            fut.set_exception(ProviderError(f"{self.config.id}: generation failed: {kind.__name__ if kind else ''}: {exc}"))
 
     def _generate(self, requests: list[tuple[list[dict[str, str]], dict[str, Any]]]) -> list[tuple[str, int, int, str]]:
         with self._load_lock:
