@@ -17,10 +17,9 @@ def test_same_seed_same_text_alone_or_in_a_batch(llm):
     batch = llm.generate(["Hello, how are", "Paris is the capital of", "The quick brown fox jumps"],
                          [others[0], p, others[1]])
     assert batch[1].token_ids == alone.token_ids and batch[1].text == alone.text
-    unseeded_diff = llm.generate(["Paris is the capital of"], SamplingParams(max_tokens=24, temperature=1.0, seed=12))
-    greedy = llm.generate(["Paris is the capital of"], SamplingParams(max_tokens=24))
-    # The seed matters: another seed or greedy decoding gives another continuation.
-    assert alone.token_ids != unseeded_diff[0].token_ids or alone.token_ids != greedy[0].token_ids
+    (other_seed,) = llm.generate(["Paris is the capital of"], SamplingParams(max_tokens=24, temperature=1.0, seed=12))
+    # The seed matters (so the equality above is not greedy decoding in disguise).
+    assert alone.token_ids != other_seed.token_ids
 
 
 def test_stop_string_cuts_text_and_is_excluded(llm):

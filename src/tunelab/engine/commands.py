@@ -18,7 +18,9 @@ def bench_generate(
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
     layers: int = typer.Option(8, "--layers", min=1),
     hidden: int = typer.Option(512, "--hidden", min=64),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's choice)."),
+    threads: int = typer.Option(1, "--threads", min=1,
+                                help="torch CPU threads for both sides. 1 by default: on a shared box, more threads "
+                                     "than idle cores make OpenMP spin and the figures meaningless."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON at the end."),
 ) -> None:
     """tunelab's engine vs transformers `generate` on a random ~60M Llama: batch 1 and N concurrent requests."""
@@ -26,8 +28,7 @@ def bench_generate(
 
     from tunelab.engine.bench import run_generate_bench
 
-    if threads is not None:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     result = run_generate_bench(requests, prompt_tokens, new_tokens, single_tokens, device, dtype, layers, hidden)
     if json_out:
         typer.echo(result.to_json())
