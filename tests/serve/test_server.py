@@ -195,3 +195,18 @@ def test_a_failing_step_fails_its_request_not_the_server(served, monkeypatch):
     r = served["client"].completions.create(model=NAME, prompt="hi", max_tokens=4, temperature=0)
     assert r.usage.completion_tokens >= 1
     assert metric(served["server"].url, "tunelab_kv_blocks_used") == 0
+
+
+def test_concurrent_requests_batch_together_and_match_alone(served):
+    from concurrent.futures import ThreadPoolExecutor
+
+    c, tok = served["client"], served["hf_tok"]
+    prompts = ["The quick brown fox", "Paris is", "def add(a, b):\n", "Hello, how are you", "LoRA trains", "Ünï"]
+
+    def ask(prompt):
+        return c.completions.create(model=NAME, prompt=prompt, max_tokens=12, temperature=0).choices[0].text
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        texts = list(pool.map(ask, prompts))
+    for prompt, text in zip(prompts, texts):
+        assert text == hf_text(served["ref"], tok, tok(prompt)["input_ids"], 12)
