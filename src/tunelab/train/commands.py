@@ -76,18 +76,17 @@ def tune_command(
 
 
 def bench_train_command(
-    steps: int = typer.Option(4, "--steps", help="Measured steps per side (after warm-up)."),
+    steps: int = typer.Option(6, "--steps", help="Measured steps per side (after warm-up)."),
     warmup: int = typer.Option(1, "--warmup"),
     layers: int = typer.Option(8, "--layers"),
     hidden: int = typer.Option(512, "--hidden"),
     seq: int = typer.Option(256, "--seq"),
     batch: int = typer.Option(4, "--batch"),
-    rounds: int = typer.Option(2, "--rounds", help="Alternating runs per side (fresh process each)."),
     device: str = typer.Option("cpu", "--device"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 (bf16 autocast on GPU)."),
 ) -> None:
     """tunelab's trainer vs transformers + peft, same model, data, seeds: step-time and memory ratios."""
     from tunelab.train.bench import run_bench
 
-    run_bench(steps=steps, warmup=warmup, layers=layers, hidden=hidden, seq=seq, batch=batch, rounds=rounds,
+    run_bench(steps=steps, warmup=warmup, layers=layers, hidden=hidden, seq=seq, batch=batch,
               device=device, dtype=dtype, console=console)
