@@ -35,6 +35,7 @@ class ModelRunner:
         self.windows = sorted({layer.self_attn.sliding_window for layer in model.layers}, key=lambda w: w or 0)
         if self.device.type == "cpu":
             store_weights_transposed(model)
+        self._buffer: DecodeBuffer | None = None
         self._hidden = model.hidden_states
         if compile:  # GPU: fuse the small decode kernels; shapes vary, so compile dynamically.
             self._hidden = torch.compile(model.hidden_states, dynamic=True)
@@ -89,6 +90,11 @@ class ModelRunner:
         # Otherwise whole blocks are gathered (few, large copies), so the context is padded to a block multiple.
         fresh = bool((starts == 0).all()) and longest == width
         context = longest if fresh else tables.shape[1] * self.block_size
+        dense = self._decode_buffer(seqs, starts, longest) if width == 1 and not fresh else None
+        if width != 1:
+            self._buffer = None  # a prefill changes the batch (and may recompute a preempted sequence)
+        if dense is not None:
+            context = longest
         k = torch.arange(context)
         total = starts + lengths
         base = (k[None, None, :] <= positions[:, :, None]) & (k[None, None, :] < total[:, None, None])
@@ -98,8 +104,39 @@ class ModelRunner:
             masks[w] = m[:, None].to(dev)
         return PagedStep(
             self, ids.to(dev), positions.to(dev), masks, slots.to(dev), (write_rows * width + write_cols).to(dev),
-            tables.reshape(-1).to(dev), (lengths - 1).to(dev), rows, context, fresh,
+            tables.reshape(-1).to(dev), (lengths - 1).to(dev), rows, context, fresh, dense, starts.to(dev),
         )
+
+    def _decode_buffer(self, seqs: list[Sequence], starts: torch.Tensor, longest: int):
+        """(buffer, build) for a decode step, or None when a dense buffer would outgrow the paged cache."""
+        key = tuple(s.seq_id for s in seqs)
+        buf = self._buffer
+        if buf is None or buf.key != key or buf.lengths != starts.tolist() or longest > buf.capacity:
+            cfg = self.model.config
+            capacity = -(-(longest + 64) // self.block_size) * self.block_size
+            shape = (cfg.num_layers, len(seqs), cfg.num_kv_heads, capacity, cfg.head_dim)
+            if 2 * torch.Size(shape).numel() > 2 * self.k_cache.numel():
+                self._buffer = None
+                return None
+            self._buffer = None  # free the old one before allocating
+            # Zeros: columns past a short row's length are read (under a False mask) and must not hold NaN.
+            buf = self._buffer = DecodeBuffer(key, torch.zeros(shape, dtype=self.dtype, device=self.device),
+                                              torch.zeros(shape, dtype=self.dtype, device=self.device), capacity)
+            build = True
+        else:
+            build = False
+        buf.lengths = (starts + 1).tolist()
+        return buf, build
+
+
+class DecodeBuffer:
+    """The running batch's K/V, dense [layers, rows, heads, capacity, dim], kept across decode steps while the batch
+    stays the same: each step appends one column instead of gathering every row's blocks again. It is rebuilt (one
+    gather) whenever the batch changes, and is a cache of the paged blocks, which stay the source of truth."""
+
+    def __init__(self, key, k, v, capacity):
+        self.key, self.k, self.v, self.capacity = key, k, v, capacity
+        self.lengths: list[int] = []
 
 
 def store_weights_transposed(model: torch.nn.Module) -> None:
@@ -120,9 +157,11 @@ class PagedStep:
     offset = 0  # unused: the engine passes explicit position_ids and masks
 
     def __init__(self, runner, input_ids, position_ids, masks, slots, write_index, gather, last_index, rows, context,
-                 fresh=False):
+                 fresh=False, dense=None, starts=None):
         self.runner = runner
         self.fresh = fresh
+        self.dense, self.starts = dense, starts
+        self.row_index = torch.arange(rows, device=input_ids.device)
         self.input_ids, self.position_ids, self.masks = input_ids, position_ids, masks
         self.slots, self.write_index, self.gather = slots, write_index, gather
         self.last_index = last_index
@@ -138,11 +177,23 @@ class PagedStep:
         v_cache.index_copy_(0, self.slots, v_new.to(v_cache.dtype))
         if self.fresh:
             return k, v
+        if self.dense is not None:
+            buf, build = self.dense
+            kb, vb = buf.k[layer_idx], buf.v[layer_idx]  # [rows, heads, capacity, dim]
+            if build:
+                kb[:, :, : self.context].copy_(self._gather(k_cache, heads, dim)[:, :, : self.context])
+                vb[:, :, : self.context].copy_(self._gather(v_cache, heads, dim)[:, :, : self.context])
+            else:
+                kb[self.row_index, :, self.starts] = k[:, :, 0].to(kb.dtype)
+                vb[self.row_index, :, self.starts] = v[:, :, 0].to(vb.dtype)
+            return kb[:, :, : self.context], vb[:, :, : self.context]
+        return self._gather(k_cache, heads, dim), self._gather(v_cache, heads, dim)
+
+    def _gather(self, cache: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
+        """[rows, heads, blocks * block_size, dim]: every row's blocks, in order."""
         bs = self.runner.block_size
-        shape = (self.rows, self.context, heads, dim)
-        k_all = k_cache.view(-1, bs, heads, dim).index_select(0, self.gather).view(shape).transpose(1, 2)
-        v_all = v_cache.view(-1, bs, heads, dim).index_select(0, self.gather).view(shape).transpose(1, 2)
-        return k_all, v_all
+        blocks = cache.view(-1, bs, heads, dim).index_select(0, self.gather)
+        return blocks.view(self.rows, -1, heads, dim).transpose(1, 2)
 
     def advance(self, n: int) -> None:
         pass
