@@ -42,6 +42,7 @@ def test_batched_greedy_equals_transformers_alone(references, family):
         assert out.prompt_tokens == len(prompt) and out.completion_tokens == len(expected)
         assert out.text == llm.tokenizer.decode(expected)
     assert llm.block_manager.num_used == 0, "finished sequences must free their blocks"
+    assert llm.runner._buffer is not None, "the dense decode path should have run (the preemption test covers gathers)"
 
 
 def test_single_prompt_and_text_input(references):
@@ -61,6 +62,7 @@ def test_tiny_kv_budget_preempts_and_still_matches(references, family):
     ids = [llm.tokenizer.encode(p) for p in PROMPTS]
     outs = llm.generate(ids, SamplingParams(max_tokens=N))
     assert llm.scheduler.num_preemptions > 0
+    assert llm.runner._buffer is None, "a cache this small leaves no room for the dense copy: the gather path runs"
     for prompt, out in zip(ids, outs):
         assert out.token_ids == hf_greedy(ref, prompt)
     assert llm.block_manager.num_used == 0

@@ -5,6 +5,10 @@ one token per running sequence. The model calls `PagedStep.update` in every atte
 are scattered into their slots, then each row's whole context is gathered from its block table into a dense
 [rows, kv_heads, context, head_dim] view that SDPA reads under a boolean mask (causal, padding and, for Mistral-style
 layers, the sliding window). Only the last real position of each row goes through lm_head.
+
+Two CPU-minded shortcuts: a prefill of whole sequences attends to its own new keys (nothing to gather), and while
+the decode batch stays the same a `DecodeBuffer` keeps its K/V dense, appending one column per step instead of
+gathering every block again.
 """
 
 from __future__ import annotations
