@@ -180,11 +180,36 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         self.act = _activation(config.activation)
+        self.swiglu = self.gated and config.activation in ("silu", "swish")
 
     def forward(self, x):
         if self.gated:
-            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+            gate, up = self.gate_proj(x), self.up_proj(x)
+            if self.swiglu and torch.is_grad_enabled():
+                return self.down_proj(SwiGLU.apply(gate, up))
+            return self.down_proj(self.act(gate) * up)
         return self.down_proj(self.act(self.up_proj(x)))
+
+
+class SwiGLU(torch.autograd.Function):
+    """silu(gate) * up that keeps only gate and up for backward and recomputes the
+    sigmoid there: autograd would also keep silu(gate), a third [tokens x
+    intermediate] tensor per layer, which is most of an MLP's saved activations."""
+
+    @staticmethod
+    def forward(ctx, gate, up):
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up = ctx.saved_tensors
+        sig = torch.sigmoid(gate)
+        silu = gate * sig
+        # d silu / d gate = sigmoid(g) * (1 + g * (1 - sigmoid(g)))
+        grad_gate = grad * up * (sig * (1 + gate * (1 - sig))) if ctx.needs_input_grad[0] else None
+        grad_up = grad * silu if ctx.needs_input_grad[1] else None
+        return grad_gate, grad_up
 
 
 class RMSNorm(nn.Module):
