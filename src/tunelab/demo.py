@@ -1,5 +1,15 @@
-"""`make demo`: build a small Llama-style checkpoint on this machine, load it back
-through the real loading code, and generate from it.
+"""`make demo`: the ladder, end to end, on this machine.
+
+1. Build a small Llama-style checkpoint in Hugging Face layout and load it back
+   through the real loading code; generate from it.
+2. A task (review sentiment) with a training set and a held-out set whose subjects
+   never appear in training.
+3. The ladder on the held-out set: zero-shot -> few-shot -> LoRA-tuned, each scored
+   for quality, latency, tokens and cost by `tunelab eval`, after `tunelab tune`
+   trained the adapter. The verdict: the cheapest rung that is good enough.
+
+Every step is a `tunelab` command whose inputs are left in demo/, so it can be rerun
+and changed by hand.
 
 Nothing is downloaded: the model starts from random weights and is pre-trained
 for a few seconds on a four-line corpus, just enough to recite it. What the demo
@@ -10,11 +20,13 @@ KV-cached generation, the same model class for training and inference. A later m
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 DEMO_DIR = Path("demo")
 CHAT_TEMPLATE = (
@@ -89,6 +101,90 @@ def main() -> None:
     for prompt in ("The capital of Japan is", "Prompts are linted,"):
         console.print(f"[bold]prompt:[/bold] {prompt!r}")
         _tunelab("generate", "--model", str(path), "--prompt", prompt, "--max-tokens", "24")
+    run_ladder(path, console)
+
+
+# ---------------------------------------------------------------------------- the ladder
+POSITIVE = ["great", "lovely", "excellent", "friendly", "delicious", "wonderful", "superb", "charming"]
+NEGATIVE = ["awful", "terrible", "rude", "bland", "dirty", "horrible", "noisy", "disappointing"]
+TRAIN_SUBJECTS = ["food", "staff", "room", "service", "view", "coffee", "music", "bed"]
+HELD_OUT_SUBJECTS = ["soup", "waiter", "garden", "pasta"]
+ZERO_SHOT = 'Classify the sentiment of the review as positive or negative.\nReview: """{{ review }}"""\nSentiment:'
+FEW_SHOT = (
+    "Classify the sentiment of each review as positive or negative.\n\n"
+    'Review: """The tea was lovely."""\nSentiment: positive\n\n'
+    'Review: """The hall was noisy."""\nSentiment: negative\n\n'
+    'Review: """The bread was superb."""\nSentiment: positive\n\n'
+    'Review: """The lift was dirty."""\nSentiment: negative\n\n'
+    'Review: """{{ review }}"""\nSentiment:'
+)
+QUALITY_BAR = 0.9
+
+
+def write_task(folder: Path) -> None:
+    rows = []
+    for subjects, name in ((TRAIN_SUBJECTS, "train"), (HELD_OUT_SUBJECTS, "held_out")):
+        rows = [(f"The {s} was {a}.", label) for s in subjects
+                for words, label in ((POSITIVE, "positive"), (NEGATIVE, "negative")) for a in words]
+        with (folder / f"{name}.jsonl").open("w") as f:
+            for i, (review, label) in enumerate(rows):
+                if name == "train":
+                    prompt = ZERO_SHOT.replace("{{ review }}", review)
+                    f.write(json.dumps({"prompt": prompt, "completion": f" {label}"}) + "\n")
+                else:
+                    f.write(json.dumps({"id": f"r{i}", "review": review, "reference": label}) + "\n")
+    (folder / "tune.yaml").write_text(yaml.safe_dump({
+        "model": "tiny-llama", "data": "train.jsonl", "out": "sentiment-lora",
+        "steps": 300, "batch_size": 16, "lr": 0.003, "warmup_steps": 10, "rank": 8, "alpha": 16,
+        "targets": "all-linear", "seed": 0, "save_every": 60,
+    }, sort_keys=False))  # fmt: skip
+    # An illustrative self-hosted price, to put cost on the same footing for every rung.
+    price = {"input_per_1m": 0.10, "output_per_1m": 0.40}
+    params = {"temperature": 0, "max_tokens": 10, "stop": ["\n"]}
+    local = {"type": "tunelab", "model": "tiny-llama", "chat": False, "params": params, "price": price}
+    (folder / "ladder.yaml").write_text(yaml.safe_dump({
+        "description": "review sentiment: zero-shot -> few-shot -> LoRA, on held-out subjects",
+        "dataset": "held_out.jsonl",
+        "prompts": [{"id": "zero-shot", "template": ZERO_SHOT}, {"id": "few-shot", "template": FEW_SHOT}],
+        "providers": [{"id": "base", **local}, {"id": "lora", **local, "adapter": "sentiment-lora"}],
+        "metrics": ["exact_match"],
+        "concurrency": 16,
+    }, sort_keys=False, width=200))  # fmt: skip
+
+
+def run_ladder(path: Path, console) -> None:
+    from rich.table import Table
+
+    from tunelab.evals.ladder import good_enough, ladder
+    from tunelab.evals.store import Store
+
+    folder = path.parent
+    write_task(folder)
+    console.rule("4. tunelab tune demo/tune.yaml (LoRA on the training subjects)")
+    _tunelab("tune", str(folder / "tune.yaml"), "--no-progress")
+    console.rule("5. tunelab eval demo/ladder.yaml (held-out subjects: soup, waiter, garden, pasta)")
+    db = folder / "tunelab.db"
+    _tunelab("eval", str(folder / "ladder.yaml"), "--db", str(db))
+    with Store(db) as store:
+        rows = store.results("latest")
+    rungs = ladder(rows, {"zero-shot": "zero-shot@base", "few-shot": "few-shot@base", "LoRA-tuned": "zero-shot@lora"},
+                   "exact_match")
+    table = Table(title=f"the ladder on {rungs[0].n} held-out reviews (quality bar: accuracy >= {QUALITY_BAR:.0%})")
+    for col in ("rung", "accuracy (95% CI)", "p50 latency", "prompt tokens / item", "cost / 1k items"):
+        table.add_column(col, justify="right")
+    for r in rungs:
+        ci = f"{r.quality:.0%} ({max(r.ci_low, 0):.0%}-{min(r.ci_high, 1):.0%})" if r.quality is not None else "-"
+        table.add_row(r.name, ci, f"{1000 * r.latency_p50_s:.0f} ms" if r.latency_p50_s else "-",
+                      f"{r.prompt_tokens_per_item:.0f}",
+                      f"${r.cost_per_1k_items:.4f}" if r.cost_per_1k_items is not None else "-")  # fmt: skip
+    console.print(table)
+    best = good_enough(rungs, QUALITY_BAR)
+    if best is None:
+        console.print(f"No rung reaches {QUALITY_BAR:.0%}: more data, more steps, or a bigger base model.")
+    else:
+        console.print(f"Good enough: [bold]{best.name}[/bold], the cheapest rung at or above {QUALITY_BAR:.0%}.")
+    console.print("[dim]Rerun any step by hand: tunelab tune demo/tune.yaml; tunelab eval demo/ladder.yaml "
+                  "--db demo/tunelab.db; tunelab report latest --db demo/tunelab.db -o demo/report.html[/dim]")
 
 
 def _tunelab(*args: str) -> None:

@@ -99,3 +99,14 @@ def test_one_bad_prompt_does_not_fail_its_batch(tmp_path, tiny_checkpoint):
     assert stats.errors == 1
     assert rows[2].error and "local" in rows[2].error and rows[2].output is None
     assert rows[1].error is None and rows[3].error is None and rows[1].completion_tokens == 4
+
+
+def test_local_model_and_adapter_paths_are_relative_to_the_config(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "data.jsonl").write_text('{"x": 1}\n')
+    cfg = EvalConfig.from_dict({"dataset": "data.jsonl", "prompts": [{"id": "p", "template": "{{ x }}"}],
+                                "providers": [{"id": "l", "type": "tunelab", "model": "m", "adapter": "missing"},
+                                              {"id": "h", "type": "tunelab", "model": "org/name"}]},
+                               source="eval.yaml", base_dir=tmp_path)
+    assert cfg.providers[0].model == str(tmp_path / "m")
+    assert cfg.providers[0].adapter == "missing" and cfg.providers[1].model == "org/name"

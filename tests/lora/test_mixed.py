@@ -115,3 +115,29 @@ def test_cached_stacks_follow_adapter_updates(llama):
         second = logits(llama, ids)
     assert not torch.allclose(first, second, atol=1e-4)
     assert torch.allclose(second, _alone(llama, ids, rows), atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [["b", "b", "b"], [None, None, None]])
+def test_uniform_batch_takes_the_plain_path_and_restores_state(llama, rows):
+    _three_adapters(llama, ["q_proj", "embed_tokens"], ["v_proj", "up_proj"], ["o_proj"])
+    set_active(llama, ["a", "c"])  # what the model had before must come back afterwards
+    ids = torch.randint(0, 64, (3, 5), generator=torch.Generator().manual_seed(2))
+    before = logits(llama, ids)
+    with per_row_adapters(llama, rows):
+        got = logits(llama, ids)
+    assert torch.allclose(got, _alone(llama, ids, rows), atol=1e-6)
+    set_active(llama, ["a", "c"])
+    assert torch.equal(logits(llama, ids), before)
+
+
+def test_uniform_batch_restores_the_active_adapters_without_set_active(llama):
+    _three_adapters(llama, ["q_proj"], ["v_proj"], ["o_proj"])
+    set_active(llama, "a")
+    ids = torch.randint(0, 64, (2, 4), generator=torch.Generator().manual_seed(3))
+    before = logits(llama, ids)
+    with per_row_adapters(llama, ["b", "b"]):
+        logits(llama, ids)
+    assert torch.equal(logits(llama, ids), before)
+    with pytest.raises(LoraError, match="unknown adapter"):
+        with per_row_adapters(llama, ["nope", "nope"]):
+            pass

@@ -133,6 +133,11 @@ def test_yaml_config_and_flags(tmp_path):
     path.write_text("model: m\ndata: d.jsonl\nrank: 16\nschedule: linear\n")
     cfg = TuneConfig.load(path, {"rank": 4, "lr": None})
     assert (cfg.rank, cfg.schedule, cfg.lr) == (4, "linear", 2e-4)
+    # Paths in the YAML are relative to it; a model that is not there may be a hub id. Flags stay as given.
+    assert (cfg.data, cfg.model) == (str(tmp_path / "d.jsonl"), "m")
+    (tmp_path / "m").mkdir()
+    assert TuneConfig.load(path).model == str(tmp_path / "m")
+    assert TuneConfig.load(path, {"data": "other.jsonl"}).data == "other.jsonl"
     path.write_text("model: m\ndata: d.jsonl\nranks: 16\n")
     with pytest.raises(TrainError, match=r"unknown setting\(s\) \['ranks'\]"):
         TuneConfig.load(path)

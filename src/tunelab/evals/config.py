@@ -169,6 +169,10 @@ def _parse(data: Any, src: str, base_dir: str) -> EvalConfig:
         raise EvalError(f"{src}: field 'dataset': expected a path to a .jsonl or .csv file (or a list of rows)")
     prompts = [_prompt(p, src, f"prompts[{i}]") for i, p in enumerate(_list(data, "prompts", src, required=True))]
     providers = [_provider(p, src, f"providers[{i}]") for i, p in enumerate(_list(data, "providers", src, True))]
+    for p in providers:
+        if p.type == "tunelab":  # local checkpoints and adapters, like the dataset, are relative to the config
+            p.model = _local_path(p.model, base_dir)
+            p.adapter = _local_path(p.adapter, base_dir) if p.adapter else p.adapter
     metrics = [_metric(m, src, f"metrics[{i}]") for i, m in enumerate(_list(data, "metrics", src))]
     judges = [_judge(j, src, f"judges[{i}]") for i, j in enumerate(_list(data, "judges", src))]
     retry_data = data.get("retry") or {}
@@ -184,6 +188,13 @@ def _parse(data: Any, src: str, base_dir: str) -> EvalConfig:
     )
     validate(cfg)
     return cfg
+
+
+def _local_path(value: str, base_dir: str) -> str:
+    # A relative path that exists next to the config wins; anything else (an absolute
+    # path, a hub id, a path relative to the working directory) is left as written.
+    candidate = Path(base_dir) / value
+    return str(candidate) if not Path(value).is_absolute() and candidate.exists() else value
 
 
 def validate(cfg: EvalConfig) -> None:

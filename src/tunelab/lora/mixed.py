@@ -32,10 +32,38 @@ def per_row_adapters(model: nn.Module, adapters: Sequence[str | None]) -> Iterat
     `with per_row_adapters(model, ["a", "b", None, "a"]): logits = model(input_ids)`
     """
     names = sorted({a for a in adapters if a is not None})
+    if len(set(adapters)) == 1:
+        # Every row wants the same thing: the plain single-adapter forward (or the base
+        # model) is the same result without gathering per-row factors.
+        with _uniform(model, adapters[0]):
+            yield model
+        return
     slot = {n: i + 1 for i, n in enumerate(names)}
     index = torch.tensor([0 if a is None else slot[a] for a in adapters], dtype=torch.long)
     with _routed(model, _Routing(names, index, per_token=False), adapters):
         yield model
+
+
+@contextlib.contextmanager
+def _uniform(model: nn.Module, name: str | None) -> Iterator[None]:
+    state = adapter_state(model)
+    if name is not None and name not in state.configs:
+        raise LoraError(f"unknown adapter(s) {[name]} in mixed batch; this model has {list(state.configs)}")
+    wrappers = list(_wrappers(model))
+    before = [(m.active_adapters, m.disabled) for m in wrappers]
+    for m in wrappers:
+        if isinstance(m, _LoraBase) and m.merged_adapters:
+            raise LoraError(f"adapters {m.merged_adapters} are merged into the base weights; unmerge(model) before "
+                            "running a mixed-adapter batch")
+        if name is not None and name in m.adapters:
+            m.active_adapters, m.disabled = [name], False
+        else:
+            m.disabled = True
+    try:
+        yield
+    finally:
+        for m, (active, flag) in zip(wrappers, before):
+            m.active_adapters, m.disabled = active, flag
 
 
 @contextlib.contextmanager

@@ -79,7 +79,15 @@ class TuneConfig:
                 raise TrainError(f"{path}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
             if not isinstance(raw, dict):
                 raise TrainError(f"{path}: expected a mapping of settings at the top level")
-            values.update({k.replace("-", "_"): v for k, v in raw.items()})
+            raw = {k.replace("-", "_"): v for k, v in raw.items()}
+            # Paths written in the YAML file are relative to it (flags stay relative to the
+            # working directory); a model that does not exist there may be a hub id.
+            for key in ("data", "val", "out"):
+                if isinstance(raw.get(key), str) and not Path(raw[key]).is_absolute():
+                    raw[key] = str(path.parent / raw[key])
+            if isinstance(raw.get("model"), str) and (path.parent / raw["model"]).exists():
+                raw["model"] = str(path.parent / raw["model"])
+            values.update(raw)
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
