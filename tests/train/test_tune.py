@@ -144,3 +144,18 @@ def test_yaml_config_and_flags(tmp_path):
     path.write_text("model: m\n  data: [\n")
     with pytest.raises(TrainError, match=r"tune\.yaml line \d+: not valid YAML"):
         TuneConfig.load(path)
+
+
+def test_gradient_checkpointing_and_packing_give_the_same_update(tiny_checkpoint, qa_data, tmp_path):
+    """Checkpointing recomputes activations, packing concatenates rows with attention and positions
+    restarting at each one: neither may change what is learned (up to float rounding)."""
+    common = dict(steps=3, dropout=0.0, batch_size=24, max_seq_len=2048)
+    _run(tiny_checkpoint, qa_data, tmp_path / "plain", **common)
+    _run(tiny_checkpoint, qa_data, tmp_path / "ckpt", gradient_checkpointing=True, **common)
+    # All 24 rows packed into one sequence: the same tokens, targets and loss normaliser as the padded batch.
+    _run(tiny_checkpoint, qa_data, tmp_path / "packed", packing=True, **common)
+    plain = _adapter(tmp_path / "plain")
+    for other in ("ckpt", "packed"):
+        got = _adapter(tmp_path / other)
+        for key in plain:
+            assert torch.allclose(plain[key], got[key], atol=1e-5), (other, key, (plain[key] - got[key]).abs().max())
