@@ -21,6 +21,7 @@ import re
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from tunelab.models.config import ModelConfig, ModelError
@@ -65,7 +66,7 @@ class Transformer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache=None,
-        attn_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | dict | None = None,
     ) -> torch.Tensor:
         """Final hidden states [batch, seq, hidden], after the last norm and before lm_head."""
         batch, seq = input_ids.shape
