@@ -77,3 +77,28 @@ def test_two_concurrent_writers(tmp_path):
         assert len(runs) == 80
         assert all(r.n_outputs == 1 for r in runs)
         assert sum(len(store.results(r.id)) for r in runs) == 80
+
+
+def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):
+    """Switching a new file to WAL fails at once ("database is locked") when another connection does the
+    same; the store retries instead of failing. Repeated, because the race is a matter of timing."""
+    import threading
+
+    from tunelab.evals.store import Store
+
+    for trial in range(25):
+        errors = []
+
+        def open_and_write(path=tmp_path / f"new-{trial}.db"):
+            try:
+                with Store(path) as store:
+                    store.create_run({}, description=None, config_path=None)
+            except Exception as exc:  # noqa: BLE001 - surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_and_write) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors, errors

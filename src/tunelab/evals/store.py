@@ -171,11 +171,13 @@ class Store:
             raise EvalError(f"{self.path}: cannot open results database: {exc}") from exc
         self.conn.row_factory = sqlite3.Row
         self.conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-        self.conn.execute("PRAGMA journal_mode = WAL")
+        # Switching a new file to WAL answers "database is locked" at once, without the
+        # busy handler, when another connection is doing the same: retry it ourselves.
+        retry_locked(lambda: self.conn.execute("PRAGMA journal_mode = WAL"), timeout_s)
         # NORMAL is durable across application crashes in WAL mode; only an OS
         # crash can lose the last commits, which a rerun then recomputes.
         self.conn.execute("PRAGMA synchronous = NORMAL")
-        self._migrate()
+        retry_locked(self._migrate, timeout_s)
 
     # ---- public API -------------------------------------------------------
 
@@ -271,7 +273,7 @@ class Store:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A short write transaction. IMMEDIATE takes the write lock up front so a
         concurrent writer waits on busy_timeout instead of failing mid-transaction."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        retry_locked(lambda: self.conn.execute("BEGIN IMMEDIATE"), 60.0)
         try:
             yield self.conn
         except BaseException:
@@ -389,6 +391,21 @@ class Store:
                 for statement in _statements(MIGRATIONS[version]):
                     c.execute(statement)
             c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def retry_locked(action, timeout_s: float):
+    """Run `action`, retrying with backoff while SQLite says the database is locked or busy."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as exc:
+            message = str(exc).lower()
+            if ("locked" not in message and "busy" not in message) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
 
 
 def _statements(script: str) -> list[str]:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunelab.evals.store import retry_locked
 from tunelab.review.errors import ReviewError
 
 SCHEMA_VERSION = 1
@@ -143,16 +144,19 @@ class ReviewStore:
             raise ReviewError(f"{self.path}: cannot open the review database: {exc}") from exc
         self._db.row_factory = sqlite3.Row
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            # A new file's switch to WAL fails at once ("database is locked") while another
+            # connection does the same, without waiting on the timeout: retry it.
+            retry_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"), 30.0)
             # FULL sync: a committed rating must survive power loss, not just a process kill.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
+            retry_locked(lambda: self._db.executescript(_SCHEMA), 30.0)
+            # OR IGNORE: another process opening a new database at the same moment may have written it first.
+            retry_locked(lambda: self._db.execute("INSERT OR IGNORE INTO review_meta VALUES ('schema_version', ?)",
+                                                  (str(SCHEMA_VERSION),)), 30.0)
+            retry_locked(self._db.commit, 30.0)
             row = self._db.execute("SELECT value FROM review_meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO review_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                self._db.commit()
-            elif int(row["value"]) != SCHEMA_VERSION:
+            if int(row["value"]) != SCHEMA_VERSION:
                 raise ReviewError(
                     f"{self.path}: review schema version {row['value']}, this tunelab understands "
                     f"{SCHEMA_VERSION}; export the ratings with the tunelab that wrote them"
