@@ -153,36 +153,17 @@ def write_task(folder: Path) -> None:
 
 
 def run_ladder(path: Path, console) -> None:
-    from rich.table import Table
-
-    from tunelab.evals.ladder import good_enough, ladder
-    from tunelab.evals.store import Store
-
     folder = path.parent
     write_task(folder)
     console.rule("4. tunelab tune demo/tune.yaml (LoRA on the training subjects)")
     _tunelab("tune", str(folder / "tune.yaml"), "--no-progress")
     console.rule("5. tunelab eval demo/ladder.yaml (held-out subjects: soup, waiter, garden, pasta)")
-    db = folder / "tunelab.db"
-    _tunelab("eval", str(folder / "ladder.yaml"), "--db", str(db))
-    with Store(db) as store:
-        rows = store.results("latest")
-    rungs = ladder(rows, {"zero-shot": "zero-shot@base", "few-shot": "few-shot@base", "LoRA-tuned": "zero-shot@lora"},
-                   "exact_match")
-    table = Table(title=f"the ladder on {rungs[0].n} held-out reviews (quality bar: accuracy >= {QUALITY_BAR:.0%})")
-    for col in ("rung", "accuracy (95% CI)", "p50 latency", "prompt tokens / item", "cost / 1k items"):
-        table.add_column(col, justify="right")
-    for r in rungs:
-        ci = f"{r.quality:.0%} ({max(r.ci_low, 0):.0%}-{min(r.ci_high, 1):.0%})" if r.quality is not None else "-"
-        table.add_row(r.name, ci, f"{1000 * r.latency_p50_s:.0f} ms" if r.latency_p50_s else "-",
-                      f"{r.prompt_tokens_per_item:.0f}",
-                      f"${r.cost_per_1k_items:.4f}" if r.cost_per_1k_items is not None else "-")  # fmt: skip
-    console.print(table)
-    best = good_enough(rungs, QUALITY_BAR)
-    if best is None:
-        console.print(f"No rung reaches {QUALITY_BAR:.0%}: more data, more steps, or a bigger base model.")
-    else:
-        console.print(f"Good enough: [bold]{best.name}[/bold], the cheapest rung at or above {QUALITY_BAR:.0%}.")
+    db = str(folder / "tunelab.db")
+    _tunelab("eval", str(folder / "ladder.yaml"), "--db", db)
+    console.rule("6. tunelab ladder: which rung is good enough?")
+    _tunelab("ladder", "latest", "--db", db, "--metric", "exact_match", "--bar", str(QUALITY_BAR),
+             "--rung", "zero-shot=zero-shot@base", "--rung", "few-shot=few-shot@base",
+             "--rung", "LoRA-tuned=zero-shot@lora")  # fmt: skip
     console.print("[dim]Rerun any step by hand: tunelab tune demo/tune.yaml; tunelab eval demo/ladder.yaml "
                   "--db demo/tunelab.db; tunelab report latest --db demo/tunelab.db -o demo/report.html[/dim]")
 

@@ -24,10 +24,49 @@ def test_ladder_figures_and_verdict():
     assert [r.quality for r in rungs] == [0.5, 0.9, 1.0]
     assert rungs[1].prompt_tokens_per_item == 260 and rungs[1].cost_per_1k_items == pytest.approx(0.03)
     assert rungs[2].latency_p50_s == pytest.approx(0.2)
+    # Pass/fail quality gets a Wilson interval (scipy), which stays inside [0, 1] even at 100%.
+    from scipy.stats import binomtest
+
+    ci = binomtest(9, 10).proportion_ci(method="wilson")
+    assert (rungs[1].ci_low, rungs[1].ci_high) == pytest.approx((ci.low, ci.high))
+    assert rungs[2].ci_high == pytest.approx(1.0) and rungs[2].ci_low < 1.0
     # few-shot reaches 0.9 but costs more than the tuned rung, which also clears the bar.
     assert good_enough(rungs, 0.9).name == "LoRA"
     assert good_enough(rungs, 0.5).name == "zero-shot"
     assert good_enough(rungs, 1.01) is None
+
+
+def test_ladder_command_on_a_real_run(tmp_path, server, dataset):
+    """`tunelab ladder --json` on a run made through the fake OpenAI server equals the ladder computed directly."""
+    import json
+    import subprocess
+    import sys
+
+    from eval_helpers import make_config
+
+    from tunelab.evals.runner import run_eval
+    from tunelab.evals.store import Store
+
+    cfg = make_config(tmp_path, server, prompts=[
+        {"id": "zero-shot", "template": "Country: {{ country }}"},
+        {"id": "vague", "template": "Country code: {{ country[:2] }}"}])  # the fake model answers "I don't know"
+    db = tmp_path / "r.db"
+    run = run_eval(cfg, db).run_id
+    args = [sys.executable, "-m", "tunelab", "ladder", run, "--db", str(db), "--metric", "exact_match",
+            "--bar", "0.7", "--rung", "plain=zero-shot@small", "--rung", "vague=vague@small"]  # fmt: skip
+    out = subprocess.run(args + ["--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    with Store(db) as store:
+        expected = ladder(store.results(run), {"plain": "zero-shot@small", "vague": "vague@small"}, "exact_match")
+    assert [r["quality"] for r in got["rungs"]] == [r.quality for r in expected] == [0.75, 0.0]
+    assert got["good_enough"] == "plain"
+    table = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert "Good enough: plain" in table.stdout
+    bad = subprocess.run(args[:-4] + ["--rung", "x=a@b"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "rung 'x': no results for variant 'a@b'" in bad.stderr
+    bad = subprocess.run(args[:-4] + ["--rung", "oops"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "expected NAME=PROMPT@PROVIDER" in bad.stderr
 
 
 def test_unknown_variant_is_named():

@@ -1,4 +1,4 @@
-"""CLI: `tunelab eval`, `runs`, `results`, `compare`, `report`, `bench eval`."""
+"""CLI: `tunelab eval`, `runs`, `results`, `compare`, `report`, `ladder`, `bench eval`."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     app.command("results")(results_command)
     app.command("compare")(compare_command)
     app.command("report")(report_command)
+    app.command("ladder")(ladder_command)
     bench.command("eval")(bench_eval_command)
 
 
@@ -150,6 +151,61 @@ def report_command(
     with _errors():
         output.write_text(build_report(Store(db), run_ids), encoding="utf-8")
         typer.echo(f"wrote {output}")
+
+
+def ladder_command(
+    run_id: str = typer.Argument("latest", help="The eval run (or 'latest')."),
+    rung: list[str] = typer.Option(..., "--rung", help="NAME=VARIANT (prompt@provider), in ladder order; repeat."),
+    metric: str = typer.Option(..., "--metric", help="The quality metric (its id in the eval config)."),
+    bar: float = typer.Option(..., "--bar", help="Quality a rung must reach to be good enough."),
+    db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the rungs as JSON."),
+) -> None:
+    """Zero-shot -> few-shot -> tuned: quality, latency, tokens and cost per rung, and the cheapest good enough."""
+    from dataclasses import asdict
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from tunelab.evals.ladder import good_enough, ladder
+    from tunelab.evals.store import Store
+
+    with _errors():
+        rungs_spec = {}
+        for spec in rung:
+            name, sep, variant = spec.partition("=")
+            if not sep or not name or "@" not in variant:
+                raise EvalError(f"--rung {spec!r}: expected NAME=PROMPT@PROVIDER, e.g. zero-shot=zero-shot@small")
+            rungs_spec[name] = variant
+        with Store(db) as store:
+            run = store.resolve_run(run_id)
+            rows = store.results(run)
+        variants = sorted({r.variant for r in rows})
+        try:
+            rungs = ladder(rows, rungs_spec, metric)
+        except ValueError as exc:
+            raise EvalError(f"run {run}: {exc}; its variants are {variants}") from None
+        best = good_enough(rungs, bar)
+        if as_json:
+            typer.echo(json.dumps({"run_id": run, "metric": metric, "bar": bar, "rungs": [asdict(r) for r in rungs],
+                                   "good_enough": best.name if best else None}, indent=2))
+            return
+        table = Table(title=f"the ladder: run {run}, {metric} >= {bar:g}")
+        for col in ("rung", "variant", f"{metric} (95% CI)", "errors", "p50 latency", "tokens in / out per item",
+                    "cost / 1k items"):
+            table.add_column(col, justify="right")
+        for r in rungs:
+            quality = "-" if r.quality is None else f"{r.quality:.3g} ({r.ci_low:.3g} to {r.ci_high:.3g})"
+            table.add_row(r.name, r.variant, quality, str(r.errors),
+                          "-" if r.latency_p50_s is None else f"{1000 * r.latency_p50_s:.0f} ms",
+                          f"{r.prompt_tokens_per_item:.0f} / {r.completion_tokens_per_item:.0f}",
+                          "-" if r.cost_per_1k_items is None else f"${r.cost_per_1k_items:.4f}")  # fmt: skip
+        console = Console(width=160)
+        console.print(table)
+        if best is None:
+            console.print(f"No rung reaches {bar:g}: more data, more steps, or a bigger base model.")
+        else:
+            console.print(f"Good enough: [bold]{best.name}[/bold], the cheapest rung that reaches {bar:g}.")
 
 
 def bench_eval_command(

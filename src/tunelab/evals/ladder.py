@@ -1,15 +1,16 @@
 """The ladder: zero-shot -> few-shot -> LoRA-tuned, on one held-out set.
 
 Each rung is a variant (prompt @ provider) of one eval run. For each, quality (a
-metric's mean with its 95% CI), latency, tokens and cost per item, and the verdict a
-user needs: the cheapest rung whose quality clears the bar.
+metric's mean with its 95% CI: Wilson for pass/fail metrics, Student t otherwise),
+latency, tokens and cost per item, and the verdict a user needs: the cheapest rung
+whose quality clears the bar.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tunelab.evals.stats import mean_ci, percentile
+from tunelab.evals.stats import Estimate, mean_ci, percentile
 from tunelab.evals.store import ResultRow
 
 
@@ -37,7 +38,7 @@ def ladder(rows: list[ResultRow], rungs: dict[str, str], metric: str) -> list[Ru
             raise ValueError(f"rung {name!r}: no results for variant {variant!r}")
         ok = [r for r in rs if r.error is None]
         scores = [r.scores[metric] for r in ok if r.scores.get(metric) is not None]
-        est = mean_ci(scores) if scores else None
+        est = _estimate(scores)
         costs = [r.cost for r in ok if r.cost is not None]
         out.append(Rung(
             name=name, variant=variant, n=len(rs), errors=len(rs) - len(ok),
@@ -48,6 +49,20 @@ def ladder(rows: list[ResultRow], rungs: dict[str, str], metric: str) -> list[Ru
             cost_per_1k_items=1000 * sum(costs) / len(costs) if costs else None,
         ))  # fmt: skip
     return out
+
+
+def _estimate(scores: list[float]):
+    if not scores:
+        return None
+    if set(scores) <= {0.0, 1.0}:
+        # A pass rate: the Wilson interval stays inside [0, 1] and behaves at 0% and 100%,
+        # where a t-interval collapses to a point or spills over.
+        from scipy.stats import binomtest
+
+        k, n = int(sum(scores)), len(scores)
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        return Estimate(k / n, float(ci.low), float(ci.high), n)
+    return mean_ci(scores)
 
 
 def good_enough(rungs: list[Rung], bar: float) -> Rung | None:
