@@ -45,3 +45,20 @@ def test_bad_model_path_exits_2_with_a_message(tmp_path):
 def test_generate_with_a_missing_adapter_is_a_clear_error(tiny_checkpoint, tmp_path):
     out = _run("generate", "--model", str(tiny_checkpoint("llama")), "--prompt", "x", "--adapter", str(tmp_path))
     assert out.returncode == 2 and "adapter_config.json" in out.stdout and "Traceback" not in out.stderr
+
+
+def test_cli_start_up_imports_neither_torch_nor_fastapi():
+    code = "import sys, tunelab.cli; print('torch' in sys.modules, 'fastapi' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_every_lazy_export_resolves_to_its_object():
+    import importlib
+    import types
+
+    for package in ("tunelab.models", "tunelab.lora", "tunelab.train", "tunelab.engine", "tunelab.serve"):
+        module = importlib.import_module(package)
+        for name in module.__all__:
+            # A submodule of the same name must never shadow the function (lora.inject, models.generate).
+            assert not isinstance(getattr(module, name), types.ModuleType), (package, name)

@@ -1,5 +1,5 @@
 """The in-process `tunelab` provider: a tiny checkpoint through tunelab.engine,
-checked against tunelab.models.generate on the same chat-templated prompt, and
+checked against tunelab.models.generation on the same chat-templated prompt, and
 an HTTP-only eval never importing torch."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from tunelab.evals.store import Store
 
 def test_tunelab_provider_matches_direct_generation(tmp_path, tiny_checkpoint):
     from tunelab.models import load_pretrained
-    from tunelab.models.generate import generate
+    from tunelab.models.generation import generate
 
     ckpt = tiny_checkpoint("llama")
     (tmp_path / "data.jsonl").write_text("".join(json.dumps({"topic": t}) + "\n" for t in ("fox", "Paris", "LoRA")))
@@ -49,7 +49,7 @@ def test_http_only_eval_does_not_import_torch(tmp_path):
 def test_completion_style_sends_the_text_as_written(tmp_path, tiny_checkpoint):
     """`chat: false`: a base model sees the rendered template, not a chat-templated message."""
     from tunelab.models import load_pretrained
-    from tunelab.models.generate import generate
+    from tunelab.models.generation import generate
 
     ckpt = tiny_checkpoint("qwen2")
     (tmp_path / "data.jsonl").write_text("".join(json.dumps({"topic": t}) + "\n" for t in ("fox", "Paris")))

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tunelab.models import generate, load_pretrained
-from tunelab.models.generate import generate_batch_ids, sample
+from tunelab.models.generation import generate_batch_ids, sample
 
 PROMPTS = ["The quick brown fox", "Paris is the capital of", "def add(a, b):\n"]
 

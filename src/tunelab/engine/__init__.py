@@ -1,9 +1,15 @@
 """A pure-PyTorch inference engine: paged KV cache, continuous batching, per-request LoRA adapters."""
 
-from tunelab.engine.async_engine import AsyncLLM, EngineFailure, QueueFull
-from tunelab.engine.errors import EngineError
-from tunelab.engine.llm_engine import LLM
-from tunelab.engine.sampling_params import SamplingParams
-from tunelab.engine.sequence import RequestOutput
+from tunelab._lazy import lazy_exports
 
-__all__ = ["LLM", "AsyncLLM", "EngineError", "EngineFailure", "QueueFull", "RequestOutput", "SamplingParams"]
+_EXPORTS = {
+    "AsyncLLM": "async_engine",
+    "EngineFailure": "async_engine",
+    "QueueFull": "async_engine",
+    "EngineError": "errors",
+    "LLM": "llm_engine",
+    "SamplingParams": "sampling_params",
+    "RequestOutput": "sequence",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

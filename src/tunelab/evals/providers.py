@@ -114,7 +114,7 @@ class TunelabProvider:
     """In-process generation with `tunelab.engine.LLM` (paged KV cache, continuous
     batching, LoRA adapters via `adapter:`). Concurrent requests are gathered into
     one `LLM.generate` batch per step, so `concurrency:` sets the batch size.
-    Without the engine package it falls back to `tunelab.models.generate`, one
+    Without the engine package it falls back to `tunelab.models.generation`, one
     request at a time (no adapters)."""
 
     _PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "presence_penalty",
@@ -179,7 +179,7 @@ class TunelabProvider:
             adapter = "adapter" if self.config.adapter else None
             outs = self._llm.generate(prompts, params, adapter=adapter)
             return [(o.text, o.prompt_tokens, o.completion_tokens, o.finish_reason) for o in outs]
-        from tunelab.models.generate import generate
+        from tunelab.models.generation import generate
 
         model, tok = self._fallback
         out = []

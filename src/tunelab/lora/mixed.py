@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.lora.errors import LoraError
-from tunelab.lora.inject import _wrappers, adapter_state
+from tunelab.lora.injection import _wrappers, adapter_state
 from tunelab.lora.layers import LoraEmbedding, ModulesToSave, _LoraBase, adapter_dtype
 
 

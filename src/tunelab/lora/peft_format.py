@@ -20,7 +20,7 @@ from torch import nn
 
 from tunelab.lora.config import ALL_LINEAR, LoraConfig
 from tunelab.lora.errors import LoraError
-from tunelab.lora.inject import _STATE_ATTR, adapter_state, add, delete, lora_layers, set_active
+from tunelab.lora.injection import _STATE_ATTR, adapter_state, add, delete, lora_layers, set_active
 from tunelab.lora.layers import LoraEmbedding, ModulesToSave, _LoraBase, is_lora_target_type
 from tunelab.lora.targets import _inside_wrapper, checkpoint_name, layer_index, matches
 

@@ -1,21 +1,19 @@
 """One decoder-only model definition for training and inference, loaded from and
 saved to Hugging Face checkpoints; its tokenizer; simple generation."""
 
-from tunelab.models.checkpoint import load_pretrained, save_pretrained
-from tunelab.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, ModelError
-from tunelab.models.generate import Generation, generate
-from tunelab.models.tokenizer import Tokenizer
-from tunelab.models.transformer import KVCache, Transformer
+from tunelab._lazy import lazy_exports
 
-__all__ = [
-    "SUPPORTED_MODEL_TYPES",
-    "Generation",
-    "KVCache",
-    "ModelConfig",
-    "ModelError",
-    "Tokenizer",
-    "Transformer",
-    "generate",
-    "load_pretrained",
-    "save_pretrained",
-]
+_EXPORTS = {
+    "load_pretrained": "checkpoint",
+    "save_pretrained": "checkpoint",
+    "SUPPORTED_MODEL_TYPES": "config",
+    "ModelConfig": "config",
+    "ModelError": "config",
+    "Generation": "generation",
+    "generate": "generation",
+    "Tokenizer": "tokenizer",
+    "KVCache": "transformer",
+    "Transformer": "transformer",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,5 +1,9 @@
 """An OpenAI-compatible HTTP server over tunelab.engine (FastAPI + uvicorn)."""
 
-from tunelab.serve.app import create_app
+from tunelab._lazy import lazy_exports
 
-__all__ = ["create_app"]
+_EXPORTS = {
+    "create_app": "app",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -11,7 +11,7 @@ import warnings
 from torch import nn
 
 from tunelab.lora.errors import LoraError
-from tunelab.lora.inject import _STATE_ATTR, _replace, adapter_state, lora_layers
+from tunelab.lora.injection import _STATE_ATTR, _replace, adapter_state, lora_layers
 from tunelab.lora.layers import ModulesToSave
 
 
