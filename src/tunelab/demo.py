@@ -122,7 +122,6 @@ QUALITY_BAR = 0.9
 
 
 def write_task(folder: Path) -> None:
-    rows = []
     for subjects, name in ((TRAIN_SUBJECTS, "train"), (HELD_OUT_SUBJECTS, "held_out")):
         rows = [(f"The {s} was {a}.", label) for s in subjects
                 for words, label in ((POSITIVE, "positive"), (NEGATIVE, "negative")) for a in words]

@@ -39,28 +39,33 @@ def dumps(ratings: list[Rating], fmt: str) -> str:
 def load(path: str | Path) -> list[Rating]:
     """Read a long-format CSV or JSONL file (chosen by extension; .jsonl/.json else CSV)."""
     path = Path(path)
+    records = _records(path, "ratings", required_columns={"item_id", "rater", "dimension"})
+    return [_rating(path, n, obj) for n, obj in records]
+
+
+def _records(path: Path, what: str, required_columns: set[str] = frozenset()) -> list[tuple[int, dict]]:
+    """(line number, row) pairs of a JSONL file (by extension) or a CSV file with a header."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ReviewError(f"{path}: cannot read ratings: {exc.strerror}") from exc
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ReviewError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-                if not isinstance(obj, dict):
-                    raise ReviewError(f"{path}:{n}: expected a JSON object per line")
-                records.append((n, obj))
-    else:
+        raise ReviewError(f"{path}: cannot read {what}: {exc.strerror}") from exc
+    if path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
         reader = csv.DictReader(io.StringIO(text))
-        missing = {"item_id", "rater", "dimension"} - set(reader.fieldnames or [])
+        missing = required_columns - set(reader.fieldnames or [])
         if missing:
             raise ReviewError(f"{path}:1: CSV header lacks column(s) {', '.join(sorted(missing))}")
-        records = [(n, row) for n, row in enumerate(reader, 2)]
-    return [_rating(path, n, obj) for n, obj in records]
+        return list(enumerate(reader, 2))
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ReviewError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise ReviewError(f"{path}:{n}: expected a JSON object per line")
+            records.append((n, obj))
+    return records
 
 
 def _row(r: Rating) -> dict:
@@ -115,24 +120,9 @@ def load_scores(path: str | Path):
     from tunelab.review.agreement import AutoScore
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ReviewError(f"{path}: cannot read scores: {exc.strerror}") from exc
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append((n, json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise ReviewError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-    else:
-        records = list(enumerate(csv.DictReader(io.StringIO(text)), 2))
+    records = _records(path, "scores")
     out = []
     for n, obj in records:
-        if not isinstance(obj, dict):
-            raise ReviewError(f"{path}:{n}: expected an object with item_id, metric, value")
         for key in ("item_id", "metric", "value"):
             if obj.get(key) in (None, ""):
                 raise ReviewError(f"{path}:{n}: field {key!r} is missing or empty")
