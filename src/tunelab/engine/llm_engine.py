@@ -35,6 +35,7 @@ class LLM:
         block_size: int = 16,
         max_num_batched_tokens: int | None = None,
         compile: bool = False,
+        enable_prefix_caching: bool = True,
     ):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.tokenizer = load_pretrained(model_path, dtype=dtype, device=device)
@@ -54,7 +55,7 @@ class LLM:
         if num_blocks < 1:
             raise EngineError(f"kv_cache_memory={kv_cache_memory} bytes holds no block of {block_size} tokens "
                               f"({per_token * block_size} bytes each); give at least that much")
-        self.block_manager = BlockManager(num_blocks, block_size)
+        self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs,
                                    max_num_batched_tokens or max(self.max_model_len, 4096))
         self.runner = ModelRunner(self.model, num_blocks, block_size, has_adapters=bool(self.adapters),

@@ -23,13 +23,17 @@ from tunelab.models.transformer import Transformer
 
 class ModelRunner:
     def __init__(self, model: Transformer, num_blocks: int, block_size: int, has_adapters: bool = False,
-                 compile: bool = False):
+                 compile: bool = False, fuse: bool = True):
         self.model = model
         self.block_size = block_size
         self.has_adapters = has_adapters
         cfg = model.config
         param = next(model.parameters())
-        self.device, self.dtype = param.device, param.dtype
+        self.device = param.device
+        # The cache dtype: on CPU always float32, whatever the weights. CPU attention kernels are fp32-first (SDPA
+        # over a bf16 cache measured ~4x slower per decode step than over fp32), and on a small model the cache is
+        # small next to the weights. On GPU the cache follows the weights.
+        self.dtype = torch.float32 if self.device.type == "cpu" else param.dtype
         # Token-major slots [slot, heads, dim]: a block is one contiguous chunk, and gathering whole blocks along
         # the first dimension is a few large copies (index_select along a later dimension measured ~5x slower).
         shape = (cfg.num_layers, num_blocks * block_size, cfg.num_kv_heads, cfg.head_dim)
@@ -37,7 +41,11 @@ class ModelRunner:
         self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.windows = sorted({layer.self_attn.sliding_window for layer in model.layers}, key=lambda w: w or 0)
-        if self.device.type == "cpu":
+        if fuse and not has_adapters:
+            model.fuse_projections()
+        if self.device.type == "cpu" and param.dtype == torch.float32:
+            # 16-bit weights stay [out, in]: oneDNN's bf16/fp16 matrix-vector kernels want that layout (measured
+            # ~2.7x fp32 there, and ~10x slower than fp32 when stored [in, out]).
             store_weights_transposed(model)
         self._buffer: DecodeBuffer | None = None
         self._hidden = model.hidden_states
@@ -48,7 +56,8 @@ class ModelRunner:
     def bytes_per_token(model: Transformer) -> int:
         cfg = model.config
         param = next(model.parameters())
-        return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * param.element_size()
+        element = 4 if param.device.type == "cpu" else param.element_size()
+        return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * element
 
     @torch.inference_mode()
     def run(self, seqs: list[Sequence]) -> torch.Tensor:
@@ -170,6 +179,7 @@ class PagedStep:
         self.slots, self.write_index, self.gather = slots, write_index, gather
         self.last_index = last_index
         self.rows, self.context = rows, context
+        self._index = None
 
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor):
         k_cache, v_cache = self.runner.k_cache[layer_idx], self.runner.v_cache[layer_idx]
@@ -180,18 +190,28 @@ class PagedStep:
         k_cache.index_copy_(0, self.slots, k_new.to(k_cache.dtype))
         v_cache.index_copy_(0, self.slots, v_new.to(v_cache.dtype))
         if self.fresh:
-            return k, v
+            return k.to(k_cache.dtype), v.to(v_cache.dtype)
         if self.dense is not None:
             buf, build = self.dense
             kb, vb = buf.k[layer_idx], buf.v[layer_idx]  # [rows, heads, capacity, dim]
             if build:
                 kb[:, :, : self.context].copy_(self._gather(k_cache, heads, dim)[:, :, : self.context])
                 vb[:, :, : self.context].copy_(self._gather(v_cache, heads, dim)[:, :, : self.context])
-            else:
-                kb[self.row_index, :, self.starts] = k[:, :, 0].to(kb.dtype)
-                vb[self.row_index, :, self.starts] = v[:, :, 0].to(vb.dtype)
+            else:  # one flat index_copy per tensor: advanced-index assignment costs ~3x more per layer
+                index = self._append_index(buf, heads)
+                kb.view(-1, dim).index_copy_(0, index, k[:, :, 0].reshape(-1, dim).to(kb.dtype))
+                vb.view(-1, dim).index_copy_(0, index, v[:, :, 0].reshape(-1, dim).to(vb.dtype))
             return kb[:, :, : self.context], vb[:, :, : self.context]
         return self._gather(k_cache, heads, dim), self._gather(v_cache, heads, dim)
+
+    def _append_index(self, buf, heads: int) -> torch.Tensor:
+        """Flat row of [rows * heads * capacity] where each (row, head) appends this step's column; computed once
+        per step, shared by every layer."""
+        if self._index is None:
+            heads_index = torch.arange(heads, device=self.starts.device)
+            self._index = ((self.row_index[:, None] * heads + heads_index[None, :]) * buf.capacity
+                           + self.starts[:, None]).reshape(-1)
+        return self._index
 
     def _gather(self, cache: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
         """[rows, heads, blocks * block_size, dim]: every row's blocks, in order."""

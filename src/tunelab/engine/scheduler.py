@@ -1,7 +1,8 @@
 """Which sequences run this step.
 
-Continuous batching, as in vLLM and nano-vllm: at every step, waiting requests are admitted first (a prefill step,
-padded width x rows within `max_num_batched_tokens`, at most `max_num_seqs` running); when none can be admitted the
+Continuous batching, as in vLLM and nano-vllm: at every step, waiting requests are admitted first (a prefill step of
+the tokens their cached prefix lacks, padded width x rows within `max_num_batched_tokens`, at most `max_num_seqs`
+running); when none can be admitted the
 running sequences decode one token each. Finished sequences leave (and free their blocks) as soon as their last
 token is sampled. When decoding needs a block and none is free, the most recently admitted sequence is preempted:
 its blocks are freed and it goes back to the front of the queue, to be recomputed from its prompt and the tokens
@@ -57,9 +58,8 @@ class Scheduler:
             if batch and new_width * (len(batch) + 1) > self.max_num_batched_tokens:
                 break
             # +1: room for the token this step samples, so the next decode step does not preempt at once.
-            if not self.blocks.can_grow(seq, len(seq) + 1):
+            if not self.blocks.allocate(seq, len(seq) + 1):
                 break
-            self.blocks.grow(seq, len(seq) + 1)
             self.waiting.popleft()
             seq.status = Status.RUNNING
             batch.append(seq)

@@ -45,6 +45,7 @@ class ProviderConfig:
     params: dict[str, Any] = field(default_factory=dict)
     price: Price | None = None
     adapter: str | None = None
+    dtype: str | None = None  # type: tunelab: float32 | bfloat16 | float16 (default: as stored)
     # A provider used only by judges is not itself evaluated.
     judge_only: bool = False
     # None: chat (the model's chat template / chat completions) when the model has one.

@@ -201,7 +201,7 @@ class TunelabProvider:
             LLM = None  # noqa: N806
         if LLM is not None:
             adapters = {"adapter": self.config.adapter} if self.config.adapter else None
-            self._llm = LLM(self.config.model, adapters=adapters)
+            self._llm = LLM(self.config.model, adapters=adapters, dtype=self.config.dtype)
             self._tokenizer = self._llm.tokenizer
             return
         if self.config.adapter:

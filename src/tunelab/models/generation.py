@@ -4,6 +4,7 @@ the reference it is tested against and what `tunelab generate` uses."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -147,3 +148,21 @@ def _first_stop(text: str, stops: list[str]):
         if i != -1 and (best is None or i < best[0]):
             best = (i, s)
     return best
+
+
+@torch.inference_mode()
+def perplexity(model: Transformer, token_ids: list[int], window: int = 512) -> float:
+    """exp(mean next-token negative log-likelihood) of `token_ids`, scored in non-overlapping windows (each window
+    sees only itself). The check that a cheaper dtype or a quantised build still models text as well."""
+    device = next(model.parameters()).device
+    nll, count = 0.0, 0
+    for start in range(0, len(token_ids) - 1, window):
+        chunk = torch.tensor([token_ids[start : start + window + 1]], device=device)
+        if chunk.shape[1] < 2:
+            break
+        logits = model(chunk[:, :-1]).float()
+        nll += float(torch.nn.functional.cross_entropy(logits[0], chunk[0, 1:], reduction="sum"))
+        count += chunk.shape[1] - 1
+    if count == 0:
+        raise ModelError("perplexity needs at least two tokens")
+    return math.exp(nll / count)

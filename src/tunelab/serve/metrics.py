@@ -20,6 +20,12 @@ def render(engine: AsyncLLM, http_status: Counter) -> str:
         ("tunelab_waiting_sequences", "gauge", "Sequences waiting to be scheduled.", engine.num_waiting()),
         ("tunelab_kv_blocks_used", "gauge", "KV-cache blocks in use.", llm.block_manager.num_used),
         ("tunelab_kv_blocks_total", "gauge", "KV-cache blocks in all.", llm.block_manager.num_blocks),
+        ("tunelab_prefix_cache_queried_tokens_total", "counter", "Prompt tokens looked up in the prefix cache.",
+         llm.block_manager.queried_tokens),
+        ("tunelab_prefix_cache_hit_tokens_total", "counter", "Prompt tokens found in the prefix cache (not computed).",
+         llm.block_manager.hit_tokens),
+        ("tunelab_prefix_cache_hit_rate", "gauge", "hit_tokens / queried_tokens since start.",
+         round(llm.block_manager.hit_rate, 4)),
     ]
     lines = []
     for name, kind, help_, value in rows:
