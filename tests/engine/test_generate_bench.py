@@ -5,7 +5,8 @@ from tunelab.engine.bench import run_generate_bench
 
 def test_bench_generate_runs_small():
     r = run_generate_bench(requests=2, prompt_tokens=8, new_tokens=3, single_tokens=3, layers=1, hidden=64,
-                           bandwidth_mbytes=16, log=lambda *_: None)
+                           bandwidth_mbytes=16, stall_prompt_tokens=40, log=lambda *_: None)
     assert r.hf_b1_tok_s > 0 and r.ours_b1_tok_s > 0 and r.hf_sequential_tok_s > 0
     assert abs(r.b1_ratio - r.ours_b1_tok_s / r.hf_b1_tok_s) < 0.05 * r.b1_ratio + 0.01
+    assert r.stall["idle_ms"] > 0 and r.stall["admitting_max_ms"] >= r.stall["admitting_median_ms"] > 0
     assert abs(r.roofline_tok_s - r.bandwidth_gbs * 1e3 / r.bytes_per_token_mb) < 0.02 * r.roofline_tok_s + 0.5

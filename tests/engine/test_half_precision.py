@@ -36,7 +36,7 @@ def test_half_precision_perplexity_within_one_percent_of_fp32(tiny_checkpoint, d
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_weights_keep_out_in_layout_and_decode(tiny_checkpoint, dtype):
     llm = LLM(tiny_checkpoint("llama"), dtype=dtype, max_num_seqs=2)
-    weight = llm.model.layers[0].mlp.up_proj.weight
+    weight = llm.model.layers[0].mlp.down_proj.weight
     assert weight.is_contiguous()  # [out, in]: the 16-bit matrix-vector kernels collapse on the transposed layout
     # Greedy decoding through the paged cache equals greedy over full re-computation in the same dtype.
     prompt = llm.tokenizer.encode("The quick brown fox")
@@ -50,5 +50,5 @@ def test_half_precision_weights_keep_out_in_layout_and_decode(tiny_checkpoint, d
 
 def test_fp32_weights_are_stored_transposed_on_cpu(tiny_checkpoint):
     llm = LLM(tiny_checkpoint("llama"), max_num_seqs=2)
-    weight = llm.model.layers[0].mlp.up_proj.weight
+    weight = llm.model.layers[0].mlp.down_proj.weight
     assert not weight.is_contiguous() and weight.t().is_contiguous()

@@ -183,11 +183,11 @@ def test_a_failing_step_fails_its_request_not_the_server(served, monkeypatch):
     runner = served["engine"].llm.runner
     real_run, calls = runner.run, []
 
-    def broken_once(seqs):
+    def broken_once(*args):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("simulated kernel failure")
-        return real_run(seqs)
+        return real_run(*args)
 
     monkeypatch.setattr(runner, "run", broken_once)
     with pytest.raises(openai.InternalServerError):

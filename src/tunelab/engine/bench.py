@@ -9,7 +9,9 @@ float32 (the reference the targets are stated against); tunelab runs in `--dtype
     embedding table is read once per token; bandwidth measured with a large tensor copy) and the fraction reached;
   - N concurrent requests (P prompt tokens, T new tokens each): tunelab's aggregate tokens/s with all requests
     submitted at once vs transformers generating them one after another. Sequential requests are identical work,
-    so transformers runs `hf_sample` of them and its time is scaled to N (said so in the output).
+    so transformers runs `hf_sample` of them and its time is scaled to N (said so in the output);
+  - with `stall_prompt_tokens`, the time between tokens of 4 decoding streams, idle and while a long prompt is
+    admitted (chunked prefill: the target is at most 2x idle).
 transformers is a benchmark oracle here: imported lazily, never by the engine itself.
 """
 
@@ -52,6 +54,7 @@ class BenchResult:
     hf_sequential_s: float
     ours_concurrent_s: float
     hf_sequential_measured: int  # how many of the N sequential requests transformers actually ran
+    stall: dict | None = None  # time between tokens while a long prompt is admitted (measure_stall)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -60,7 +63,8 @@ class BenchResult:
 def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens: int = 128, single_tokens: int = 128,
                        device: str = "cpu", dtype: str = "float32", layers: int = 8, hidden: int = 512,
                        seed: int = 0, bandwidth_mbytes: int = 512, model: str | None = None, repeat: int = 1,
-                       hf_sample: int | None = None, single_prompt_tokens: int = 70, log=print) -> BenchResult:
+                       hf_sample: int | None = None, single_prompt_tokens: int = 70, stall_prompt_tokens: int = 0,
+                       log=print) -> BenchResult:
     AutoModelForCausalLM = _transformers().AutoModelForCausalLM
 
     from tunelab.engine import LLM, SamplingParams
@@ -72,7 +76,8 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
                                                                            seed=seed)
         ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
         llm = LLM(path, dtype=torch_dtype, device=device, max_num_seqs=max(requests, 1),
-                  max_model_len=max(prompt_tokens, single_prompt_tokens) + max(new_tokens, single_tokens) + 8)
+                  max_model_len=max(prompt_tokens, single_prompt_tokens, stall_prompt_tokens)
+                  + max(new_tokens, single_tokens) + 8)
     gen = torch.Generator().manual_seed(seed)
     vocab = llm.model.config.vocab_size
     prompts = [torch.randint(3, vocab, (prompt_tokens,), generator=gen).tolist() for _ in range(requests)]
@@ -118,8 +123,14 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
     log(f"{requests} concurrent ({prompt_tokens} prompt + {new_tokens} new each): transformers one by one "
         f"{total / hf_seq_s:.1f} tok/s ({hf_seq_s:.1f}s{scaled}), tunelab {total / ours_s:.1f} tok/s "
         f"({ours_s:.1f}s): {hf_seq_s / ours_s:.1f}x")
+    stall = None
+    if stall_prompt_tokens:
+        stall = measure_stall(llm, stall_prompt_tokens, seed=seed)
+        log(f"time between tokens of 4 streams: idle {stall['idle_ms']} ms; while a {stall_prompt_tokens}-token "
+            f"prompt is admitted {stall['admitting_median_ms']} ms median ({stall['ratio_median']}x), "
+            f"{stall['admitting_max_ms']} ms worst")
     return BenchResult(
-        model=str(model or "random-llama"), device=device, dtype=dtype,
+        stall=stall, model=str(model or "random-llama"), device=device, dtype=dtype,
         params_millions=round(llm.model.num_parameters() / 1e6, 1), threads=torch.get_num_threads(),
         load_average=round(load, 2), repeats=repeat, bandwidth_gbs=round(bandwidth / 1e9, 2),
         bytes_per_token_mb=round(weights / 1e6, 1), roofline_tok_s=round(roofline, 1),
@@ -129,6 +140,48 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
         ours_concurrent_tok_s=round(total / ours_s, 1), concurrent_ratio=round(hf_seq_s / ours_s, 2),
         hf_sequential_s=round(hf_seq_s, 2), ours_concurrent_s=round(ours_s, 2), hf_sequential_measured=hf_sample,
     )
+
+
+def measure_stall(llm, long_prompt_tokens: int = 2000, streams: int = 4, idle_steps: int = 12, seed: int = 0) -> dict:
+    """Time between tokens of `streams` running sequences, idle and while a `long_prompt_tokens` prompt is admitted
+    (chunked prefill interleaves its chunks with their decode steps): medians and the worst gap, in ms."""
+    from tunelab.engine import SamplingParams
+
+    gen = torch.Generator().manual_seed(seed)
+    vocab = llm.model.config.vocab_size
+    room = llm.max_model_len - 16
+    ids = [llm.make_sequence(torch.randint(3, vocab, (16,), generator=gen).tolist(),
+                             SamplingParams(max_tokens=room, ignore_eos=True)) for _ in range(streams)]
+    for seq in ids:
+        llm.add_sequence(seq)
+    names = {s.request_id for s in ids}
+    last: dict[str, float] = {}
+    gaps: list[float] = []
+
+    def run_until(done) -> list[float]:
+        gaps.clear()
+        while not done():
+            outs = llm.step()
+            now = time.perf_counter()
+            for out in outs:
+                if out.request_id in names:
+                    if out.request_id in last:
+                        gaps.append(now - last[out.request_id])
+                    last[out.request_id] = now
+        return list(gaps)
+
+    steps = iter(range(10**9))
+    run_until(lambda: all(len(s.output_ids) >= 2 for s in ids))  # all prompts in, all decoding
+    idle = run_until(lambda: next(steps) >= idle_steps)
+    long_seq = llm.make_sequence(torch.randint(3, vocab, (long_prompt_tokens,), generator=gen).tolist(),
+                                 SamplingParams(max_tokens=1, ignore_eos=True))
+    llm.add_sequence(long_seq)
+    busy = run_until(lambda: long_seq.finished)
+    for seq in ids:
+        llm.abort(seq.request_id)
+    idle_ms, busy_ms = 1e3 * statistics.median(idle), 1e3 * statistics.median(busy)
+    return {"idle_ms": round(idle_ms, 1), "admitting_median_ms": round(busy_ms, 1),
+            "admitting_max_ms": round(1e3 * max(busy), 1), "ratio_median": round(busy_ms / idle_ms, 2)}
 
 
 def write_random_llama(path: Path, layers: int = 8, hidden: int = 512, seed: int = 0) -> Path:

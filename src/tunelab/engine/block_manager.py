@@ -8,8 +8,8 @@ token ids), so two sequences with the same first k blocks of tokens under the sa
 Admission reuses every leading block whose key is cached (reference-counted: a block returns to the free list only
 when no sequence holds it) and computes only the rest. A freed block keeps its key and contents until it is handed
 out again: the free list is ordered least-recently-freed first, so eviction is LRU. A block is keyed as soon as it is
-full and its K/V are computed in the step being scheduled (the runner writes every row's K/V before any row's
-attention reads them, so a sequence admitted in the same step can already share it). The block holding a
+full and the step being scheduled computes its K/V (`commit`); a sequence admitted later, even in the next step,
+can share it. The block holding a
 sequence's last prompt token is never reused from the cache: that token must run through the model anyway to give
 the logits of the first new token, and a shared block is never written.
 """
@@ -66,11 +66,13 @@ class BlockManager:
         return self.blocks_needed(num_tokens) - len(seq.block_table) <= len(self.free)
 
     def grow(self, seq: Sequence, num_tokens: int) -> None:
-        """Room for `num_tokens`; called when the step that computes the K/V of all `len(seq)` tokens is scheduled."""
         for _ in range(self.blocks_needed(num_tokens) - len(seq.block_table)):
             seq.block_table.append(self._take())
+
+    def commit(self, seq: Sequence, computed: int) -> None:
+        """The step being scheduled computes the K/V of `seq`'s first `computed` tokens: key its full blocks."""
         if self.prefix_caching:
-            self._register_full_blocks(seq)
+            self._register_full_blocks(seq, computed)
 
     def release(self, seq: Sequence) -> None:
         # Reversed: a sequence's last blocks are the least likely to be shared, so they are evicted first.
@@ -100,10 +102,10 @@ class BlockManager:
             hits.append(block)
         return hits
 
-    def _register_full_blocks(self, seq: Sequence) -> None:
+    def _register_full_blocks(self, seq: Sequence, computed: int) -> None:
         keys = self._keys.setdefault(seq.seq_id, [])
         tokens = seq.token_ids
-        for i in range(len(keys), len(tokens) // self.block_size):
+        for i in range(len(keys), computed // self.block_size):
             key = _chain(keys[-1] if keys else b"", seq.adapter, tokens[i * self.block_size : (i + 1) * self.block_size])
             keys.append(key)
             block = seq.block_table[i]

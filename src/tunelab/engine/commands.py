@@ -1,4 +1,4 @@
-"""`tunelab bench generate`."""
+"""`tunelab bench generate` and `tunelab build`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,34 @@ import typer
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     bench.command("generate")(bench_generate)
+    app.command("build")(build_command)
+
+
+def build_command(
+    model: str = typer.Argument(..., help="Checkpoint directory or built-in name."),
+    output: str = typer.Option(..., "-o", "--output", help="New directory for the build."),
+    adapter: list[str] = typer.Option([], "--adapter", help="NAME=DIR of a PEFT adapter (repeatable)."),
+    merge: bool = typer.Option(False, "--merge", help="Fold the adapters into the weights."),
+    dtype: str = typer.Option("float16", "--dtype", help="float16 | bfloat16 | float32. On AVX2 CPUs float16 "
+                                                           "decodes one sequence fastest, bfloat16 many at once."),
+    device: str = typer.Option("cpu", "--device", help="Where the build will run."),
+) -> None:
+    """Convert a model (and adapters) once for a device: weights in the target dtype, adapters merged, a manifest."""
+    from tunelab.engine.build import build
+    from tunelab.engine.errors import EngineError
+
+    adapters = {}
+    for item in adapter:
+        name, sep, directory = item.partition("=")
+        if not sep or not name or not directory:
+            raise typer.BadParameter(f"--adapter: expected NAME=DIR, got {item!r}")
+        adapters[name] = directory
+    try:
+        manifest = build(model, output, dtype=dtype, device=device, adapters=adapters, merge=merge)
+    except EngineError as e:
+        raise typer.BadParameter(str(e)) from None
+    typer.echo(f"built {output}: {manifest.dtype} for {manifest.device_kind}, source sha256 "
+               f"{manifest.source_sha256[:12]}, merged: {sorted(manifest.merged_adapters) or 'none'}")
 
 
 def bench_generate(
@@ -26,6 +54,9 @@ def bench_generate(
     repeat: int = typer.Option(3, "--repeat", min=1, help="Interleaved repetitions; medians are reported."),
     hf_sample: int = typer.Option(4, "--hf-sample", min=1,
                                   help="Sequential requests transformers runs; its time is scaled to --requests."),
+    stall_prompt_tokens: int = typer.Option(2000, "--stall-prompt-tokens", min=0,
+                                            help="Measure streams' time between tokens while a prompt this long is "
+                                                 "admitted (0: skip)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON at the end."),
 ) -> None:
     """tunelab's engine vs transformers `generate`: batch 1 and N concurrent requests, side by side."""
@@ -40,7 +71,8 @@ def bench_generate(
     try:
         result = run_generate_bench(requests, prompt_tokens, new_tokens, single_tokens, device, dtype, layers, hidden,
                                     model=model, repeat=repeat, hf_sample=hf_sample,
-                                    single_prompt_tokens=single_prompt_tokens)
+                                    single_prompt_tokens=single_prompt_tokens,
+                                    stall_prompt_tokens=stall_prompt_tokens)
     except EngineError as e:
         raise typer.BadParameter(str(e)) from None
     if json_out:

@@ -1,15 +1,19 @@
 """The engine loop: requests in, one scheduled step at a time, outputs out.
 
 `LLM` is the public entry point (`LLM(path).generate(prompts, params)`); `step()` is one iteration of continuous
-batching (schedule -> run the model -> sample -> detokenize -> finish), which `generate` repeats until every request
+batching (schedule -> run the model -> sample the sequences whose prompt is done -> detokenize -> finish), which `generate` repeats until every request
 is done and `AsyncLLM` (async_engine.py) runs in a background thread for the server.
 """
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import torch
 
 from tunelab.engine.block_manager import BlockManager
+from tunelab.engine.build import check_build
 from tunelab.engine.detokenizer import IncrementalDetokenizer
 from tunelab.engine.errors import EngineError
 from tunelab.engine.model_runner import ModelRunner
@@ -18,6 +22,7 @@ from tunelab.engine.sampling_params import SamplingParams
 from tunelab.engine.scheduler import Scheduler
 from tunelab.engine.sequence import RequestOutput, Sequence
 from tunelab.models import load_pretrained
+from tunelab.models.generation import eos_token_ids
 
 DEFAULT_KV_CACHE_MEMORY = 1 << 30  # bytes; the cache never takes more unless asked
 
@@ -36,8 +41,12 @@ class LLM:
         max_num_batched_tokens: int | None = None,
         compile: bool = False,
         enable_prefix_caching: bool = True,
+        max_prefill_chunk: int | None = None,
     ):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        build = check_build(model_path, device) if Path(str(model_path)).is_dir() else None
+        if build is not None and adapters is None:
+            adapters = build.adapters  # a build's unmerged adapters are served by default
         self.model, self.tokenizer = load_pretrained(model_path, dtype=dtype, device=device)
         self.model_path = str(model_path)
         self.adapters = dict(adapters or {})
@@ -57,12 +66,11 @@ class LLM:
                               f"({per_token * block_size} bytes each); give at least that much")
         self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs,
-                                   max_num_batched_tokens or max(self.max_model_len, 4096))
+                                   max_num_batched_tokens or max(self.max_model_len, 4096), max_prefill_chunk)
         self.runner = ModelRunner(self.model, num_blocks, block_size, has_adapters=bool(self.adapters),
                                   compile=compile)
-        self.eos = set(cfg.eos_token_ids)
-        if self.tokenizer.eos_token_id is not None:
-            self.eos.add(self.tokenizer.eos_token_id)
+        self.eos = eos_token_ids(self.model, self.tokenizer)
+        self._step_seconds = {"decode": None, "prefill_rate": None}
         self.stats = {"requests": 0, "prompt_tokens": 0, "generation_tokens": 0, "finished": 0, "aborted": 0}
         self._by_id: dict[str, Sequence] = {}
 
@@ -134,10 +142,18 @@ class LLM:
         """One iteration: an output (with its new text in `delta`) for every sequence that ran."""
         if not self.scheduler.has_work():
             return []
-        seqs, _ = self.scheduler.schedule()
-        if not seqs:
+        step = self.scheduler.schedule()
+        if not step.seqs:
             return []
-        logits = self.runner.run(seqs)
+        start = time.perf_counter()
+        logits = self.runner.run(step.seqs, step.num_tokens)
+        self._tune_prefill_budget(step, time.perf_counter() - start)
+        # A prompt chunk that does not reach the prompt's end samples nothing.
+        ready = [i for i, seq in enumerate(step.seqs) if seq.num_cached == len(seq)]
+        if not ready:
+            return []
+        seqs = [step.seqs[i] for i in ready]
+        logits = logits[ready] if len(ready) < len(step.seqs) else logits
         outputs = []
         for seq, token in zip(seqs, sample(logits, seqs)):
             reason = None
@@ -159,6 +175,19 @@ class LLM:
         return outputs
 
     # ------------------------------------------------------------------ helpers
+    def _tune_prefill_budget(self, step, seconds: float) -> None:
+        """Size prompt chunks to cost about one decode step (moving averages of both), so streams that are decoding
+        wait at most about twice their usual time between tokens while a long prompt is admitted."""
+        avg = self._step_seconds
+        if step.is_prefill:
+            rate = sum(step.num_tokens) / max(seconds, 1e-6)
+            avg["prefill_rate"] = rate if avg["prefill_rate"] is None else 0.7 * avg["prefill_rate"] + 0.3 * rate
+        else:
+            avg["decode"] = seconds if avg["decode"] is None else 0.7 * avg["decode"] + 0.3 * seconds
+        if avg["decode"] is not None and avg["prefill_rate"] is not None:
+            budget = int(avg["decode"] * avg["prefill_rate"])
+            self.scheduler.prefill_budget = min(self.scheduler.max_prefill_chunk, max(16, budget))
+
     def _output(self, seq: Sequence) -> RequestOutput:
         final = seq.finished
         text = seq.detokenizer.final_text() if final else seq.detokenizer.text

@@ -1,30 +1,47 @@
-"""Which sequences run this step.
+"""Which sequences run this step, and how many of their tokens.
 
-Continuous batching, as in vLLM and nano-vllm: at every step, waiting requests are admitted first (a prefill step of
-the tokens their cached prefix lacks, padded width x rows within `max_num_batched_tokens`, at most `max_num_seqs`
-running); when none can be admitted the
-running sequences decode one token each. Finished sequences leave (and free their blocks) as soon as their last
-token is sampled. When decoding needs a block and none is free, the most recently admitted sequence is preempted:
-its blocks are freed and it goes back to the front of the queue, to be recomputed from its prompt and the tokens
-generated so far (cheaper than swapping on CPU, and exact).
+Continuous batching, as in vLLM and nano-vllm, with chunked prefill. A step is either a *prefill* step, one chunk of
+one sequence's uncomputed tokens (so no prompt is ever padded to another's length), or a *decode* step, one token for
+every running sequence whose prompt is done. While sequences are decoding, prefill and decode steps alternate and a
+prefill chunk is sized to cost about one decode step (`prefill_budget`, which the engine sets from measured step
+times), so a long prompt being admitted at most doubles the time between the running streams' tokens. With nothing
+decoding, a chunk may take `max_num_batched_tokens`.
+
+A sequence is admitted (its KV blocks allocated for the whole prompt, minus what the prefix cache already holds) when
+it starts its first chunk. Finished sequences leave, and free their blocks, as soon as their last token is sampled.
+When decoding needs a block and none is free, the most recently admitted sequence is preempted: its blocks are freed
+and it goes back to the front of the queue, to be recomputed from its prompt and the tokens generated so far (cheaper
+than swapping on CPU, and exact).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 from tunelab.engine.block_manager import BlockManager
 from tunelab.engine.sequence import Sequence, Status
 
 
+@dataclass
+class ScheduledStep:
+    seqs: list[Sequence]
+    num_tokens: list[int]  # tokens each sequence computes this step (1 for decodes)
+    is_prefill: bool
+
+
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_prefill_chunk: int | None = None):
         self.blocks = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_prefill_chunk = max_prefill_chunk or max_num_batched_tokens
+        self.prefill_budget = self.max_prefill_chunk  # tokens per chunk while others decode; the engine tunes it
         self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
+        self.running: list[Sequence] = []  # admitted: prefilling (part of the prompt computed) or decoding
         self.num_preemptions = 0
+        self._prefill_turn = True
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -32,12 +49,16 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def schedule(self) -> tuple[list[Sequence], bool]:
-        """(sequences to run, is_prefill)."""
-        prefill = self._admit()
-        if prefill:
-            return prefill, True
-        return self._decode_batch(), False
+    def schedule(self) -> ScheduledStep:
+        decoding = [s for s in self.running if s.num_new_tokens == 1]
+        if not decoding or self._prefill_turn:
+            step = self._prefill(budget=self.prefill_budget if decoding else self.max_prefill_chunk)
+            if step is not None:
+                self._prefill_turn = False
+                return step
+        self._prefill_turn = True
+        batch = self._decode_batch()
+        return ScheduledStep(batch, [1] * len(batch), False)
 
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.status = Status.FINISHED
@@ -49,27 +70,25 @@ class Scheduler:
         self.blocks.release(seq)
 
     # ------------------------------------------------------------------ helpers
-    def _admit(self) -> list[Sequence]:
-        batch: list[Sequence] = []
-        width = 0
-        while self.waiting and len(self.running) + len(batch) < self.max_num_seqs:
+    def _prefill(self, budget: int) -> ScheduledStep | None:
+        seq = next((s for s in self.running if s.num_new_tokens > 1), None)  # finish a started prompt first
+        if seq is None and self.waiting and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            new_width = max(width, seq.num_new_tokens)
-            if batch and new_width * (len(batch) + 1) > self.max_num_batched_tokens:
-                break
-            # +1: room for the token this step samples, so the next decode step does not preempt at once.
+            # +1: room for the token the last chunk samples, so the next decode step does not preempt at once.
             if not self.blocks.allocate(seq, len(seq) + 1):
-                break
+                return None
             self.waiting.popleft()
             seq.status = Status.RUNNING
-            batch.append(seq)
-            width = new_width
-        self.running.extend(batch)
-        return batch
+            self.running.append(seq)
+        if seq is None:
+            return None
+        chunk = min(seq.num_new_tokens, max(1, budget))
+        self.blocks.commit(seq, seq.num_cached + chunk)
+        return ScheduledStep([seq], [chunk], True)
 
     def _decode_batch(self) -> list[Sequence]:
         batch: list[Sequence] = []
-        queue = list(self.running)
+        queue = [s for s in self.running if s.num_new_tokens == 1]
         while queue:
             seq = queue.pop(0)
             while not self.blocks.can_grow(seq, len(seq) + 1):
@@ -79,6 +98,7 @@ class Scheduler:
                     break
             else:
                 self.blocks.grow(seq, len(seq) + 1)
+                self.blocks.commit(seq, len(seq))
                 batch.append(seq)
         return batch
 

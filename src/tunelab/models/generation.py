@@ -1,6 +1,10 @@
 """Simple, correct generation with a contiguous KV cache: prefill once, then one
 token per step. The engine (tunelab.engine) is the fast, batched path; this one is
-the reference it is tested against and what `tunelab generate` uses."""
+the reference it is tested against and what `tunelab generate` uses.
+
+Both paths share one inference vocabulary: the EOS set (`eos_token_ids`), the
+engine's sampler (temperature / top-k / top-p draws) and the engine's incremental
+detokenizer (the one stop-string search)."""
 
 from __future__ import annotations
 
@@ -35,25 +39,30 @@ def generate(
     stop: list[str] | None = None,
 ) -> Generation:
     """Generate a completion for one prompt (text, or token ids used as given)."""
+    from tunelab.engine.detokenizer import IncrementalDetokenizer
+
     prompt_ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-    eos = set(model.config.eos_token_ids)
-    if tokenizer.eos_token_id is not None:
-        eos.add(tokenizer.eos_token_id)
-    stop = [s for s in (stop or []) if s]
+    eos = eos_token_ids(model, tokenizer)
+    detok = IncrementalDetokenizer(tokenizer, [s for s in (stop or []) if s])
     out: list[int] = []
-    finish, stop_hit = "length", None
+    finish = "length"
     for token in stream_token_ids(model, prompt_ids, max_new_tokens, temperature, top_p, top_k, seed, eos):
         if token in eos:
             finish = "stop"
             break
         out.append(token)
-        if stop:
-            text = tokenizer.decode(out)
-            hit = _first_stop(text, stop)
-            if hit is not None:
-                cut, stop_hit = hit
-                return Generation(text[:cut], out, "stop", len(prompt_ids), len(out), stop_hit)
-    return Generation(tokenizer.decode(out), out, finish, len(prompt_ids), len(out))
+        detok.add(token)
+        if detok.stop_hit is not None:
+            return Generation(detok.text, out, "stop", len(prompt_ids), len(out), detok.stop_hit)
+    return Generation(detok.final_text(), out, finish, len(prompt_ids), len(out))
+
+
+def eos_token_ids(model: Transformer, tokenizer) -> set[int]:
+    """The tokens that end a generation: the config's EOS ids and the tokenizer's EOS (chat models often differ)."""
+    eos = set(model.config.eos_token_ids)
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        eos.add(tokenizer.eos_token_id)
+    return eos
 
 
 @torch.inference_mode()
@@ -115,22 +124,13 @@ def generate_batch_ids(
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float = 1.0, top_k: int = 0, generator=None) -> torch.Tensor:
-    """One token per row of `logits` [batch, vocab]. temperature 0 = greedy."""
+    """One token per row of `logits` [batch, vocab]. temperature 0 = greedy. The draw is the engine's own."""
     if temperature <= 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = sorted_logits.softmax(-1)
-        # Drop a token when the tokens before it already cover top_p; the first always stays.
-        drop = probs.cumsum(-1) - probs > top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    from tunelab.engine.sampler import _draw
+
+    rows = logits.float().reshape(-1, logits.shape[-1])
+    return torch.tensor([_draw(row, temperature, top_k, top_p, generator) for row in rows], device=logits.device)
 
 
 def _generator(seed, device):
@@ -139,15 +139,6 @@ def _generator(seed, device):
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
-
-
-def _first_stop(text: str, stops: list[str]):
-    best = None
-    for s in stops:
-        i = text.find(s)
-        if i != -1 and (best is None or i < best[0]):
-            best = (i, s)
-    return best
 
 
 @torch.inference_mode()
