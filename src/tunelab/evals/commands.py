@@ -75,14 +75,23 @@ def eval_command(
 def runs_command(
     db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
     format: str = typer.Option("table", "--format", help="table or json"),
+    prune: bool = typer.Option(False, "--prune", help="Delete interrupted and failed runs (the caches stay)."),
 ) -> None:
-    """List runs in the database."""
+    """List runs in the database (a run whose process died shows as interrupted)."""
     import time
 
     from tunelab.evals.store import Store
 
     with _errors():
-        runs = Store(db).runs()
+        store = Store(db)
+        runs = store.runs()
+        if prune:
+            dead = [r.id for r in runs if r.status in ("interrupted", "failed")]
+            store.delete_runs(dead)
+            for run_id in dead:
+                typer.echo(f"pruned {run_id}")
+            typer.echo(f"{len(dead)} run(s) pruned, {len(runs) - len(dead)} kept")
+            return
         if format == "json":
             typer.echo(json.dumps([r.to_dict() for r in runs], indent=2))
             return
@@ -90,8 +99,13 @@ def runs_command(
             raise EvalError(f"--format: expected table or json, got {format!r}")
         for r in runs:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
-            typer.echo(f"{r.id}  {when}  {r.status:<8}  items={r.n_items} outputs={r.n_outputs} "
-                       f"errors={r.n_errors}  {r.description or ''}")
+            typer.echo(f"{r.id}  {when}  {r.status:<11}  items={r.n_items} outputs={r.n_outputs} "
+                       f"errors={r.n_errors} verdicts={r.n_verdicts} unparsed={r.n_parse_failures}  "
+                       f"{r.description or ''}")
+        unfinished = [r for r in runs if r.status in ("interrupted", "failed")]
+        if unfinished:
+            typer.echo(f"{len(unfinished)} run(s) did not finish: `tunelab eval CONFIG --resume RUN_ID` completes "
+                       "one; `tunelab runs --prune` deletes them")
 
 
 def results_command(

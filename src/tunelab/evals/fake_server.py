@@ -110,7 +110,10 @@ def _handler(owner: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):   # the client went away (a test killed it)
+                self.close_connection = True
 
         def log_message(self, *args: Any) -> None:
             pass

@@ -1,5 +1,7 @@
-"""Uncertainty: a 95% confidence interval for a mean (Student t), and the paired
-bootstrap for the difference between two runs on the same items."""
+"""Uncertainty, one rule everywhere (eval table, report, ladder, compare):
+`interval(values)` is the Wilson score interval when every value is 0 or 1 (a
+pass rate: it stays inside [0, 1] and behaves at 0% and 100%) and the Student t
+interval otherwise. Differences between paired variants use the paired bootstrap."""
 
 from __future__ import annotations
 
@@ -15,6 +17,25 @@ class Estimate:
     low: float
     high: float
     n: int
+    method: str = "t"      # "wilson" or "t"
+
+
+def interval(values: list[float | None], confidence: float = 0.95, *, binary: bool | None = None) -> Estimate | None:
+    """The 95% CI for the mean of `values` (None entries ignored). `binary` forces
+    or forbids Wilson; by default it is used exactly when every value is 0 or 1."""
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return None
+    if binary is None:
+        binary = set(xs) <= {0.0, 1.0}
+    return wilson(int(sum(xs)), len(xs), confidence) if binary else mean_ci(xs, confidence)
+
+
+def wilson(successes: int, n: int, confidence: float = 0.95) -> Estimate:
+    from scipy.stats import binomtest
+
+    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return Estimate(successes / n, float(ci.low), float(ci.high), n, "wilson")
 
 
 def mean_ci(values: list[float], confidence: float = 0.95) -> Estimate | None:
@@ -45,7 +66,7 @@ def paired_bootstrap(a: list[float], b: list[float], *, resamples: int = 10_000,
     alpha = (1 - confidence) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
     p = min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
-    return Estimate(float(d.mean()), float(low), float(high), int(d.size)), p
+    return Estimate(float(d.mean()), float(low), float(high), int(d.size), "bootstrap"), p
 
 
 def percentile(values: list[float], q: float) -> float | None:
