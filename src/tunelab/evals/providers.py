@@ -51,6 +51,10 @@ class Provider(Protocol):
     async def aclose(self) -> None: ...
 
 
+class StructuredOutputRefused(ProviderError):
+    """The endpoint does not take `response_format`: the caller asks again in plain text."""
+
+
 def make_provider(cfg: ProviderConfig, retry: RetryConfig) -> Provider:
     if cfg.type == "openai":
         return OpenAIProvider(cfg, retry)
@@ -80,13 +84,14 @@ class OpenAIProvider:
 
     async def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
         if "response_format" in params and not self.structured_output:
-            params = {k: v for k, v in params.items() if k != "response_format"}
+            raise StructuredOutputRefused(f"{self.config.id}: structured output is off for this endpoint")
         try:
             return await self._complete(messages, params)
         except ProviderError as exc:
             if "response_format" in params and exc.status in (400, 422) and self.config.structured_output is None:
                 self.structured_output = False
-                return await self._complete(messages, {k: v for k, v in params.items() if k != "response_format"})
+                raise StructuredOutputRefused(f"{self.config.id}: the endpoint refused response_format "
+                                              f"({exc}); judging from plain text") from None
             raise
 
     async def _complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:

@@ -25,7 +25,8 @@ from tunelab.evals.errors import EvalError
 from tunelab.evals.judges import Verdict, judge_key, judge_pairwise, judge_rubric
 from tunelab.evals.liveness import HEARTBEAT_S
 from tunelab.evals.metrics import Metric, MetricInput
-from tunelab.evals.providers import Completion, Provider, ProviderError, cost, make_provider
+from tunelab.evals.providers import (Completion, Provider, ProviderError, StructuredOutputRefused, cost,
+                                     make_provider)
 from tunelab.evals.selection import matching
 from tunelab.evals.store import Store
 from tunelab.evals.templates import CompiledPrompt, compile_prompts, effective_params, render_all
@@ -270,26 +271,28 @@ class _Run:
                     if have.get((judge.id, item_id, variant, pair[1], rep), "") == key:
                         self.stats.verdicts_resumed[judge.id] += 1
                         continue
-                    jobs.append((judge, row, variant, pair[1], rep, o, other, question, key, structured))
+                    jobs.append((judge, row, variant, pair[1], rep, o, other, question, texts))
         total, done = len(jobs), 0
 
         async def one(judge: JudgeConfig, row: Row, variant: str, other_variant: str, rep: int,
-                      o: Any, other: Any, question: str, key: str, structured: bool) -> None:
+                      o: Any, other: Any, question: str, texts: tuple[Any, ...]) -> None:
             nonlocal done
+            provider = self._provider(judge.provider)
+            structured = provider.structured_output
+            key = judge_key(judge, question, *texts, structured=structured)
             cached = self.store.cache_get_results([key]).get(key) if self.use_cache else None
             error = None
             if cached is not None:
                 self.stats.verdicts_cached[judge.id] += 1
                 v = Verdict(**cached)
             else:
-                call = self._judge_call(judge)
                 try:
-                    if judge.type == "rubric":
-                        v = await judge_rubric(judge, call, question, o["output"], row.reference,
-                                               structured=structured)
-                    else:
-                        v = await judge_pairwise(judge, call, question, o["output"], other["output"], row.reference,
-                                                 structured=structured)
+                    try:
+                        v = await self._verdict(judge, question, o, other, row, structured)
+                    except StructuredOutputRefused:   # asked in the JSON form: ask again in the plain-text one
+                        structured = self.stats.structured_judges[judge.id] = False
+                        key = judge_key(judge, question, *texts, structured=False)
+                        v = await self._verdict(judge, question, o, other, row, False)
                 except ProviderError as exc:
                     v, error = Verdict(), f"judge call failed: {exc}"
                 self.stats.verdicts_computed[judge.id] += 1
@@ -308,6 +311,14 @@ class _Run:
 
         self.progress("judges", 0, total)
         await asyncio.gather(*(one(*j) for j in jobs))
+
+    async def _verdict(self, judge: JudgeConfig, question: str, o: Any, other: Any, row: Row,
+                       structured: bool) -> Verdict:
+        call = self._judge_call(judge)
+        if judge.type == "rubric":
+            return await judge_rubric(judge, call, question, o["output"], row.reference, structured=structured)
+        return await judge_pairwise(judge, call, question, o["output"], other["output"], row.reference,
+                                    structured=structured)
 
     def _judge_targets(self, judge: JudgeConfig) -> list[tuple[str, str]]:
         """(variant, other variant) pairs; other is '' for rubric judges. `variants:` patterns

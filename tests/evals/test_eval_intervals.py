@@ -1,0 +1,47 @@
+"""One interval rule everywhere: Wilson for 0/1 values, Student t otherwise, checked
+against scipy, and the same numbers in the eval table, the report, the ladder and compare."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from eval_helpers import make_config
+from scipy import stats as sps
+
+from tunelab.evals.compare import compare_rows
+from tunelab.evals.ladder import ladder
+from tunelab.evals.runner import run_eval
+from tunelab.evals.stats import interval
+from tunelab.evals.store import Store
+from tunelab.evals.summary import summarize
+
+
+def test_interval_is_wilson_for_pass_fail_and_t_otherwise():
+    passes = [1.0] * 3 + [0.0] * 13
+    ci = sps.binomtest(3, 16).proportion_ci(confidence_level=0.95, method="wilson")
+    e = interval(passes)
+    assert e.method == "wilson" and (e.mean, e.low, e.high) == pytest.approx((3 / 16, ci.low, ci.high))
+    assert e.low > 0   # a t-interval here would be [-0.027, 0.40]
+    allpass = interval([1.0] * 16)
+    assert allpass.high == pytest.approx(1.0) and allpass.low < 1.0   # t would collapse to [1, 1]
+    xs = [0.2, 0.9, 0.4, 0.7]
+    lo, hi = sps.t.interval(0.95, len(xs) - 1, loc=np.mean(xs), scale=sps.sem(xs))
+    t = interval(xs)
+    assert t.method == "t" and (t.low, t.high) == pytest.approx((lo, hi))
+    assert interval([None, None]) is None
+
+
+def test_table_ladder_and_compare_use_the_same_interval(tmp_path, server, dataset):
+    cfg = make_config(tmp_path, server, prompts=[
+        {"id": "plain", "template": "Country: {{ country }}"},
+        {"id": "vague", "template": "Country code: {{ country[:2] }}"}])
+    db = tmp_path / "r.db"
+    run = run_eval(cfg, db).run_id
+    with Store(db) as store:
+        rows = store.results(run)
+    wilson = sps.binomtest(3, 4).proportion_ci(method="wilson")          # plain: 3 of 4 capitals right
+    table = {s.variant: s for s in summarize(rows)}["plain@small"].metrics["exact_match"].estimate
+    (rung,) = ladder(rows, {"p": "plain@small"}, "exact_match")
+    (cmp,) = compare_rows(rows, rows, variant_a="plain@small", variant_b="vague@small", metrics=["exact_match"])
+    for low, high in [(table.low, table.high), (rung.ci_low, rung.ci_high), (cmp.a.low, cmp.a.high)]:
+        assert (low, high) == pytest.approx((wilson.low, wilson.high))
