@@ -1,4 +1,4 @@
-"""One interval rule everywhere: Wilson for 0/1 values, Student t otherwise, checked
+"""One interval rule everywhere: Wilson for 0/1 values, the bootstrap otherwise, checked
 against scipy, and the same numbers in the eval table, the report, the ladder and compare."""
 
 from __future__ import annotations
@@ -24,10 +24,14 @@ def test_interval_is_wilson_for_pass_fail_and_t_otherwise():
     assert e.low > 0   # a t-interval here would be [-0.027, 0.40]
     allpass = interval([1.0] * 16)
     assert allpass.high == pytest.approx(1.0) and allpass.low < 1.0   # t would collapse to [1, 1]
-    xs = [0.2, 0.9, 0.4, 0.7]
+    # Continuous: the percentile bootstrap of the mean, as scipy computes it, inside the values' range.
+    xs = [0.2, 1.0, 1.0, 0.95, 1.0, 1.0, 0.9, 1.0]
+    ref = sps.bootstrap((np.asarray(xs),), np.mean, confidence_level=0.95, n_resamples=20_000,
+                        method="percentile", random_state=0).confidence_interval
+    b = interval(xs)
+    assert b.method == "bootstrap" and (b.low, b.high) == pytest.approx((ref.low, ref.high), abs=0.01)
     lo, hi = sps.t.interval(0.95, len(xs) - 1, loc=np.mean(xs), scale=sps.sem(xs))
-    t = interval(xs)
-    assert t.method == "t" and (t.low, t.high) == pytest.approx((lo, hi))
+    assert hi > 1.0 >= b.high   # where the t-interval would leave [0, 1]
     assert interval([None, None]) is None
 
 

@@ -2,7 +2,7 @@
 
 Each rung is a variant (prompt @ provider) of one eval run. For each, quality (a
 metric's or judge's mean with its 95% CI from stats.interval: Wilson for pass/fail
-metrics, Student t otherwise, and the count of outputs without a value beside it),
+metrics, the bootstrap otherwise, and the count of outputs without a value beside it),
 latency, tokens and cost per item, and the verdict a user needs: the cheapest rung
 whose quality clears the bar.
 """
@@ -36,13 +36,15 @@ def ladder(rows: list[ResultRow], rungs: dict[str, str], metric: str) -> list[Ru
     """`rungs` maps a rung's name to its variant id, in ladder order; `metric` is a metric id
     or 'judge:ID' (selection.RunNames.measure checks a user's name)."""
     out = []
+    # Pass/fail is decided over the whole run, so every rung gets the same kind of interval.
+    binary = all(value(r, metric) in (None, 0.0, 1.0) for r in rows)
     for name, variant in rungs.items():
         rs = [r for r in rows if r.variant == variant]
         if not rs:
             raise ValueError(f"rung {name!r}: no results for variant {variant!r}")
         ok = [r for r in rs if r.error is None]
         scores = [value(r, metric) for r in ok]
-        est = interval(scores)
+        est = interval(scores, binary=binary)
         unparsed = sum(1 for r in ok if metric.startswith("judge:") and (r.judges.get(metric[6:]) or {}).get("parse_error"))
         costs = [r.cost for r in ok if r.cost is not None]
         out.append(Rung(

@@ -39,7 +39,8 @@ def build_report(store: Store, run_ids: list[str], *, variants: list[str] | None
         health += [(rid, h) for h in judge_health(rows, config)]
 
     parts = [f"<h1>tunelab evaluation report</h1><p>Generated {_e(time.strftime('%Y-%m-%d %H:%M'))}. "
-             "Figures are means with 95% intervals (Wilson for pass/fail values, Student t otherwise); "
+             "Figures are means with 95% intervals (Wilson for pass/fail values, the percentile bootstrap "
+             "otherwise); "
              "<b>err</b> counts outputs with no value because a call failed, <b>unparsed</b> judge replies "
              "that could not be read.</p>"]
     parts.append("<h2>Runs</h2><table><tr><th>run</th><th>description</th><th>status</th><th>outputs</th>"
@@ -209,7 +210,7 @@ def _plots(summaries: list[tuple[str, VariantSummary]], all_rows: dict[str, list
     parts.append(_img(_bars(binary, "share passing", (0, 1))) if binary else
                  '<p class="empty">No pass/fail metric in this run (exact_match, contains, regex, json_valid, '
                  "json_schema or a python metric returning true/false).</p>")
-    parts.append("<h2>Scores (mean, Student t 95% CI)</h2>")
+    parts.append("<h2>Scores (mean, bootstrap 95% CI)</h2>")
     parts.append(_img(_bars(continuous, "mean", None)) if continuous else
                  '<p class="empty">No continuous metric or judge score has a value in this run'
                  + (" (every judge reply was unparseable or failed: see the warning above)" if any(
@@ -277,7 +278,7 @@ def _distributions(all_rows: dict[str, list[ResultRow]], label: Any, measures: s
                              squeeze=False)
     for ax, (m, by_variant) in zip(axes.flat, sorted(values.items())):
         names = sorted(by_variant)
-        ax.boxplot([by_variant[n] for n in names], vert=False, tick_labels=names)
+        ax.boxplot([by_variant[n] for n in names], orientation="horizontal", tick_labels=names)
         ax.tick_params(axis="y", labelsize=8)
         ax.invert_yaxis()
         ax.set_title(m, fontsize=10)

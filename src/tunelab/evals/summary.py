@@ -86,13 +86,20 @@ def summarize(rows: list[ResultRow], metric_names: dict[str, str] | None = None)
     variants: dict[str, list[ResultRow]] = {}
     for r in rows:
         variants.setdefault(r.variant, []).append(r)
+    # Pass/fail is a property of the metric, decided over every variant: a score metric that
+    # happens to be 0 or 1 for one variant must not get a Wilson interval there and a t one elsewhere.
+    values: dict[str, set[float]] = {}
+    for r in rows:
+        for m, v in r.scores.items():
+            if v is not None:
+                values.setdefault(m, set()).add(v)
+    binary = {m: metric_names.get(m, m) in BINARY_METRICS or vs <= {0.0, 1.0} for m, vs in values.items()}
     out = []
     for variant, rs in variants.items():
         ok = [r for r in rs if r.error is None]
         s = VariantSummary(variant=variant, n=len(rs), errors=len(rs) - len(ok))
         for m in sorted({m for r in ok for m in r.scores}):
-            binary = True if metric_names.get(m, m) in BINARY_METRICS else None
-            s.metrics[m] = Figure(interval([r.scores.get(m) for r in ok], binary=binary), errors=s.errors)
+            s.metrics[m] = Figure(interval([r.scores.get(m) for r in ok], binary=binary.get(m)), errors=s.errors)
         for j in sorted({j for r in ok for j in r.judges}):
             verdicts = [r.judges[j] for r in ok if j in r.judges]
             s.judges[j] = Figure(interval([v["score"] for v in verdicts]),
