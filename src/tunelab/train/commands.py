@@ -66,6 +66,7 @@ def tune_command(
     table = Table(title="tunelab tune", show_header=False)
     table.add_row("adapter", str(result.out))
     table.add_row("steps", str(result.steps))
+    table.add_row("rows", f"{result.train_rows} train, {result.val_rows} validation")
     table.add_row("trainable parameters", f"{result.trainable:,} of {result.total:,} ({100 * result.trainable / result.total:.4f}%)")
     table.add_row("tokens seen", f"{result.tokens_seen:,}")
     table.add_row("wall time", f"{result.wall_s:.1f} s")
