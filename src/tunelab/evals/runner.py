@@ -2,8 +2,9 @@
 call), then call providers concurrently, then score with metrics and judges.
 
 Durability: every provider output and every judge verdict is committed (with its
-cache entry) the moment it arrives, so a crash or SIGKILL loses only the calls
-in flight. Every phase consults the store before doing work: `--resume RUN_ID`
+cache entry) as it arrives: results that complete in the same turn of the event
+loop share one transaction, written before the loop takes the next network
+event, so a crash or SIGKILL loses only the calls in flight. Every phase consults the store before doing work: `--resume RUN_ID`
 skips what that run already has, and the caches skip what any earlier run
 computed, so neither a resumed run nor an unchanged rerun makes a call whose
 result is stored, and a changed metric recomputes only itself.
@@ -76,6 +77,8 @@ class _Run:
         self.progress = progress or (lambda phase, done, total: None)
         self.sem = asyncio.Semaphore(cfg.concurrency)
         self.providers: dict[str, Provider] = {}
+        self.arrived: tuple[list[Any], list[Any], list[Any], dict[str, Any]] = ([], [], [], {})
+        self.flush_scheduled = False
 
     async def execute(self, resume: str | None) -> RunStats:
         cfg, store = self.cfg, self.store
@@ -115,6 +118,7 @@ class _Run:
             store.set_run_status(run_id, "failed")
             raise
         finally:
+            self._flush()
             beat.cancel()
             for p in self.providers.values():
                 await p.aclose()
@@ -177,10 +181,30 @@ class _Run:
             self.progress("outputs", done, total)
 
         await asyncio.gather(*(one(*c) for c in calls))
+        self._flush()
+
+    def _arrive(self, output: dict[str, Any] | None = None, response: tuple[Any, ...] | None = None,
+                verdict: dict[str, Any] | None = None, result: tuple[str, Any] | None = None) -> None:
+        """Queue a result for the commit at the end of this turn of the event loop."""
+        outputs, responses, verdicts, results = self.arrived
+        for item, queue in ((output, outputs), (response, responses), (verdict, verdicts)):
+            if item is not None:
+                queue.append(item)
+        if result is not None:
+            results[result[0]] = result[1]
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if any(self.arrived):
+            arrived, self.arrived = self.arrived, ([], [], [], {})
+            self.store.put_arrivals(self.run_id, *arrived)
 
     def _record_output(self, record: dict[str, Any], c: Completion | None, prov: Any, *, error: str | None = None,
                        cached: bool = False, cache_key: str | None = None) -> None:
-        """Commit one output now, with its response-cache entry: a kill loses only calls in flight."""
+        """Commit one output as it arrives, with its response-cache entry: a kill loses only calls in flight."""
         output = dict(
             record, output=None if c is None else c.text, error=error,
             prompt_tokens=c and c.prompt_tokens, completion_tokens=c and c.completion_tokens,
@@ -189,7 +213,7 @@ class _Run:
         cache_row = None
         if cache_key is not None and c is not None and self.use_cache:
             cache_row = (cache_key, c.text, c.prompt_tokens, c.completion_tokens, c.latency_s, c.finish_reason)
-        self.store.put_output(self.run_id, output, cache_row)
+        self._arrive(output=output, response=cache_row)
 
     def _provider(self, provider_id: str) -> Provider:
         if provider_id not in self.providers:
@@ -303,14 +327,15 @@ class _Run:
                            reasoning=v.reasoning, raw=_json(v.raw), parse_error=v.parse_error, error=error, key=key,
                            prompt_tokens=v.prompt_tokens, completion_tokens=v.completion_tokens,
                            cost=cost(self.cfg.provider(judge.provider), v.prompt_tokens, v.completion_tokens))
-            # Committed now, with its cache entry: a kill loses only the verdicts still being judged.
+            # Committed as it arrives, with its cache entry: a kill loses only the verdicts still being judged.
             fresh = cached is None and error is None and v.parse_error is None and self.use_cache
-            self.store.put_verdicts(self.run_id, [verdict], {key: v.to_dict()} if fresh else None)
+            self._arrive(verdict=verdict, result=(key, v.to_dict()) if fresh else None)
             done += 1
             self.progress("judges", done, total)
 
         self.progress("judges", 0, total)
         await asyncio.gather(*(one(*j) for j in jobs))
+        self._flush()
 
     async def _verdict(self, judge: JudgeConfig, question: str, o: Any, other: Any, row: Row,
                        structured: bool) -> Verdict:
@@ -354,9 +379,9 @@ class _Run:
             async with self.sem:
                 self.stats.judge_calls += 1
                 c = await self._provider(judge.provider).complete(messages, params)
-            if self.use_cache:  # each judge reply is kept at once: a resumed pairwise verdict reuses its first order
-                self.store.cache_put_responses([(key, c.text, c.prompt_tokens, c.completion_tokens, c.latency_s,
-                                                 c.finish_reason)])
+            if self.use_cache:  # each judge reply is kept as it arrives: a resumed pairwise verdict reuses its first order
+                self._arrive(response=(key, c.text, c.prompt_tokens, c.completion_tokens, c.latency_s,
+                                       c.finish_reason))
             return c
         return call
 

@@ -347,12 +347,16 @@ class Store:
         with self.transaction() as c:
             c.executemany(_PUT_OUTPUT, [dict(o, run_id=run_id, created_at=time.time()) for o in outputs])
 
-    def put_output(self, run_id: str, output: dict[str, Any], cache_row: tuple[Any, ...] | None = None) -> None:
-        """One output, committed as it arrives, with its response-cache entry in the same transaction."""
+    def put_arrivals(self, run_id: str, outputs: list[dict[str, Any]], responses: list[tuple[Any, ...]],
+                     verdicts: list[dict[str, Any]], results: dict[str, Any]) -> None:
+        """Whatever arrived together (outputs, judge verdicts and their cache entries), in one transaction."""
+        now = time.time()
         with self.transaction() as c:
-            c.execute(_PUT_OUTPUT, dict(output, run_id=run_id, created_at=time.time()))
-            if cache_row is not None:
-                c.execute(_PUT_RESPONSE, (*cache_row, time.time()))
+            c.executemany(_PUT_OUTPUT, [dict(o, run_id=run_id, created_at=now) for o in outputs])
+            c.executemany(_PUT_RESPONSE, [(*r, now) for r in responses])
+            c.executemany(_PUT_VERDICT, [dict({"error": None, "key": None}, **v, run_id=run_id) for v in verdicts])
+            c.executemany("INSERT OR REPLACE INTO result_cache (key, value_json, created_at) VALUES (?,?,?)",
+                          [(k, json.dumps(v), now) for k, v in results.items()])
 
     def put_scores(self, run_id: str, scores: list[tuple[str, str, int, str, float | None]]) -> None:
         with self.transaction() as c:
@@ -361,21 +365,8 @@ class Store:
                 [(run_id, *s) for s in scores],
             )
 
-    def put_verdicts(self, run_id: str, verdicts: list[dict[str, Any]],
-                     cache: dict[str, Any] | None = None) -> None:
-        """Verdicts (the runner writes each one as it arrives) and their result-cache entries, in one transaction."""
-        with self.transaction() as c:
-            c.executemany(
-                """INSERT OR REPLACE INTO verdicts (run_id, judge_id, kind, item_id, variant, other_variant, repeat,
-                   score, passed, winner, reasoning, raw, parse_error, error, key, prompt_tokens, completion_tokens,
-                   cost)
-                   VALUES (:run_id, :judge_id, :kind, :item_id, :variant, :other_variant, :repeat, :score, :passed,
-                   :winner, :reasoning, :raw, :parse_error, :error, :key, :prompt_tokens, :completion_tokens, :cost)""",
-                [dict({"error": None, "key": None}, **v, run_id=run_id) for v in verdicts],
-            )
-            if cache:
-                c.executemany("INSERT OR REPLACE INTO result_cache (key, value_json, created_at) VALUES (?,?,?)",
-                              [(k, json.dumps(v), time.time()) for k, v in cache.items()])
+    def put_verdicts(self, run_id: str, verdicts: list[dict[str, Any]]) -> None:
+        self.put_arrivals(run_id, [], [], verdicts, {})
 
     def existing_outputs(self, run_id: str) -> dict[tuple[str, str, int], sqlite3.Row]:
         return {(r["item_id"], r["variant"], r["repeat"]): r
@@ -439,6 +430,11 @@ _PUT_OUTPUT = """INSERT OR REPLACE INTO outputs (run_id, item_id, variant, promp
     rendered_json, output, error, prompt_tokens, completion_tokens, latency_s, cost, cached, created_at)
     VALUES (:run_id, :item_id, :variant, :prompt_id, :provider_id, :repeat, :rendered_json, :output,
     :error, :prompt_tokens, :completion_tokens, :latency_s, :cost, :cached, :created_at)"""
+
+_PUT_VERDICT = """INSERT OR REPLACE INTO verdicts (run_id, judge_id, kind, item_id, variant, other_variant, repeat,
+    score, passed, winner, reasoning, raw, parse_error, error, key, prompt_tokens, completion_tokens, cost)
+    VALUES (:run_id, :judge_id, :kind, :item_id, :variant, :other_variant, :repeat, :score, :passed,
+    :winner, :reasoning, :raw, :parse_error, :error, :key, :prompt_tokens, :completion_tokens, :cost)"""
 
 _PUT_RESPONSE = """INSERT OR REPLACE INTO response_cache
     (key, output, prompt_tokens, completion_tokens, latency_s, finish_reason, created_at) VALUES (?,?,?,?,?,?,?)"""
