@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=200)
     ap.add_argument("--delay-ms", type=float, default=20.0)
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--plain-text", action="store_true", help="structured_output: false (the fallback path)")
     args = ap.parse_args()
     env = dict(os.environ, PYTHONPATH=args.src)
     judge_total = 4 * args.items
@@ -57,9 +58,9 @@ def main() -> None:
         tmp = Path(tmp)
         (tmp / "data.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "n": i, "topic": f"topic {i % 37}"}) + "\n"
                                                 for i in range(args.items)))
-        provider = {"type": "openai", "base_url": server.base_url, "params": {"max_tokens": 32},
-                    "retry": None}
-        provider.pop("retry")
+        provider = {"type": "openai", "base_url": server.base_url, "params": {"max_tokens": 32}}
+        if args.plain_text:
+            provider["structured_output"] = False
         (tmp / "eval.yaml").write_text(yaml.safe_dump({
             "dataset": "data.jsonl",
             "prompts": [{"id": "zero-shot", "template": "Question {{ n }}: explain {{ topic }} briefly."},
@@ -79,12 +80,14 @@ def main() -> None:
         out = subprocess.run(eval_cmd(tmp / "full.db"), env=env, capture_output=True, text=True, timeout=1800)
         assert out.returncode == 0, out.stderr[-2000:]
         wall = time.perf_counter() - t
+        flagged = [line for line in out.stderr.splitlines() if "WARNING" in line]
         full_calls = server.calls
         conn = sqlite3.connect(tmp / "full.db")
         verdicts, unparsed = conn.execute("SELECT COUNT(*), COUNT(parse_error) FROM verdicts").fetchone()
         conn.close()
         print(f"full run: {wall:.1f} s wall, {full_calls} calls ({4 * args.items} outputs, {verdicts} verdicts, "
-              f"{unparsed} parse failures = {100 * unparsed / max(verdicts, 1):.0f}%)")
+              f"{unparsed} parse failures = {100 * unparsed / max(verdicts, 1):.0f}%); "
+              f"CLI warning: {flagged[0].strip() if flagged else 'none'}")
 
         # 2. killed halfway through judging, then resumed; then a plain rerun
         server.reset()
