@@ -137,6 +137,10 @@ PAIRWISE_SYSTEM = ("You are an impartial judge comparing two AI assistants' answ
                    "Do not let the order of the answers, their length or the assistants' names influence you. "
                    "Explain your comparison briefly, then output your final verdict strictly as '[[A]]' if "
                    "assistant A is better, '[[B]]' if assistant B is better, or '[[C]]' for a tie.")
+PAIRWISE_SYSTEM_JSON = ("You are an impartial judge comparing two AI assistants' answers to the same question. "
+                        "Do not let the order of the answers, their length or the assistants' names influence you. "
+                        "Reply with a JSON object: first \"reasoning\" (brief), then \"winner\": \"A\" if assistant "
+                        "A is better, \"B\" if assistant B is better, \"C\" for a tie.")
 
 
 def pairwise_schema() -> dict[str, Any]:
@@ -152,7 +156,8 @@ def pairwise_messages(cfg: JudgeConfig, question: str, first: str, second: str,
     parts += [f"[Assistant A's answer]\n{first}", f"[Assistant B's answer]\n{second}",
               'Reply with a JSON object {"reasoning": "...", "winner": "A" | "B" | "C"} (C: a tie).' if structured
               else "Explain, then give the verdict: [[A]], [[B]] or [[C]]."]
-    return [{"role": "system", "content": PAIRWISE_SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
+    system = PAIRWISE_SYSTEM_JSON if structured else PAIRWISE_SYSTEM
+    return [{"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)}]
 
 
 def parse_pairwise(text: str) -> str:
