@@ -49,3 +49,20 @@ def test_table_ladder_and_compare_use_the_same_interval(tmp_path, server, datase
     (cmp,) = compare_rows(rows, rows, variant_a="plain@small", variant_b="vague@small", metrics=["exact_match"])
     for low, high in [(table.low, table.high), (rung.ci_low, rung.ci_high), (cmp.a.low, cmp.a.high)]:
         assert (low, high) == pytest.approx((wilson.low, wilson.high))
+
+
+def test_compare_counts_what_each_side_is_missing():
+    from tunelab.evals.store import ResultRow
+
+    def row(variant, i, score, error=None):
+        verdict = {"kind": "rubric", "score": score, "parse_error": None if score is not None else "unparseable"}
+        return ResultRow(run_id="r", item_id=str(i), line=i, vars={}, reference=None, variant=variant,
+                         prompt_id=variant.split("@")[0], provider_id="p", repeat=0, rendered=[], output="x",
+                         error=error, prompt_tokens=1, completion_tokens=1, latency_s=0.1, cost=None,
+                         judges={} if error else {"q": verdict})
+
+    rows = [row("a@p", i, [7.0, None, 5.0, 6.0][i]) for i in range(4)] + \
+        [row("b@p", i, 8.0, error="HTTP 500" if i == 3 else None) for i in range(4)]
+    (c,) = compare_rows(rows, rows, variant_a="a@p", variant_b="b@p")
+    assert (c.diff.n, c.missing_a, c.missing_b) == (2, 1, 1)
+    assert c.diff.mean == pytest.approx(((8 - 7) + (8 - 5)) / 2)

@@ -27,7 +27,7 @@ class Comparison:
     p_value: float
     a: Estimate | None = None     # side A's own mean and interval on the paired items
     b: Estimate | None = None
-    missing_a: int = 0            # items B scored that A has no value for (failed call, unparsed verdict)
+    missing_a: int = 0            # shared items with no value on side A (failed call, unparsed verdict), left out
     missing_b: int = 0
 
 
@@ -61,8 +61,8 @@ def compare_rows(rows_a: list[ResultRow], rows_b: list[ResultRow], *, variant_a:
             pa, pb, missing_a, missing_b = [], [], 0, 0
             for k in keys:
                 x, y = value(ia[k], m), value(ib[k], m)
-                missing_a += x is None and y is not None
-                missing_b += y is None and x is not None
+                missing_a += x is None
+                missing_b += y is None
                 if x is not None and y is not None:
                     pa.append(x)
                     pb.append(y)
