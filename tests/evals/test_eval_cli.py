@@ -9,22 +9,10 @@ import json
 
 import numpy as np
 import pytest
-import typer
 import yaml
 from scipy import stats as sps
-from typer.testing import CliRunner
 
-from tunelab.evals.commands import register
 from tunelab.evals.stats import mean_ci, paired_bootstrap
-
-
-@pytest.fixture
-def cli():
-    app, bench = typer.Typer(), typer.Typer()
-    app.add_typer(bench, name="bench")
-    register(app, bench)
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 def _write_config(tmp_path, server, prompt="Capital of {{ country }}?", name="eval.yaml"):

@@ -7,24 +7,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import typer
 import yaml
 from eval_helpers import make_config
-from typer.testing import CliRunner
 
-from tunelab.evals.commands import register
 from tunelab.evals.errors import EvalError
 from tunelab.evals.runner import run_eval
 from tunelab.evals.store import Store
-
-
-@pytest.fixture
-def cli():
-    app, bench = typer.Typer(), typer.Typer()
-    app.add_typer(bench, name="bench")
-    register(app, bench)
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 def _two_by_two(tmp_path, server, **overrides):

@@ -6,24 +6,12 @@ progress lines when stderr is not a terminal."""
 from __future__ import annotations
 
 import pytest
-import typer
 import yaml
 from eval_helpers import answer
-from typer.testing import CliRunner
 
-from tunelab.evals.commands import register
 from tunelab.evals.fake_server import FakeOpenAI
 from tunelab.evals.runner import run_eval
 from tunelab.evals.store import Store
-
-
-@pytest.fixture
-def cli():
-    app, bench = typer.Typer(), typer.Typer()
-    app.add_typer(bench, name="bench")
-    register(app, bench)
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 def _is_judge(body):

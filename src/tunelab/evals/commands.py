@@ -343,20 +343,11 @@ def _print_summary(store, run_id: str) -> None:  # type: ignore[no-untyped-def]
 
 def _selected_rows(store, run_id: str, variants: list[str] | None, metrics: list[str] | None):  # type: ignore[no-untyped-def]
     """A run's rows restricted to matching variants and named measures; unknown names are errors."""
-    from tunelab.evals.selection import RunNames, matching
+    from tunelab.evals.selection import RunNames, select_rows
 
     run = store.resolve_run(run_id)
     rows = store.results(run)
-    names = RunNames.of(rows, store.run_config(run), f"run {run}")
-    if variants:
-        keep = set(matching(variants, names.variants, "--variant"))
-        rows = [r for r in rows if r.variant in keep]
-    if metrics:
-        measures = {names.measure(m, "--metric") for m in metrics}
-        for r in rows:
-            r.scores = {k: v for k, v in r.scores.items() if k in measures}
-            r.judges = {k: v for k, v in r.judges.items() if f"judge:{k}" in measures}
-    return rows
+    return select_rows(rows, RunNames.of(rows, store.run_config(run), f"run {run}"), variants, metrics)
 
 
 def _fig(figure) -> str:  # type: ignore[no-untyped-def]

@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any
 
-from tunelab.evals.selection import RunNames, matching
+from tunelab.evals.selection import RunNames, select_rows
 from tunelab.evals.store import ResultRow, Store
 from tunelab.evals.summary import Figure, JudgeHealth, VariantSummary, judge_health, metric_names_of, summarize
 
@@ -33,7 +33,8 @@ def build_report(store: Store, run_ids: list[str], *, variants: list[str] | None
     health: list[tuple[str, JudgeHealth]] = []
     for rid in resolved:
         config = store.run_config(rid)
-        rows = _select(store.results(rid), config, rid, variants, metrics)
+        rows = store.results(rid)
+        rows = select_rows(rows, RunNames.of(rows, config, f"run {rid}"), variants, metrics)
         all_rows[rid] = rows
         summaries += [(label(rid, s.variant), s) for s in summarize(rows, metric_names_of(config))]
         health += [(rid, h) for h in judge_health(rows, config)]
@@ -60,20 +61,6 @@ def build_report(store: Store, run_ids: list[str], *, variants: list[str] | None
     for rid, rows in all_rows.items():
         parts.append(f"<h2>Items: {_e(rid)}</h2>" + _grid(rid, rows))
     return _PAGE.replace("{body}", "\n".join(parts)).replace("{script}", _SCRIPT)
-
-
-def _select(rows: list[ResultRow], config: dict[str, Any], rid: str, variants: list[str] | None,
-            metrics: list[str] | None) -> list[ResultRow]:
-    names = RunNames.of(rows, config, f"run {rid}")
-    if variants:
-        keep = set(matching(variants, names.variants, "--variant"))
-        rows = [r for r in rows if r.variant in keep]
-    if metrics:
-        measures = {names.measure(m, "--metric") for m in metrics}
-        for r in rows:
-            r.scores = {k: v for k, v in r.scores.items() if k in measures}
-            r.judges = {k: v for k, v in r.judges.items() if f"judge:{k}" in measures}
-    return rows
 
 
 def _summary_table(summaries: list[tuple[str, VariantSummary]]) -> str:

@@ -67,6 +67,20 @@ class RunNames:
                         f"(metrics: {_list(self.metrics)}; judges: {_list(self.judges)})")
 
 
+def select_rows(rows: list[Any], names: RunNames, variants: list[str] | None,
+                measures: list[str] | None) -> list[Any]:
+    """Rows of matching variants, keeping only the named measures (`--variant`, `--metric`)."""
+    if variants:
+        keep = set(matching(variants, names.variants, "--variant"))
+        rows = [r for r in rows if r.variant in keep]
+    if measures:
+        wanted = {names.measure(m, "--metric") for m in measures}
+        for r in rows:
+            r.scores = {k: v for k, v in r.scores.items() if k in wanted}
+            r.judges = {k: v for k, v in r.judges.items() if f"judge:{k}" in wanted}
+    return rows
+
+
 def value(row: Any, measure: str) -> float | None:
     """A row's value for a measure ('judge:ID' reads the judge's score)."""
     if measure.startswith("judge:"):
