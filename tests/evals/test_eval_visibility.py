@@ -134,3 +134,15 @@ def test_line_progress_is_periodic():
         p("outputs", done, 100)
     assert lines == [f"outputs: {d}/100 ({d}%), {d // 2} s, about {(100 - d) // 2} s left" for d in (20, 40, 60, 80)] \
         + ["outputs: 100/100 (100%), 50 s"]
+
+
+def test_a_json_schema_param_reaches_an_openai_endpoint_as_response_format(tmp_path, dataset):
+    """`params: {json_schema: ...}` (the server helper's eval param) and judges' structured output share one path."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    with FakeOpenAI(lambda body: '{"city": "Paris"}') as srv:
+        stats = run_eval(_config(tmp_path, srv.base_url, provider={"params": {"json_schema": schema}}),
+                         tmp_path / "r.db")
+        sent = [b for b in srv.requests if not _is_judge(b)]
+    assert stats.errors == 0 and len(sent) == 4
+    assert all(b["response_format"] == {"type": "json_schema", "json_schema": {"name": "output", "schema": schema,
+                                                                               "strict": True}} for b in sent)

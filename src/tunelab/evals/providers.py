@@ -83,6 +83,10 @@ class OpenAIProvider:
         self.structured_output = cfg.structured_output is not False
 
     async def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
+        if "json_schema" in params:  # the eval config's schema, as OpenAI's chat API takes it
+            schema = {"name": "output", "schema": params["json_schema"], "strict": True}
+            params = {**{k: v for k, v in params.items() if k != "json_schema"},
+                      "response_format": {"type": "json_schema", "json_schema": schema}}
         if "response_format" in params and not self.structured_output:
             raise StructuredOutputRefused(f"{self.config.id}: structured output is off for this endpoint")
         try:
@@ -145,7 +149,7 @@ class TunelabProvider:
     request at a time (no adapters)."""
 
     _PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "presence_penalty",
-               "frequency_penalty")
+               "frequency_penalty", "json_schema")
 
     def __init__(self, cfg: ProviderConfig) -> None:
         self.config = cfg
