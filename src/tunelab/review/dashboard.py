@@ -52,15 +52,17 @@ def dashboard(store: ReviewStore, name: str) -> dict:
 
 
 def live_agreement(task, ratings) -> dict:
-    """Per dimension: items with 2+ raters, percent agreement and Krippendorff's alpha; None where too few."""
+    """Per dimension: items rated by 2+ raters, percent agreement and Krippendorff's alpha (None while too few)."""
     config = AgreementConfig(n_boot=0, scale=None if task.pairwise else (task.scale_min, task.scale_max))
     try:
         report = agreement(ratings, None, config) if ratings else {}
     except (ReviewError, ValueError):  # too few ratings for any figure yet
         report = {}
-    level = "ordinal"
-    return {d: {"n_items": report[d]["n_items"] if d in report else 0,
-                "n_raters": report[d]["n_raters"] if d in report else 0,
+    raters = defaultdict(set)
+    for r in ratings:
+        raters[(r.dimension, r.item_id)].add(r.rater)
+    level = "ordinal"  # rating scales and A < tie < B are ordered categories
+    return {d: {"shared": sum(1 for (dim, _), who in raters.items() if dim == d and len(who) > 1),
                 "percent_agreement": report.get(d, {}).get("percent_agreement", {}).get("value"),
                 "alpha": report.get(d, {}).get("krippendorff_alpha", {}).get(level, {}).get("value"),
                 "level": level} for d in task.dimensions}
