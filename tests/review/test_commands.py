@@ -89,7 +89,7 @@ def test_review_and_agree_from_an_eval_run(tmp_path):
         for i in range(6):
             for v in ("p1@m", "p2@m"):
                 outs.append(dict(item_id=f"q{i}", variant=v, prompt_id=v[:2], provider_id="m", repeat=0,
-                                 rendered_json=json.dumps([{"role": "user", "content": f"question {i}"}]),
+                                 rendered_json=json.dumps([{"role": "user", "content": f"{v[:2]} question {i}"}]),
                                  output=f"{v} says {i} {PAYLOAD}", error=None, prompt_tokens=1, completion_tokens=1,
                                  latency_s=0.1, cost=0.0, cached=0))
             verdicts.append(dict(judge_id="ab", kind="pairwise", item_id=f"q{i}", variant="p1@m", other_variant="p2@m",
@@ -100,6 +100,10 @@ def test_review_and_agree_from_an_eval_run(tmp_path):
         s.put_verdicts(run_id, verdicts)
     r = run("review", "create", "ab", "--run", run_id, "--pairwise", "p1@m", "p2@m", "--db", db)
     assert r.exit_code == 0, r.output
+    # Two prompts compared: each response keeps its own rendered input (Found 4).
+    from tunelab.review.store import ReviewStore
+    it = ReviewStore(db).item("ab", "q0")
+    assert (it.input, it.input_b) == ("p1 question 0", "p2 question 0")
     prefs = ["A", "B", "tie", "A", "B", "A"]  # the judge says A, B, tie, A, B, tie
     lines = "".join(json.dumps({"item_id": f"q{i}", "rater": rater, "dimension": "overall", "preference": p}) + "\n"
                     for i, p in enumerate(prefs) for rater in ("x", "y"))

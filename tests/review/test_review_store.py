@@ -31,11 +31,12 @@ def test_a_v1_database_is_migrated_and_keeps_working(tmp_path):
 
     from tunelab.review.auth import hash_token
     from tunelab.review.export import export_rows
-    from tunelab.review.store import _SCHEMA_V1, Rating
+    from tunelab.review.schema import SCHEMA_V1
+    from tunelab.review.store import Rating
 
     db = tmp_path / "old.db"
     con = sqlite3.connect(db)
-    con.executescript(_SCHEMA_V1)
+    con.executescript(SCHEMA_V1)
     now = time.time()
     con.executescript(f"""
         INSERT INTO review_meta VALUES ('schema_version', '1');
