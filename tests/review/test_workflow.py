@@ -124,7 +124,7 @@ def test_dashboard_progress_agreement_calibration_and_removal(tmp_path):
     assert "100% of 1" in html and "0% of 1" in html
     # Removing carol keeps her answer; her open items go to the others.
     carol_open = {i for i, r in store.assignments("demo") if r == "carol"} - {"g"}
-    r = c.post("/admin/tasks/demo/raters/carol/remove", headers=BEARER)
+    r = c.post("/admin/tasks/demo/remove-rater", data={"rater": "carol"}, headers=BEARER)
     assert r.status_code == 303
     assert [x.score for x in store.ratings("demo", "carol")] == [5.0]
     assert all(r != "carol" for _, r in store.assignments("demo"))
@@ -140,9 +140,10 @@ def test_owner_forms_need_csrf_with_a_cookie_session(tmp_path):
     db, _ = make(tmp_path, items(2), raters=("alice", "bob"), dims=("overall",))
     c = client_for(db)
     c.post(admin_link(ReviewStore(db), "http://testserver").split("testserver", 1)[1])
-    assert c.post("/admin/tasks/demo/raters/bob/remove", data={"csrf": "forged"}).status_code == 403
+    assert c.post("/admin/tasks/demo/remove-rater", data={"rater": "bob", "csrf": "forged"}).status_code == 403
     page = c.get("/admin/tasks/demo").text
-    assert c.post("/admin/tasks/demo/raters/bob/remove", data={"csrf": csrf_of(page)}).status_code == 303
+    assert c.post("/admin/tasks/demo/remove-rater", data={"rater": "bob", "csrf": csrf_of(page)}).status_code == 303
+    assert c.post("/admin/tasks/demo/remove-rater", data={"rater": "bob", "csrf": csrf_of(page)}).status_code == 400
 
 
 def test_deadline_closes_answers(tmp_path):

@@ -115,11 +115,11 @@ class Authenticator:
         return Principal("admin", csrf=row["csrf"], session=row["session_hash"]) if row else None
 
     def rater(self, request: Request, task: str | None) -> Principal | None:
-        """The rater session for `task`; with task None, the only rater session this browser holds."""
+        """The rater session for `task`; with task None, this browser's first rater session."""
         if task is None:
-            names = [k for k in request.cookies if k.startswith(SESSION_PREFIX)]
+            names = sorted(k for k in request.cookies if k.startswith(SESSION_PREFIX))
             found = [p for p in (self._session(request.cookies[k]) for k in names) if p]
-            return found[0] if len(found) == 1 else None
+            return found[0] if found else None
         p = self._session(request.cookies.get(session_cookie(task), ""))
         return p if p is not None and p.task == task else None
 

@@ -112,7 +112,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         from tunelab.review.store import ReviewStore
         from tunelab.review.tasks import parse_deadline
 
-        _run(lambda: ReviewStore(db).set_deadline(name, None if when == "none" else parse_deadline(when)))
+        def go():
+            ReviewStore(db).set_deadline(name, None if when == "none" else parse_deadline(when))
+            typer.echo(f"{name!r}: " + ("no deadline" if when == "none" else f"answers close at {when} (UTC unless given)"))
+
+        _run(go)
 
     @review.command("admin-link")
     def admin_link_cmd(

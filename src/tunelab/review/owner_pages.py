@@ -63,11 +63,11 @@ def export(task: str, fmt: str, request: Request, history: int = 0, p: Principal
                     headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}"})
 
 
-@router.post("/admin/tasks/{task}/raters/{rater}/remove")
-async def remove_rater(task: str, rater: str, request: Request, p: Principal = Depends(owner)):
-    await checked_form(request, p)
+@router.post("/admin/tasks/{task}/remove-rater")
+async def remove_rater(task: str, request: Request, p: Principal = Depends(owner)):
+    form = await checked_form(request, p)
     store: ReviewStore = request.app.state.store
-    store.remove_rater(task, rater)
+    store.remove_rater(task, str(form.get("rater", "")))
     rebalance(store, task)
     return RedirectResponse(f"/admin/tasks/{quote(task, safe='')}", status_code=303)
 

@@ -108,6 +108,7 @@ async def rate_submit(task: str, h: str, request: Request, p: Principal = Depend
 
 @router.get("/api/me")
 def api_me(request: Request, task: str | None = None):
+    """This rater's work; a browser signed in to several tasks names one with ?task=."""
     p = request.app.state.auth.rater(request, task)
     if p is None:
         raise HTTPException(401, "Sign in with your personal link first.")

@@ -53,6 +53,8 @@ class TaskSpec:
 
 def create_task(store: ReviewStore, spec: TaskSpec, items: list[Item], source: str) -> Task:
     """Validate the spec, sample items and store the task (no raters yet)."""
+    if not spec.name.strip() or "/" in spec.name or len(spec.name) > 100:
+        raise ReviewError(f"task name {spec.name!r}: expected 1-100 characters without '/' (it is part of URLs)")
     if not items:
         raise ReviewError(f"review task {spec.name!r}: no items to review from {source}")
     if not spec.dimensions or any(not d.strip() or "|" in d for d in spec.dimensions):
