@@ -5,36 +5,10 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from review_helpers import ADMIN, PAYLOAD
+from review_helpers import ADMIN, PAYLOAD, client_for, csrf_of, first_page, rate
 from tunelab.review.app import create_app
 from tunelab.review.store import ReviewStore
 from tunelab.review.tasks import handle, swapped
-
-
-def client_for(db, token=None, task="demo"):
-    c = TestClient(create_app(db, ADMIN), follow_redirects=False)
-    if token:
-        assert c.get(f"/signin/{token}").status_code == 200  # the confirmation page
-        r = c.post(f"/signin/{token}")
-        assert r.status_code == 303 and r.headers["location"] == f"/rate/{task}"
-    return c
-
-
-def csrf_of(html):
-    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
-
-
-def first_page(c, task="demo"):
-    r = c.get(f"/rate/{task}?begin=1")
-    assert r.status_code == 303
-    page = c.get(r.headers["location"])
-    assert page.status_code == 200
-    return r.headers["location"], page.text
-
-
-def rate(c, url, html, *values, comment=""):
-    data = {f"dim_{i}": v for i, v in enumerate(values)}
-    return c.post(url, data={**data, "comment": comment, "csrf": csrf_of(html), "action": "submit"})
 
 
 @pytest.mark.parametrize("method,path", [

@@ -6,8 +6,7 @@ import re
 
 import pytest
 
-from review_helpers import ADMIN, PAYLOAD
-from test_app import client_for, csrf_of, first_page, rate
+from review_helpers import ADMIN, PAYLOAD, client_for, csrf_of, first_page, rate
 from tunelab.review.auth import add_rater
 from tunelab.review.errors import ReviewError
 from tunelab.review.export import export_rows
