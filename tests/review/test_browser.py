@@ -93,6 +93,9 @@ def test_rater_session_from_another_site_and_owner_dashboard(tmp_path):
                 with page.expect_navigation():
                     keys.press(key)
 
+            def focused(selector):  # autofocus lands a moment after load: wait before typing
+                page.wait_for_function("s => document.activeElement === document.querySelector(s)", arg=selector)
+
             def at_item(n):
                 assert f"Item {n} of 5" in page.inner_text("header"), page.inner_text("body")
 
@@ -101,6 +104,7 @@ def test_rater_session_from_another_site_and_owner_dashboard(tmp_path):
             with page.expect_navigation():
                 page.click("#link")
             assert "as alice" in page.inner_text("main")
+            focused("#signin")
             press("Enter")
             assert "Guidelines" in page.inner_text("h1"), page.url + page.inner_text("body")
             assert page.locator("#guidelines strong").inner_text() == "joke"  # Markdown, rendered
@@ -108,6 +112,7 @@ def test_rater_session_from_another_site_and_owner_dashboard(tmp_path):
             assert "Is it funny" in page.inner_text("dl.dims")
             if shots:
                 page.screenshot(path=f"{shots}/review-guidelines.png", full_page=True)
+            focused("#begin")
             press("Enter")
 
             def item_page(n, item_id):
@@ -144,6 +149,7 @@ def test_rater_session_from_another_site_and_owner_dashboard(tmp_path):
             # The queue is empty but not "all done": the skipped and flagged items are one key away.
             assert "rated 3 of 5" in page.inner_text("#summary")
             assert "Item 2 — skipped" in page.inner_text("#aside") and "Broken input" in page.inner_text("#aside")
+            focused("#aside a")
             press("Enter")  # the first set-aside item, focused: item 2
             item_page(2, order[1])
             assert "You skipped this item" in page.inner_text("#state")
@@ -157,6 +163,7 @@ def test_rater_session_from_another_site_and_owner_dashboard(tmp_path):
 
             # The owner's dashboard reflects all of it.
             page.goto(admin_link(ReviewStore(db), f"http://127.0.0.1:{port}"))
+            focused("#signin")
             press("Enter")
             with page.expect_navigation():
                 page.click("text=jokes")
