@@ -109,3 +109,15 @@ def test_metric_config_errors_name_the_field():
         check_metric(MetricConfig(name="regex"), where="m[0]")
     with pytest.raises(EvalError, match=r"m\[0\]\.path: expected 'file.py:function'"):
         check_metric(MetricConfig(name="python", options={"path": "x.py"}), where="m[0]")
+
+
+def test_rouge_l_beta_and_whitespace_tokens_follow_the_coco_caption_formula():
+    # coco-caption's ROUGE-L: LCS precision P and recall R on whitespace tokens, F = (1+b²)PR / (R + b²P), b = 1.2.
+    out, ref = "i do n't think so , sadly", "i think so too , sadly ."
+    c, r = out.split(), ref.split()
+    lcs = 5  # i think so , sadly
+    p, rec = lcs / len(c), lcs / len(r)
+    expected = (1 + 1.44) * p * rec / (rec + 1.44 * p)
+    assert score("rouge_l", out, ref, beta=1.2, tokenize="whitespace") == pytest.approx(expected)
+    with pytest.raises(EvalError, match=r"m\[0\]\.tokenize: expected"):
+        check_metric(MetricConfig(name="rouge_l", options={"tokenize": "nltk"}), where="m[0]")

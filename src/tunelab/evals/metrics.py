@@ -51,9 +51,9 @@ SPECS: dict[str, tuple[int, set[str], set[str]]] = {
     "json_valid": (1, set(), set()),
     "json_schema": (1, {"schema", "schema_path"}, set()),
     # Version 2: several references are scored one by one and aggregated (mean by default).
-    "rouge_1": (2, {"use_stemmer", "multi_reference"}, set()),
-    "rouge_2": (2, {"use_stemmer", "multi_reference"}, set()),
-    "rouge_l": (2, {"use_stemmer", "multi_reference"}, set()),
+    "rouge_1": (2, {"use_stemmer", "multi_reference", "beta", "tokenize"}, set()),
+    "rouge_2": (2, {"use_stemmer", "multi_reference", "beta", "tokenize"}, set()),
+    "rouge_l": (2, {"use_stemmer", "multi_reference", "beta", "tokenize"}, set()),
     "bleu": (2, {"multi_reference"}, set()),
     "chrf": (2, {"multi_reference"}, set()),
     "embedding": (2, {"model_path", "multi_reference"}, set()),
@@ -93,6 +93,10 @@ def check_metric(m: MetricConfig, *, where: str) -> None:
         raise EvalError(f"{where}.path: expected 'file.py:function', got {m.options['path']!r}")
     if m.options.get("multi_reference", "mean") not in _AGGREGATE:
         raise EvalError(f"{where}.multi_reference: expected 'mean' or 'max', got {m.options['multi_reference']!r}")
+    if m.options.get("tokenize", "default") not in ("default", "whitespace"):
+        raise EvalError(f"{where}.tokenize: expected 'default' or 'whitespace', got {m.options['tokenize']!r}")
+    if "beta" in m.options and not (isinstance(m.options["beta"], (int, float)) and m.options["beta"] > 0):
+        raise EvalError(f"{where}.beta: expected a positive number, got {m.options['beta']!r}")
     if m.name == "length" and m.options.get("unit", "chars") not in ("chars", "words"):
         raise EvalError(f"{where}.unit: expected 'chars' or 'words'")
 
@@ -177,8 +181,20 @@ class Metric:
             from rouge_score import rouge_scorer
 
             rtype = {"rouge_1": "rouge1", "rouge_2": "rouge2", "rouge_l": "rougeL"}[name]
-            scorer = rouge_scorer.RougeScorer([rtype], use_stemmer=bool(o.get("use_stemmer", False)))
-            return _with_refs(lambda out, ref: scorer.score(str(ref), out)[rtype].fmeasure)
+            # `tokenize: whitespace` keeps pre-tokenised text as it is (rouge-score drops punctuation and
+            # lowercases); `beta` weights recall as coco-caption's ROUGE-L does (beta 1.2), which is how
+            # the USR / G-Eval dialogue tables were computed. Defaults: rouge-score's own F1.
+            tok = _Whitespace() if o.get("tokenize", "default") == "whitespace" else None
+            scorer = rouge_scorer.RougeScorer([rtype], use_stemmer=bool(o.get("use_stemmer", False)), tokenizer=tok)
+            beta2 = float(o.get("beta", 1.0)) ** 2
+
+            def f_beta(out: str, ref: Any) -> float:
+                s = scorer.score(str(ref), out)[rtype]
+                if beta2 == 1.0:
+                    return s.fmeasure
+                denom = s.recall + beta2 * s.precision
+                return 0.0 if denom == 0 else (1 + beta2) * s.precision * s.recall / denom
+            return _with_refs(f_beta)
         if name in ("bleu", "chrf"):
             import sacrebleu
 
@@ -275,6 +291,13 @@ def embedding_cosine(xs: list[MetricInput], model_path: str | None = None,
 
 
 _INVALID = object()
+
+
+class _Whitespace:
+    """rouge-score's tokenizer interface, splitting on whitespace only."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return text.split()
 
 
 def _json_or_none(text: str) -> Any:

@@ -102,9 +102,11 @@ def score_with_metrics(items: list[ImportedItem], names: list[str], *, multi_ref
     from tunelab.evals.metrics import MULTI_REFERENCE_DEFAULT, Metric, MetricInput, check_metric
 
     metrics = []
-    for k, name in enumerate(names):
-        options = {"multi_reference": multi_reference} if multi_reference and name in MULTI_REFERENCE_DEFAULT else {}
-        cfg = MetricConfig(name=name, options=options)
+    for k, spec in enumerate(names):
+        name, options = parse_metric(spec)
+        if multi_reference and name in MULTI_REFERENCE_DEFAULT:
+            options.setdefault("multi_reference", multi_reference)
+        cfg = MetricConfig(name=name, id=spec, options=options)
         try:
             check_metric(cfg, where=f"--metric[{k}]")
         except EvalError as exc:
@@ -131,6 +133,21 @@ def score_with_metrics(items: list[ImportedItem], names: list[str], *, multi_ref
     if store:
         store.close()
     return vectors, notes
+
+
+def parse_metric(spec: str) -> tuple[str, dict[str, Any]]:
+    """`rouge_l` or `rouge_l:beta=1.2,tokenize=whitespace` -> (name, options); values read as JSON when they parse."""
+    name, _, rest = spec.partition(":")
+    options: dict[str, Any] = {}
+    for part in filter(None, rest.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise ReviewError(f"--metric {spec!r}: expected NAME or NAME:key=value,key=value")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return name.strip(), options
 
 
 def validate(study: Study, config: BootConfig | None = None) -> dict:
