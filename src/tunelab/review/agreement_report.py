@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunelab.review.agreement import PREF_NAME, _human_mean, _majority
-from tunelab.review.levels import EXPLAIN, STATS
+from tunelab.review.levels import STATS, short_verdict
 from tunelab.review.levels import fmt as fmt_ci
 
 _ENV = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(["html"]))
@@ -77,25 +77,25 @@ def print_tables(report: dict, console: Console | None = None) -> None:
 
 
 def print_levels(report: dict, console: Console | None = None) -> None:
-    """The imported-judgments report: one table per dimension, every level labelled, statistics explained."""
+    """The imported-judgments report: one table per dimension and metric, a row per level, statistics explained."""
     console = console or Console()
     d = report["design"]
-    by_dim: dict[str, list[dict]] = {}
+    groups: dict[tuple[str, str], list[dict]] = {}
     for row in report["correlations"]:
-        by_dim.setdefault(row["dimension"], []).append(row)
-    for dim, rows in by_dim.items():
+        groups.setdefault((row["dimension"], row["metric"]), []).append(row)
+    console.print(f"{d['items']} rated outputs, {d['inputs']} inputs × {d['systems']} systems; "
+                  f"{d['n_boot']} bootstrap resamples of inputs{' and systems' if d['system_resampling'] else ''}")
+    for (dim, metric), rows in groups.items():
         info = report["dimensions"][dim]
-        t = Table(title=f"{dim}: {info['n_items']} rated outputs, {info['n_raters']} rater(s); "
-                        f"{d['inputs']} inputs × {d['systems']} systems; {d['n_boot']} bootstrap resamples")
-        for col in ("metric", "level", "n", "Pearson r", "Spearman ρ", "Kendall τ-b", "skipped",
-                    "human–human ρ", "verdict"):
+        t = Table(title=f"{dim} ({info['n_raters']} rater(s)) vs {metric_label(report, metric)}", title_justify="left")
+        for col in ("level", "n", "Pearson r", "Spearman ρ", "Kendall τ-b", "skipped", "human–human ρ", "verdict"):
             t.add_column(col, overflow="fold")
         for r in rows:
             ceil = r["human_ceiling"]
-            t.add_row(metric_label(report, r["metric"]), r["level"], str(r["n"]),
-                      *(fmt_ci(r[s], r["ci"][s]) for s in STATS),
+            t.add_row(r["level"], str(r["n"]), *(fmt_ci(r[s], r["ci"][s]).replace(" [", "\n[") for s in STATS),
                       "" if r["skipped_inputs"] is None else str(r["skipped_inputs"]),
-                      "–" if ceil is None else fmt_ci(ceil["value"], ceil["ci"]), r["verdict"].split(" (")[0])
+                      "–" if ceil is None else fmt_ci(ceil["value"], ceil["ci"]).replace(" [", "\n["),
+                      short_verdict(r["verdict"]))
         console.print(t)
     console.print(_footnote(report["explanations"]))
 

@@ -177,6 +177,19 @@ def verdict(fig: Figure) -> str:
     return f"agrees with humans at {where} about as well as humans agree with each other ({said} vs {ceil})"
 
 
+def short_verdict(text: str) -> str:
+    """The verdict's first words, for narrow tables: 'agrees', 'no reliable agreement', ..."""
+    head = text.split(" (")[0]
+    for long, short in ((" at item level", ""), (" at input level", ""), (" at system level", ""),
+                        ("agrees with humans about as well as humans agree with each other", "agrees, as humans do"),
+                        ("agrees with humans, but credibly less than humans agree with each other",
+                         "agrees, below humans"),
+                        ("no reliable agreement with humans: the interval includes zero", "no reliable agreement"),
+                        ("disagrees with humans: the correlation is negative", "disagrees (negative)")):
+        head = head.replace(long, short)
+    return head
+
+
 # -- the three levels ------------------------------------------------------------------
 def _item_level(design, h, x, draws, config, keep_draws=False) -> Figure:
     ok = ~np.isnan(h) & ~np.isnan(x)
