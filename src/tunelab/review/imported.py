@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.review.errors import ReviewError
-from tunelab.review.levels import EXPLAIN, LEVELS, STATS, BootConfig, Design, Draws, correlate
+from tunelab.review.levels import EXPLAIN, BootConfig, Design, Draws, correlate, human_ceilings
 from tunelab.review.longformat import _records
 from tunelab.review.store import Rating
 
@@ -159,10 +159,12 @@ def validate(study: Study, config: BootConfig | None = None) -> dict:
     rows, dims = [], {}
     for dim, human in human_matrices(study.ratings, ids).items():
         dims[dim] = {"n_items": int((~np.isnan(human)).any(1).sum()), "n_raters": human.shape[1]}
+        ceilings = human_ceilings(design, human, draws, config)
         for (metric, only), x in study.scores.items():
             if only not in (None, dim):
                 continue
-            for fig in correlate(design, human, x, draws, config, metric_name=metric, dimension=dim):
+            for fig in correlate(design, human, x, draws, config, metric_name=metric, dimension=dim,
+                                 ceilings=ceilings):
                 rows.append(fig.to_dict())
     return {"correlations": rows, "dimensions": dims,
             "design": {"items": len(ids), "inputs": len(design.inputs), "systems": len(design.systems),

@@ -120,10 +120,11 @@ class Figure:
 
 
 def correlate(design: Design, human: np.ndarray, metric: np.ndarray, draws: Draws, config: BootConfig,
-              *, metric_name: str = "metric", dimension: str = "") -> list[Figure]:
-    """Figures at each configured level. `human` is items × raters (NaN = not rated), `metric` per item."""
+              *, metric_name: str = "metric", dimension: str = "", ceilings: dict | None = None) -> list[Figure]:
+    """Figures at each configured level. `human` is items × raters (NaN = not rated), `metric` per item.
+    `ceilings` (from `human_ceilings`) saves recomputing them for every metric of a dimension."""
     h = _mean_rows(human)
-    ceilings = {lvl: human_ceiling(design, human, lvl, draws, config) for lvl in config.levels}
+    ceilings = ceilings if ceilings is not None else human_ceilings(design, human, draws, config)
     out = []
     for lvl in config.levels:
         fig = _LEVEL_FN[lvl](design, h, metric, draws, config)
@@ -131,6 +132,10 @@ def correlate(design: Design, human: np.ndarray, metric: np.ndarray, draws: Draw
         fig.verdict = verdict(fig)
         out.append(fig)
     return out
+
+
+def human_ceilings(design: Design, human: np.ndarray, draws: Draws, config: BootConfig) -> dict:
+    return {lvl: human_ceiling(design, human, lvl, draws, config) for lvl in config.levels}
 
 
 def human_ceiling(design: Design, human: np.ndarray, level: str, draws: Draws, config: BootConfig) -> dict | None:
@@ -193,13 +198,13 @@ def short_verdict(text: str) -> str:
 # -- the three levels ------------------------------------------------------------------
 def _item_level(design, h, x, draws, config, keep_draws=False) -> Figure:
     ok = ~np.isnan(h) & ~np.isnan(x)
-    hv, xv = np.where(ok, h, 0.0), np.where(ok, x, 0.0)
-    note = _degenerate(xv[ok], hv[ok], "items")
+    xv, hv, groups = x[ok], h[ok], design.input_of[ok]
+    note = _degenerate(xv, hv, "items")
     fig = Figure("", "", "item", int(ok.sum()), {}, {}, note=note)
-    point = {s: None for s in STATS} if note else {s: float(v[0]) for s, v in
-                                                    _shared(xv, hv, ok[None].astype(float)).items()}
-    w = draws.inputs[:, design.input_of] * ok
-    boot = None if note else _shared(xv, hv, w)
+    if note:
+        return _finish(fig, {s: None for s in STATS}, None, config, keep_draws)
+    point = {s: float(v[0]) for s, v in _shared(xv, hv, np.ones((1, len(design.inputs))), groups).items()}
+    boot = _shared(xv, hv, draws.inputs, groups)
     return _finish(fig, point, boot, config, keep_draws)
 
 
@@ -227,22 +232,25 @@ def _input_level(design, h, x, draws, config, keep_draws=False) -> Figure:
 
 def _system_level(design, h, x, draws, config, keep_draws=False) -> Figure:
     ok = ~np.isnan(h) & ~np.isnan(x)
-    onehot = np.zeros((len(h), len(design.systems)))
-    onehot[np.arange(len(h)), design.system_of] = 1.0
     hv, xv = np.where(ok, h, 0.0), np.where(ok, x, 0.0)
+    # Per (input, system) sums, so a resample of inputs gives the system means by one small product.
+    shape = (len(design.inputs), len(design.systems))
+    cell = [np.zeros(shape) for _ in range(3)]
+    for c, v in zip(cell, (ok.astype(float), xv, hv)):
+        np.add.at(c, (design.input_of, design.system_of), v)
 
-    def means(w_items):
-        cnt = w_items @ onehot
+    def means(w_inputs):
+        cnt = w_inputs @ cell[0]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return (w_items * xv) @ onehot / cnt, (w_items * hv) @ onehot / cnt, cnt > 0
+            return w_inputs @ cell[1] / cnt, w_inputs @ cell[2] / cnt, cnt > 0
 
-    mx, mh, present = means(ok[None].astype(float))
+    mx, mh, present = means(np.ones((1, shape[0])))
     fig = Figure("", "", "system", int(present.sum()), {}, {})
     fig.note = _degenerate(mx[present], mh[present], "systems", minimum=3)
     if fig.note:
         return _finish(fig, {s: None for s in STATS}, None, config, keep_draws)
     point = {s: float(v[0]) for s, v in _rowwise(np.nan_to_num(mx), np.nan_to_num(mh), present.astype(float)).items()}
-    bx, bh, bpresent = means(draws.inputs[:, design.input_of] * ok)
+    bx, bh, bpresent = means(draws.inputs)
     wsys = bpresent * (draws.systems if draws.systems is not None else 1.0)
     boot = _rowwise(np.nan_to_num(bx), np.nan_to_num(bh), wsys.astype(float))
     return _finish(fig, point, boot, config, keep_draws)
@@ -281,11 +289,31 @@ def _degenerate(x: np.ndarray, h: np.ndarray, what: str, minimum: int = 3) -> st
 
 
 # -- weighted statistics: all resamples at once ------------------------------------------
-def _shared(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
-    """Pearson, Spearman, Kendall tau-b of (x, y) under each row of integer weights `w` (R × n)."""
-    return {"pearson": _pearson(x, y, w),
+def _shared(x: np.ndarray, y: np.ndarray, wg: np.ndarray, group_of: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Pearson, Spearman, Kendall tau-b of (x, y) under each row of integer weights.
+
+    `wg` (R × G) weighs groups of items (`group_of` maps item -> group; default: one item per group):
+    a resample draws whole inputs, so sums over items collapse to sums over inputs first.
+    """
+    if group_of is None:
+        group_of = np.arange(len(x))
+    onehot = np.zeros((len(x), wg.shape[1]))
+    onehot[np.arange(len(x)), group_of] = 1.0
+    w = wg[:, group_of]
+    return {"pearson": _pearson_grouped(x, y, wg, onehot),
             "spearman": _pearson(_midranks_shared(x, w), _midranks_shared(y, w), w),
-            "kendall": _kendall_shared(x, y, w)}
+            "kendall": _kendall_grouped(x, y, wg, w, onehot)}
+
+
+def _pearson_grouped(x, y, wg, onehot) -> np.ndarray:
+    # Weighted moments from per-group sums; centring first keeps the moment formula accurate.
+    x, y = x - x.mean(), y - y.mean()
+    n, sx, sy, sxx, syy, sxy = (wg @ (onehot.T @ v) for v in (np.ones_like(x), x, y, x * x, y * y, x * y))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vx, vy = n * sxx - sx * sx, n * syy - sy * sy
+        r = (n * sxy - sx * sy) / np.sqrt(vx * vy)
+    r[(vx <= 1e-10 * n * sxx) | (vy <= 1e-10 * n * syy)] = np.nan     # a constant resample
+    return np.clip(r, -1.0, 1.0)
 
 
 def _rowwise(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
@@ -324,15 +352,24 @@ def _midranks_rows(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return below + (same + 1) / 2
 
 
-def _kendall_shared(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+def _kendall_grouped(x, y, wg, w, onehot) -> np.ndarray:
+    # ½·wᵀSw with w constant within a group equals ½·wgᵀ(PᵀSP)wg: the n × n sign matrix is
+    # folded to groups × groups once (sums over sorted runs), then every resample is a small product.
+    group_of = onehot.argmax(1)
+    order = np.argsort(group_of, kind="stable")
+    xs, ys, gs = x[order], y[order], group_of[order]
+    present, starts = np.unique(gs, return_index=True)
     n = len(x)
-    concord = np.zeros(w.shape[0])
-    step = max(1, int(4e6 // max(n, 1)))                       # bound the n × step sign block in memory
+    folded_rows = np.empty((n, len(present)))
+    step = max(1, int(4e6 // max(n, 1)))                       # bound the step × n sign block in memory
     for a in range(0, n, step):
         b = min(n, a + step)
-        s = np.sign(x[:, None] - x[None, a:b]) * np.sign(y[:, None] - y[None, a:b])
-        concord += ((w @ s) * w[:, a:b]).sum(1)
-    return _tau_b(concord / 2, w, _tie_sq_shared(x, w), _tie_sq_shared(y, w))
+        sign = np.sign(xs[a:b, None] - xs[None, :]) * np.sign(ys[a:b, None] - ys[None, :])
+        folded_rows[a:b] = np.add.reduceat(sign, starts, axis=1)
+    folded = np.zeros((wg.shape[1], wg.shape[1]))
+    folded[np.ix_(present, present)] = np.add.reduceat(folded_rows, starts, axis=0)
+    concord = ((wg @ folded) * wg).sum(1) / 2
+    return _tau_b(concord, w, _tie_sq_shared(x, w), _tie_sq_shared(y, w))
 
 
 def _kendall_rows(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
