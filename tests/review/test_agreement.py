@@ -133,3 +133,27 @@ def test_degenerate_input_gives_nulls_not_errors():
     assert q["percent_agreement"]["value"] == 1.0
     assert q["cohen_kappa"] == {}  # one shared item: kappa undefined
     assert q["krippendorff_alpha"]["nominal"] == {"value": None, "ci_low": None, "ci_high": None}
+
+
+def test_verdicts_compare_intervals_and_name_negative_and_constant_metrics():
+    from tunelab.review.agreement import verdict
+
+    ceiling = {"value": 0.15, "ci_low": -0.75, "ci_high": 0.77}
+    # The case: -0.08 [-0.84, 0.83] against a ceiling of 0.15 is no agreement at all.
+    assert verdict("spearman", {"value": -0.08, "ci_low": -0.84, "ci_high": 0.83}, ceiling).startswith(
+        "no reliable agreement with humans: the interval includes zero")
+    assert verdict("cohen_kappa", {"value": -0.4, "ci_low": -0.7, "ci_high": -0.1}, ceiling).startswith(
+        "disagrees with humans: the agreement is negative")
+    strong = {"value": 0.8, "ci_low": 0.7, "ci_high": 0.9}
+    assert verdict("spearman", {"value": 0.3, "ci_low": 0.1, "ci_high": 0.5}, strong).startswith(
+        "agrees with humans, but credibly less than humans agree with each other")
+    assert verdict("spearman", {"value": 0.6, "ci_low": 0.4, "ci_high": 0.75}, strong).startswith(
+        "agrees with humans about as well as humans agree with each other")
+
+
+def test_a_constant_metric_is_called_constant(noisy):
+    _, m = noisy
+    ratings = _ratings(m, ["ann", "bob", "cy"])
+    flat = [AutoScore(f"i{i}", "exact_match", 0.0) for i in range(len(m))]
+    got = agreement(ratings, flat, FAST)["q"]["automated"]["exact_match"]["verdict"]
+    assert got == "cannot be judged: the automated score is constant on these items (every value 0)"

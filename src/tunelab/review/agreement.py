@@ -153,7 +153,8 @@ def automated(dim: _Dim, rows: list[AutoScore], config: AgreementConfig) -> dict
                    "cohen_kappa": boot.figure(lambda m: _ceiling_majority(m, _kappa3))}
         key = "cohen_kappa"
     return {"kind": kind, "n_items": int(np.sum(~np.isnan(x) & ~np.all(np.isnan(dim.m), 1))), **figs,
-            "human_ceiling": ceiling, "verdict": verdict(key, figs[key], ceiling[key])}
+            "human_ceiling": ceiling,
+            "verdict": verdict(key, figs[key], ceiling[key], why_undefined(x, _human_mean(dim.m)))}
 
 
 def metric_vector(dim: _Dim, rows: list[AutoScore]) -> tuple[str, np.ndarray] | None:
@@ -187,19 +188,43 @@ def plot_data(ratings: list[Rating], scores: list[AutoScore] | None, config: Agr
     return dims, vectors
 
 
-def verdict(key: str, fig: dict, ceiling: dict) -> str:
-    """Plain words: is the metric about as good a rater as a human is, judged by `key`?"""
-    v, lo, hi, top = fig["value"], fig["ci_low"], fig["ci_high"], ceiling["value"]
-    if v is None or top is None or lo is None:
-        return "not enough rated items to judge"
-    said = f"{key} {v:.2f} [{lo:.2f}, {hi:.2f}] vs human–human {top:.2f}"
-    if top <= 0:
+def verdict(key: str, fig: dict, ceiling: dict, why: str | None = None) -> str:
+    """Plain words: is the metric about as good a rater as a human is, judged by `key`?
+
+    "Agrees" needs the interval above zero; "as well as humans" needs it not to lie wholly below
+    the human–human interval (intervals compared, not a point against a bound)."""
+    v, lo, hi = fig["value"], fig["ci_low"], fig["ci_high"]
+    if v is None:
+        return f"cannot be judged: {why or 'not enough rated items'}"
+    if lo is None:
+        return f"no interval: too many bootstrap resamples were degenerate ({key} {v:.2f})"
+    top, top_lo, top_hi = ceiling["value"], ceiling["ci_low"], ceiling["ci_high"]
+    said = f"{key} {v:.2f} [{lo:.2f}, {hi:.2f}]"
+    if top is not None:
+        said += f" vs human–human {top:.2f}" + (f" [{top_lo:.2f}, {top_hi:.2f}]" if top_lo is not None else "")
+    if top is not None and top <= 0:
         return f"cannot be validated: the humans themselves do not agree on this dimension ({said})"
-    if hi >= top:
-        return f"agrees with humans about as well as humans agree with each other ({said})"
-    if lo > 0:
-        return f"agrees with humans, but less than humans agree with each other ({said})"
-    return f"no reliable agreement with humans ({said})"
+    if hi < 0:
+        return f"disagrees with humans: the agreement is negative ({said})"
+    if lo <= 0:
+        return f"no reliable agreement with humans: the interval includes zero ({said})"
+    if top is None or top_lo is None:
+        return f"agrees with humans (no human–human ceiling to compare with) ({said})"
+    if hi < top_lo:
+        return f"agrees with humans, but credibly less than humans agree with each other ({said})"
+    return f"agrees with humans about as well as humans agree with each other ({said})"
+
+
+def why_undefined(x: np.ndarray, human: np.ndarray) -> str | None:
+    """Why a metric–human figure has no value: too few items, or a constant side."""
+    ok = ~np.isnan(x) & ~np.isnan(human)
+    if ok.sum() < 3:
+        return f"only {int(ok.sum())} items have both a human and an automated score (need 3)"
+    if np.ptp(x[ok]) == 0:
+        return f"the automated score is constant on these items (every value {x[ok][0]:g})"
+    if np.ptp(human[ok]) == 0:
+        return f"the human scores are constant on these items (every value {human[ok][0]:g})"
+    return None
 
 
 def percent_agreement(m: np.ndarray) -> float:
