@@ -124,3 +124,38 @@ def test_scores_files_still_work_and_constant_metrics_are_named(tmp_path):
     item = next(x for x in json.loads(r.output)["correlations"] if x["level"] == "item")
     assert item["spearman"] is None
     assert item["verdict"] == "cannot be judged at item level: the metric is constant on these items (every value 1)"
+
+
+def test_g_eval_and_rubric_judge_side_by_side(tmp_path):
+    import math
+    import re
+
+    from tunelab.evals.fake_server import FakeOpenAI
+
+    ip, rp, items, _ = _write(tmp_path, n_inputs=5)
+    level = {it["output"]: "abcd".index(it["system"]) + 1 for it in items}     # the judge "sees" the system
+
+    def reply(body):
+        text = body["messages"][-1]["content"]
+        out = next(o for o in level if f"\n\n{o}\n\n" in text or text.rstrip().endswith(o) or f"\n{o}\n" in text)
+        k = level[out]
+        if body.get("logprobs"):
+            top = [{"token": str(s), "logprob": math.log(0.7 if s == k else 0.1), "bytes": None} for s in range(1, 5)]
+            return {"content": str(k), "logprobs": {"content": [{"token": str(k), "logprob": math.log(0.7),
+                                                                 "bytes": None, "top_logprobs": top}]}}
+        assert re.search(r"Score: N", text)
+        return f"It reads like level {k}.\nScore: {k}"
+
+    with FakeOpenAI(reply) as srv:
+        r = cli("agree", "--items", ip, "--ratings", rp, "--judge-url", srv.base_url, "--judge-model", "m",
+                "--json", "--bootstrap", "50", "--level", "item", "--db", tmp_path / "c.db")
+        assert r.exit_code == 0, r.output
+        calls = srv.calls
+        again = cli("agree", "--items", ip, "--ratings", rp, "--judge-url", srv.base_url, "--judge-model", "m",
+                    "--json", "--bootstrap", "50", "--level", "item", "--db", tmp_path / "c.db")
+        assert again.exit_code == 0 and srv.calls == calls                      # cached like other judges
+    rep = json.loads(r.output)
+    by = {x["metric"]: x for x in rep["correlations"]}
+    assert set(by) == {"geval", "rubric_judge"}
+    assert rep["metrics"]["geval"] == {"method": {"quality": "20 × logprobs"}}
+    assert by["geval"]["spearman"] > 0.5 and by["rubric_judge"]["spearman"] > 0.5

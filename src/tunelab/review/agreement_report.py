@@ -87,7 +87,8 @@ def print_levels(report: dict, console: Console | None = None) -> None:
                   f"{d['n_boot']} bootstrap resamples of inputs{' and systems' if d['system_resampling'] else ''}")
     for (dim, metric), rows in groups.items():
         info = report["dimensions"][dim]
-        t = Table(title=f"{dim} ({info['n_raters']} rater(s)) vs {metric_label(report, metric)}", title_justify="left")
+        t = Table(title=f"{dim} ({info['n_raters']} rater(s)) vs {metric_label(report, metric, dim)}",
+                  title_justify="left")
         for col in ("level", "n", "Pearson r", "Spearman ρ", "Kendall τ-b", "skipped", "human–human ρ", "verdict"):
             t.add_column(col, overflow="fold")
         for r in rows:
@@ -100,15 +101,18 @@ def print_levels(report: dict, console: Console | None = None) -> None:
     console.print(_footnote(report["explanations"]))
 
 
-def metric_label(report: dict, metric: str) -> str:
-    """`rouge_l (refs: mean)` for reference-based metrics, the plain name otherwise."""
-    rule = report.get("metrics", {}).get(metric, {}).get("multi_reference")
-    return f"{metric} (refs: {rule})" if rule else metric
+def metric_label(report: dict, metric: str, dimension: str | None = None) -> str:
+    """`rouge_l (refs: mean)` for reference-based metrics, `geval (360 × logprobs)` for G-Eval."""
+    notes = report.get("metrics", {}).get(metric, {})
+    if notes.get("multi_reference"):
+        return f"{metric} (refs: {notes['multi_reference']})"
+    method = notes.get("method", {}).get(dimension)
+    return f"{metric} ({method})" if method else metric
 
 
 def write_levels_html(report: dict, path: str | Path) -> None:
     html = _ENV.get_template("validation.html").render(report=report, fmt=fmt_ci, stats=STATS,
-                                                       label=lambda m: metric_label(report, m))
+                                                       label=lambda m, d=None: metric_label(report, m, d))
     Path(path).write_text(html, encoding="utf-8")
 
 

@@ -179,6 +179,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                                                         "default: all three)."),
         references: Optional[str] = typer.Option(None, "--references", help="How reference-based metrics combine "
                                                                              "several references: mean or max."),
+        judge_url: Optional[str] = typer.Option(None, "--judge-url", help="With --items: an OpenAI-compatible "
+                                                "endpoint; adds a G-Eval and a rubric judge per dimension."),
+        judge_model: str = typer.Option("", "--judge-model", help="Model name for --judge-url."),
+        judge_key_env: Optional[str] = typer.Option(None, "--judge-key-env", help="Environment variable holding "
+                                                                                  "the judge's API key."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
         output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write an HTML report with plots."),
         n_boot: Optional[int] = typer.Option(None, "--bootstrap", help="Bootstrap resamples for the 95% intervals "
@@ -206,7 +211,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 if lvl not in LEVELS:
                     raise ReviewError(f"--level: expected item, input or system, got {lvl!r}")
             config = BootConfig(n_boot=n_boot or 1000, seed=seed, levels=tuple(level or LEVELS))
-            report = validate_files(items, ratings, metric or [], scores, config, references=references, db=db)
+            judge = None
+            if judge_url:
+                judge = (judge_url, judge_model, os.environ.get(judge_key_env, "") if judge_key_env else "EMPTY")
+            report = validate_files(items, ratings, metric or [], scores, config, references=references, db=db,
+                                    judge=judge)
             if as_json:
                 typer.echo(agreement_report.to_json(report))
             else:
@@ -221,8 +230,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 return imported()
             if source is None:
                 raise ReviewError("give a review task or ratings file, or --items and --ratings")
-            if metric or level or references:
-                raise ReviewError("--metric, --level and --references go with --items/--ratings")
+            if metric or level or references or judge_url:
+                raise ReviewError("--metric, --level, --references and --judge-url go with --items/--ratings")
             task = items_ = None
             if Path(source).is_file():
                 ratings_ = longformat.load(source)

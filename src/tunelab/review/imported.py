@@ -231,8 +231,10 @@ def _cache(db: str | Path | None):
 
 
 def validate_files(items_path, ratings_path, metric_names: list[str], scores_path=None,
-                   config: BootConfig | None = None, *, references: str | None = None, db=None) -> dict:
-    """`tunelab agree --items --ratings`: read and check every file first, then score, then correlate."""
+                   config: BootConfig | None = None, *, references: str | None = None, db=None,
+                   judge: tuple[str, str, str] | None = None) -> dict:
+    """`tunelab agree --items --ratings`: read and check every file first, then score, then correlate.
+    `judge` (base_url, model, api_key) adds a G-Eval and a plain rubric judge per dimension."""
     from tunelab.review.longformat import load_scores
 
     if references not in (None, "mean", "max"):
@@ -241,9 +243,26 @@ def validate_files(items_path, ratings_path, metric_names: list[str], scores_pat
     ratings = load_ratings(ratings_path, items)
     ids = [it.id for it in items]
     scores = scores_from_file(load_scores(scores_path), ids) if scores_path is not None else {}
-    if not metric_names and not scores:
-        raise ReviewError("nothing to validate: give --metric NAME (repeatable) and/or --scores FILE")
+    if not metric_names and not scores and judge is None:
+        raise ReviewError("nothing to validate: give --metric NAME (repeatable), --scores FILE or --judge-url")
     vectors, notes = score_with_metrics(items, metric_names, multi_reference=references, db=db)
     for name, vec in vectors.items():
         scores[(name, None)] = vec
+    if judge is not None:
+        scores_j, notes_j = judge_study(items, ratings, judge, db)
+        scores.update(scores_j)
+        notes.update(notes_j)
     return validate(Study(items, ratings, scores, notes), config)
+
+
+def judge_study(items: list[ImportedItem], ratings: list[Rating], judge: tuple[str, str, str], db=None):
+    """G-Eval and rubric-judge vectors per rated dimension, on each dimension's observed integer scale."""
+    from tunelab.review.judging import judge_vectors
+
+    scales: dict[str, tuple[int, int]] = {}
+    for r in ratings:
+        lo, hi = scales.get(r.dimension, (math.inf, -math.inf))
+        scales[r.dimension] = (min(lo, r.score), max(hi, r.score))
+    scales = {d: (math.floor(lo), max(math.ceil(hi), math.floor(lo) + 1)) for d, (lo, hi) in scales.items()}
+    base_url, model, api_key = judge
+    return judge_vectors(items, scales, base_url, model, api_key=api_key, db=db)

@@ -9,6 +9,8 @@ agrees with people on which dimension, at which level.
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,9 @@ def shipped_study(protocol: str = "multi") -> tuple[list[ImportedItem], list]:
     """
     items = load_items(DATA / "items.jsonl")
     ratings = load_ratings(DATA / "ratings.jsonl", items)
+    texts = {x["input_id"]: x for x in map(json.loads, (DATA / "inputs.jsonl").read_text("utf-8").splitlines())}
+    for it in items:   # the dialogue and its knowledge snippet, for judges
+        it.vars.update(dialogue=texts[it.input_id]["dialogue"], fact=texts[it.input_id]["fact"])
     if protocol == "multi":
         return items, ratings
     if protocol != "paper":
@@ -86,8 +91,16 @@ def validation_story(console=None, *, db: str | Path | None = None, n_boot: int 
     items, ratings = shipped_study("multi")
     ratings = [r for r in ratings if r.dimension in DIMENSIONS]
     vectors, notes = score_with_metrics(items, metrics, db=db)
-    report = validate(Study(items, ratings, {(m, None): v for m, v in vectors.items()}, notes),
-                      BootConfig(n_boot=n_boot))
+    scores = {(m, None): v for m, v in vectors.items()}
+    judge_url, judge_model = os.environ.get("TUNELAB_JUDGE_URL"), os.environ.get("TUNELAB_JUDGE_MODEL", "")
+    if judge_url:   # only when the user points at a judge: the demo itself stays offline
+        from tunelab.review.imported import judge_study
+
+        judged, judge_notes = judge_study(items, ratings, (judge_url, judge_model, "EMPTY"), db)
+        scores.update(judged)
+        notes.update(judge_notes)
+        metrics += ["geval", "rubric_judge"]
+    report = validate(Study(items, ratings, scores, notes), BootConfig(n_boot=n_boot))
     d = report["design"]
     console.print(f"[bold]Which metric agrees with people?[/bold] USR Topical-Chat ratings (Mehri & Eskenazi 2020): "
                   f"{d['items']} responses to {d['inputs']} dialogues by {d['systems']} systems; "
@@ -106,8 +119,10 @@ def validation_story(console=None, *, db: str | Path | None = None, n_boot: int 
                     f" (only {d['systems']} systems: intervals are wide)" if level == "system" else "")
             best[(dim, level)] = top and top["metric"]
             console.print(f"  {dim:<13} {level + ' level':<13} {said}")
-    console.print("  Judges: `tunelab agree --items … --ratings … --judge-url URL --judge-model M` adds a G-Eval "
-                  "and a rubric judge beside these metrics.")
+    if not judge_url:
+        console.print("  Judges: set TUNELAB_JUDGE_URL and TUNELAB_JUDGE_MODEL (an OpenAI-compatible server, e.g. "
+                      "`tunelab serve`), or run `tunelab agree --items … --ratings … --judge-url URL --judge-model M`, "
+                      "to see a G-Eval and a rubric judge beside these metrics.")
     return {"report": report, "best": best}
 
 
