@@ -159,3 +159,36 @@ def test_g_eval_and_rubric_judge_side_by_side(tmp_path):
     assert set(by) == {"geval", "rubric_judge"}
     assert rep["metrics"]["geval"] == {"method": {"quality": "20 × logprobs"}}
     assert by["geval"]["spearman"] > 0.5 and by["rubric_judge"]["spearman"] > 0.5
+
+
+def test_review_task_from_a_run_gets_the_three_levels(tmp_path):
+    from tunelab.evals.store import Store
+
+    db = tmp_path / "tunelab.db"
+    variants = ("p1@m", "p2@m", "p3@m")
+    with Store(db) as s:
+        run_id = s.create_run({}, description="t", config_path=None)
+        s.put_items(run_id, [(f"q{i}", i + 1, {"q": i}, None) for i in range(8)])
+        outs, scores = [], []
+        for i in range(8):
+            for k, v in enumerate(variants):
+                outs.append(dict(item_id=f"q{i}", variant=v, prompt_id=v[:2], provider_id="m", repeat=0,
+                                 rendered_json=json.dumps([{"role": "user", "content": f"question {i}"}]),
+                                 output=f"{v} answers {i}", error=None, prompt_tokens=1, completion_tokens=1,
+                                 latency_s=0.1, cost=0.0, cached=0))
+                scores.append((f"q{i}", v, 0, "rouge_l", k + 0.1 * ((i * 7 + k) % 5)))
+        s.put_outputs(run_id, outs)
+        s.put_scores(run_id, scores)
+    assert cli("review", "create", "t", "--run", run_id, "--dimensions", "quality", "--db", db).exit_code == 0
+    rows = [{"item_id": f"q{i}::{v}", "rater": rater, "dimension": "quality", "score": min(5, k + 1 + (i + j) % 2)}
+            for i in range(8) for k, v in enumerate(variants) for j, rater in enumerate(("x", "y"))]
+    (tmp_path / "h.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    assert cli("review", "import", "t", tmp_path / "h.jsonl", "--db", db).exit_code == 0
+    r = cli("agree", "t", "--run", run_id, "--json", "--bootstrap", "50", "--db", db)
+    assert r.exit_code == 0, r.output
+    levels = json.loads(r.output)["quality"]["levels"]
+    assert [(x["metric"], x["level"]) for x in levels] == [("rouge_l", "item"), ("rouge_l", "input"),
+                                                           ("rouge_l", "system")]
+    assert levels[1]["n"] == 8 and levels[2]["n"] == 3 and levels[0]["human_ceiling"] is not None
+    table = cli("agree", "t", "--run", run_id, "--bootstrap", "50", "--db", db)
+    assert "automated vs human, item level" in table.output and "system level:" in " ".join(table.output.split())

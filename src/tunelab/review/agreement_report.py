@@ -64,7 +64,7 @@ def print_tables(report: dict, console: Console | None = None) -> None:
             t.add_row(f"Cohen's kappa {pair}", "  ".join(f"{w}: {fmt(f)}" for w, f in ks.items()))
         console.print(t)
         if r["automated"]:
-            a = Table(title=f"{dim}: automated vs human")
+            a = Table(title=f"{dim}: automated vs human, item level")
             for col in ("metric", "kind", "n", "agreement with humans", "human–human ceiling", "verdict"):
                 a.add_column(col, overflow="fold")
             for metric, m in r["automated"].items():

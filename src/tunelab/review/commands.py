@@ -248,10 +248,20 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             config = AgreementConfig(n_boot=n_boot or 500, seed=seed, pass_threshold=pass_threshold,
                                      scale=(task.scale_min, task.scale_max) if task and not task.pairwise else None)
             report = agreement(ratings_, auto, config)
+            levels = None
+            if task is not None and not task.pairwise:   # run-based tasks know each item's input and variant
+                from tunelab.review.imported import validate_review_task
+                from tunelab.review.levels import BootConfig
+
+                levels = validate_review_task(items_, ratings_, auto, BootConfig(n_boot=n_boot or 500, seed=seed))
+                for dim, r in report.items():
+                    r["levels"] = [x for x in (levels or {}).get("correlations", []) if x["dimension"] == dim]
             if as_json:
                 typer.echo(agreement_report.to_json(report))
             else:
                 agreement_report.print_tables(report)
+                if levels:
+                    agreement_report.print_levels(levels)
             if output is not None:
                 dims, vectors = plot_data(ratings_, auto, config)
                 agreement_report.write_html(report, output, dims, vectors)

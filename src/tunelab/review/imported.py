@@ -266,3 +266,19 @@ def judge_study(items: list[ImportedItem], ratings: list[Rating], judge: tuple[s
     scales = {d: (math.floor(lo), max(math.ceil(hi), math.floor(lo) + 1)) for d, (lo, hi) in scales.items()}
     base_url, model, api_key = judge
     return judge_vectors(items, scales, base_url, model, api_key=api_key, db=db)
+
+
+def validate_review_task(items: list, ratings: list[Rating], auto: list, config: BootConfig | None = None) -> dict | None:
+    """The three levels for a review task built from an eval run: input = dataset row, system = variant.
+    None when there is nothing to correlate (pairwise task, no numeric automated scores)."""
+    from tunelab.review.runs import SEP
+
+    rated = [ImportedItem(it.item_id, it.item_id.split(SEP)[0], it.variant_a or "-", it.output_a, None)
+             for it in items if it.output_b is None]
+    ids = {it.id for it in rated}
+    numeric = [s for s in auto if s.kind in (None, "score") and not isinstance(s.value, (bool, str))
+               and s.item_id in ids]
+    ratings = [r for r in ratings if r.score is not None and r.item_id in ids]
+    if not rated or not numeric or not ratings:
+        return None
+    return validate(Study(rated, ratings, scores_from_file(numeric, [it.id for it in rated])), config)
