@@ -157,3 +157,23 @@ def test_a_constant_metric_is_called_constant(noisy):
     flat = [AutoScore(f"i{i}", "exact_match", 0.0) for i in range(len(m))]
     got = agreement(ratings, flat, FAST)["q"]["automated"]["exact_match"]["verdict"]
     assert got == "cannot be judged: the automated score is constant on these items (every value 0)"
+
+
+def test_vectorised_kappa_and_accuracy_equal_sklearn_on_each_resample():
+    from tunelab.review.agreement import accuracy_w, kappa_w
+
+    rng = np.random.default_rng(11)
+    a = rng.integers(1, 6, 40).astype(float)
+    b = np.clip(a + rng.integers(-1, 2, 40), 1, 5).astype(float)
+    a[3], b[7] = np.nan, np.nan                     # unrated items drop out
+    W = rng.multinomial(40, np.full(40, 1 / 40), size=6).astype(float)
+    ok = ~np.isnan(a) & ~np.isnan(b)
+    for name, w in (("unweighted", None), ("linear", "linear"), ("quadratic", "quadratic")):
+        got = kappa_w(a, b, [1, 2, 3, 4, 5], w, W)
+        for r in range(6):
+            aa, bb = np.repeat(a[ok], W[r, ok].astype(int)), np.repeat(b[ok], W[r, ok].astype(int))
+            assert got[r] == pytest.approx(cohen_kappa_score(aa, bb, labels=[1, 2, 3, 4, 5], weights=w), abs=1e-12)
+    acc = accuracy_w(a, b, W)
+    for r in range(6):
+        aa, bb = np.repeat(a[ok], W[r, ok].astype(int)), np.repeat(b[ok], W[r, ok].astype(int))
+        assert acc[r] == pytest.approx(accuracy_score(aa, bb))

@@ -292,11 +292,14 @@ def _degenerate(x: np.ndarray, h: np.ndarray, what: str, minimum: int = 3) -> st
 def _shared(x: np.ndarray, y: np.ndarray, wg: np.ndarray, group_of: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Pearson, Spearman, Kendall tau-b of (x, y) under each row of integer weights.
 
-    `wg` (R × G) weighs groups of items (`group_of` maps item -> group; default: one item per group):
-    a resample draws whole inputs, so sums over items collapse to sums over inputs first.
+    `wg` (R × G) weighs groups of items (`group_of` maps item -> group): a resample draws whole
+    inputs, so sums over items collapse to sums over inputs first. Without `group_of`, `wg` weighs
+    the items themselves (R × n).
     """
     if group_of is None:
-        group_of = np.arange(len(x))
+        return {"pearson": _pearson(x, y, wg),
+                "spearman": _pearson(_midranks_shared(x, wg), _midranks_shared(y, wg), wg),
+                "kendall": _kendall_items(x, y, wg)}
     onehot = np.zeros((len(x), wg.shape[1]))
     onehot[np.arange(len(x)), group_of] = 1.0
     w = wg[:, group_of]
@@ -370,6 +373,18 @@ def _kendall_grouped(x, y, wg, w, onehot) -> np.ndarray:
     folded[np.ix_(present, present)] = np.add.reduceat(folded_rows, starts, axis=0)
     concord = ((wg @ folded) * wg).sum(1) / 2
     return _tau_b(concord, w, _tie_sq_shared(x, w), _tie_sq_shared(y, w))
+
+
+def _kendall_items(x, y, w) -> np.ndarray:
+    """½·wᵀSw per row of item weights, S_ij = sign(x_i − x_j)·sign(y_i − y_j), in column blocks."""
+    n = len(x)
+    concord = np.zeros(w.shape[0])
+    step = max(1, int(4e6 // max(n, 1)))
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        sign = np.sign(x[:, None] - x[None, a:b]) * np.sign(y[:, None] - y[None, a:b])
+        concord += ((w @ sign) * w[:, a:b]).sum(1)
+    return _tau_b(concord / 2, w, _tie_sq_shared(x, w), _tie_sq_shared(y, w))
 
 
 def _kendall_rows(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
