@@ -104,3 +104,12 @@ def test_credibly_below_the_ceiling():
     (fig,) = correlate(design, human, weak, Draws.make(design, cfg), cfg)
     assert fig.ci["spearman"][0] > 0 and fig.ci["spearman"][1] < fig.ceiling["ci"][0]
     assert "credibly less than humans agree with each other" in fig.verdict
+
+
+def test_tiny_but_real_variation_is_not_called_constant():
+    x = 0.9 + 1e-6 * np.arange(10.0)        # cosine similarities that differ in the sixth decimal
+    y = np.arange(10.0)
+    got = _shared(x, y, np.ones((1, 10)))
+    assert got["pearson"][0] == pytest.approx(1.0) and got["spearman"][0] == pytest.approx(1.0)
+    assert np.isnan(_shared(np.full(10, 0.3), y, np.ones((1, 10)))["pearson"][0])
+    assert np.isnan(_rowwise(np.full((1, 10), 0.3), y[None], np.ones((1, 10)))["pearson"][0])

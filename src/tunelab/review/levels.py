@@ -334,8 +334,8 @@ def _pearson(x, y, w) -> np.ndarray:
         dy = y - (w * y).sum(-1, keepdims=True) / sw
         vx, vy = (w * dx * dx).sum(-1), (w * dy * dy).sum(-1)
         r = (w * dx * dy).sum(-1) / np.sqrt(vx * vy)
-    # Rounding can leave a "constant" resample with a variance of 1e-30; call it undefined.
-    r[(vx <= 1e-12 * (sw[..., 0] ** 2 + 1)) | (vy <= 1e-12 * (sw[..., 0] ** 2 + 1))] = np.nan
+    # Rounding leaves a constant resample with a variance ~1e-32 of its second moment: undefined.
+    r[(vx <= 1e-24 * (w * x * x).sum(-1)) | (vy <= 1e-24 * (w * y * y).sum(-1))] = np.nan
     return np.clip(r, -1.0, 1.0)
 
 
