@@ -179,7 +179,8 @@ def test_review_task_from_a_run_gets_the_three_levels(tmp_path):
                 scores.append((f"q{i}", v, 0, "rouge_l", k + 0.1 * ((i * 7 + k) % 5)))
         s.put_outputs(run_id, outs)
         s.put_scores(run_id, scores)
-    assert cli("review", "create", "t", "--run", run_id, "--dimensions", "quality", "--db", db).exit_code == 0
+    assert cli("review", "create", "t", "--run", run_id, "--dimensions", "quality", "--describe",
+               "quality=Is the answer right and clear?", "--db", db).exit_code == 0
     rows = [{"item_id": f"q{i}::{v}", "rater": rater, "dimension": "quality", "score": min(5, k + 1 + (i + j) % 2)}
             for i in range(8) for k, v in enumerate(variants) for j, rater in enumerate(("x", "y"))]
     (tmp_path / "h.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
