@@ -29,11 +29,14 @@ RAW_SCALE_OFFSETS = {Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (
 
 
 def write_gguf(path: str | Path, family: str = "llama", qtype: Q = Q.F32, tokenizer: str = "gpt2:smollm",
-               tie: bool = True, seed: int = 0, name: str | None = None, rope_scaling: dict | None = None) -> Path:  # fmt: skip
+               tie: bool = True, seed: int = 0, name: str | None = None, rope_scaling: dict | None = None,
+               arch: str | None = None, omit: tuple[str, ...] = (), replace: dict | None = None) -> Path:  # fmt: skip
+    """`arch` overrides general.architecture, `omit` leaves out tokenizer keys, `replace` swaps
+    a tensor's data by GGUF name (for the error tests)."""
     path = Path(path)
     tok = gpt2_vocab(tokenizer.split(":", 1)[1]) if tokenizer.startswith("gpt2") else sentencepiece_vocab()
     model = hf_model(family, len(tok["tokens"]), tie, seed, rope_scaling)
-    arch = "qwen2" if family == "qwen2" else "llama"  # llama.cpp writes Mistral as llama
+    arch = arch or ("qwen2" if family == "qwen2" else "llama")  # llama.cpp writes Mistral as llama
     cfg = model.config
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(name or f"tiny {family}")
@@ -51,8 +54,10 @@ def write_gguf(path: str | Path, family: str = "llama", qtype: Q = Q.F32, tokeni
         w.add_rope_scaling_factor(rope_scaling["factor"])
     w.add_vocab_size(len(tok["tokens"]))
     w.add_file_type(int(qtype) if qtype in (Q.F32, Q.F16) else 7)
-    write_tokenizer(w, tok)
+    write_tokenizer(w, tok, omit)
     for name_, data, raw in gguf_tensors(model, arch, qtype, seed):
+        if replace and name_ in replace:
+            data, raw = replace[name_], None
         w.add_tensor(name_, data, raw_dtype=raw)
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -163,13 +168,14 @@ def sentencepiece_vocab() -> dict:
     return dict(model="llama", tokens=tokens, scores=scores, types=types, bos=1, eos=2, pad=None, unk=0, add_bos=True)
 
 
-def write_tokenizer(w, tok: dict) -> None:
+def write_tokenizer(w, tok: dict, omit: tuple[str, ...] = ()) -> None:
     w.add_tokenizer_model(tok["model"])
     if "pre" in tok:
         w.add_tokenizer_pre(tok["pre"])
-    w.add_token_list(tok["tokens"])
+    if "tokenizer.ggml.tokens" not in omit:
+        w.add_token_list(tok["tokens"])
     w.add_token_types(tok["types"])
-    if "merges" in tok:
+    if "merges" in tok and "tokenizer.ggml.merges" not in omit:
         w.add_token_merges(tok["merges"])
     if "scores" in tok:
         w.add_token_scores(tok["scores"])

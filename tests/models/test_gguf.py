@@ -109,3 +109,42 @@ def test_convert_refuses_a_non_empty_output_directory(tmp_path):
     with pytest.raises(ModelError, match="not empty"):
         convert_gguf(path, tmp_path / "hf")
     assert [p.name for p in (tmp_path / "hf").iterdir()] == ["keep.txt"]
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_a_truncated_file_is_a_clear_error(tmp_path):
+    whole = write_gguf(tmp_path / "whole.gguf").read_bytes()
+    for keep in (0.005, 0.5, 0.999):
+        cut = tmp_path / f"cut-{keep}.gguf"
+        cut.write_bytes(whole[: int(len(whole) * keep)])
+        with pytest.raises(ModelError, match=rf"cut-{keep}\.gguf: truncated or corrupt GGUF file"):
+            load_pretrained(cut)
+
+
+def test_a_file_that_is_not_gguf(tmp_path):
+    (tmp_path / "x.gguf").write_text("hello")
+    with pytest.raises(ModelError, match=r"x\.gguf: not a GGUF file"):
+        load_pretrained(tmp_path / "x.gguf")
+
+
+def test_an_unknown_architecture_lists_the_supported_ones(tmp_path):
+    path = write_gguf(tmp_path / "falcon.gguf", arch="falcon")
+    with pytest.raises(ModelError, match=r"falcon\.gguf: architecture 'falcon'.*llama, mistral, qwen2"):
+        load_pretrained(path)
+
+
+def test_an_unsupported_tensor_type_names_the_tensor(tmp_path):
+    import numpy as np
+
+    f64 = np.zeros((512, 256), dtype=np.float64)  # GGUF has F64, gguf.quants cannot dequantise it
+    path = write_gguf(tmp_path / "f64.gguf", replace={"blk.1.ffn_up.weight": f64})
+    with pytest.raises(ModelError, match=r"f64\.gguf: tensor 'blk\.1\.ffn_up\.weight' has type F64"):
+        load_pretrained(path)
+
+
+@pytest.mark.parametrize("key, tokenizer", [("tokenizer.ggml.tokens", "llama"), ("tokenizer.ggml.merges", "gpt2:smollm")])
+def test_a_missing_tokenizer_key_is_named(tmp_path, key, tokenizer):
+    path = write_gguf(tmp_path / "notok.gguf", tokenizer=tokenizer, omit=(key,))
+    with pytest.raises(ModelError, match=rf"notok\.gguf: missing metadata key '{key}'"):
+        convert_gguf(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["notok.gguf"]

@@ -83,15 +83,19 @@ class GGUFFile:
     Every error names the file and the key or tensor at fault."""
 
     def __init__(self, path: str | Path):
-        from gguf import GGUFReader
-
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"{self.path}: no such file")
+        with open(self.path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise ModelError(f"{self.path}: not a GGUF file (it does not start with the magic bytes 'GGUF')")
         try:
-            self.reader = GGUFReader(self.path)
-        except Exception as e:  # bad magic, truncated header or tensor data, unknown value type
-            raise ModelError(f"{self.path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+            self.reader = _reader(self.path)
+        except Exception as e:  # the header or tensor table points past the end, or an unknown value type
+            raise ModelError(
+                f"{self.path}: truncated or corrupt GGUF file ({self.path.stat().st_size:,} bytes; "
+                f"the reader says: {type(e).__name__}: {e})"
+            ) from None
         self.metadata = {name: field for name, field in self.reader.fields.items()}
         self.architecture = self.get("general.architecture")
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -217,6 +221,24 @@ class GGUFFile:
         if m and m[2] in _BLOCK_TENSORS:
             return f"model.layers.{m[1]}.{_BLOCK_TENSORS[m[2]]}.{m[3]}"
         raise ModelError(f"{self.path}: unexpected tensor {gguf_name!r} for a {self.architecture} model")
+
+
+def _reader(path: Path):
+    from gguf import GGUFReader
+
+    class Reader(GGUFReader):
+        # The reader slices its np.memmap once per string and per block group; every slice of a
+        # memmap runs memmap.__array_finalize__, which makes parsing SmolLM2's 98k vocabulary and
+        # merges take 8 s. A plain ndarray view of the same mapping is 3x faster, same bytes.
+        @property
+        def data(self):
+            return self._data
+
+        @data.setter
+        def data(self, value):
+            self._data = value.view(np.ndarray)
+
+    return Reader(path)
 
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
