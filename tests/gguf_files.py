@@ -10,6 +10,7 @@ with scores and byte fallback).
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import gguf
@@ -21,11 +22,13 @@ from tiny_models import CHATML, CORPUS
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Shapes divisible by 256 so every block size (32 for Q*_0/1, 256 for K-quants) fits.
-DIMS = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+DIMS = dict(hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=50000.0)  # fmt: skip
 # Types the gguf package dequantises but cannot quantise: written as random blocks whose fp16
 # scales (at these byte offsets of ggml's block structs) are set to small finite values.
-RAW_SCALE_OFFSETS = {Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
+RAW_SCALE_OFFSETS = {Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,),
+                     Q.IQ2_XXS: (0,), Q.IQ2_XS: (0,), Q.IQ2_S: (0,), Q.IQ3_XXS: (0,), Q.IQ3_S: (0,), Q.IQ1_S: (0,),
+                     Q.IQ4_NL: (0,), Q.IQ4_XS: (0,), Q.IQ1_M: (), Q.NVFP4: ()}  # fmt: skip
 
 
 def write_gguf(path: str | Path, family: str = "llama", qtype: Q = Q.F32, tokenizer: str = "gpt2:smollm",
@@ -118,10 +121,15 @@ def random_blocks(shape: tuple[int, int], qtype: Q, rng) -> np.ndarray:
     for offset in RAW_SCALE_OFFSETS[qtype]:
         scale = rng.uniform(2e-4, 1e-3, size=len(blocks)).astype(np.float16)
         blocks[:, offset : offset + 2] = scale.view(np.uint8).reshape(-1, 2)
+    if qtype == Q.IQ1_M:  # its fp16 scale is spread over the top nibbles of the last four uint16s
+        blocks[:, -1] = (blocks[:, -1] & 0x0F) | 0x10  # sign 0, small exponent
+    if qtype == Q.NVFP4:  # four unsigned e4m3 sub-block scales first
+        blocks[:, :4] = rng.integers(0x20, 0x38, size=(len(blocks), 4), dtype=np.uint8)
     return blocks.reshape(shape[0], -1)
 
 
 # ---------------------------------------------------------------------------- tokenizers
+@cache
 def gpt2_vocab(pre: str) -> dict:
     """A byte-level BPE trained with the pre-tokenizer `pre` names, as its real vocabularies are."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
@@ -148,6 +156,7 @@ def gpt2_vocab(pre: str) -> dict:
                 bos=1, eos=2, pad=2, unk=0, add_bos=False)  # fmt: skip
 
 
+@cache
 def sentencepiece_vocab() -> dict:
     """A SentencePiece-style vocabulary as Llama 2's GGUF files have it: <unk> <s> </s>, the 256
     byte tokens, then ▁-marked pieces scored by merge order (earlier = higher)."""

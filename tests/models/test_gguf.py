@@ -18,7 +18,8 @@ from tunelab.models import ModelError, convert_gguf, load_pretrained
 
 SAMPLE = "Hello  world!\n\n\tcafé naïve 東京 🙂 def f(x):\n    return x**2   # 12345 and 3.14\n\n\n  end"
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Héllo, 1 + 1?"}]
-# gguf.quants.quantize writes these; the K-quants it only reads (RAW_SCALE_OFFSETS: random blocks).
+# gguf.quants.quantize writes these; the K-quants, IQ types and NVFP4 it only reads, so those are
+# written as random blocks with sane scales (RAW_SCALE_OFFSETS). Together: every type it dequantises.
 QUANTISABLE = [Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.TQ1_0, Q.TQ2_0, Q.MXFP4]
 
 
@@ -46,6 +47,12 @@ def _assert_same_model(path):
 @pytest.mark.parametrize("qtype", QUANTISABLE + sorted(RAW_SCALE_OFFSETS), ids=lambda q: q.name)
 def test_every_tensor_type_gives_transformers_logits(tmp_path, qtype):
     _assert_same_model(write_gguf(tmp_path / f"tiny-{qtype.name}.gguf", "llama", qtype))
+
+
+def test_the_tests_cover_every_type_the_package_dequantises():
+    from gguf.quants import _type_traits  # the package's registry of block types
+
+    assert {Q.F32, Q.F16, *_type_traits} == set(QUANTISABLE) | set(RAW_SCALE_OFFSETS)
 
 
 @pytest.mark.parametrize(
@@ -136,7 +143,7 @@ def test_an_unknown_architecture_lists_the_supported_ones(tmp_path):
 def test_an_unsupported_tensor_type_names_the_tensor(tmp_path):
     import numpy as np
 
-    f64 = np.zeros((512, 256), dtype=np.float64)  # GGUF has F64, gguf.quants cannot dequantise it
+    f64 = np.zeros((256, 256), dtype=np.float64)  # GGUF has F64, gguf.quants cannot dequantise it
     path = write_gguf(tmp_path / "f64.gguf", replace={"blk.1.ffn_up.weight": f64})
     with pytest.raises(ModelError, match=r"f64\.gguf: tensor 'blk\.1\.ffn_up\.weight' has type F64"):
         load_pretrained(path)
