@@ -52,9 +52,12 @@ def write_gguf(path: str | Path, family: str = "llama", qtype: Q = Q.F32, tokeni
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
-    if rope_scaling:
+    if rope_scaling and rope_scaling["rope_type"] == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(rope_scaling["factor"])
+    elif rope_scaling:  # llama3: llama.cpp stores each frequency's divisor as a tensor
+        w.add_tensor("rope_freqs.weight", llama3_rope_factors(cfg.hidden_size // cfg.num_attention_heads,
+                                                              cfg.rope_parameters["rope_theta"], rope_scaling))
     w.add_vocab_size(len(tok["tokens"]))
     w.add_file_type(int(qtype) if qtype in (Q.F32, Q.F16) else 7)
     write_tokenizer(w, tok, omit)
@@ -108,6 +111,23 @@ def gguf_tensors(model, arch: str, qtype: Q, seed: int):
             yield name, random_blocks(data.shape, qtype, rng), qtype
         else:
             yield name, gguf.quants.quantize(data, qtype), qtype
+
+
+def llama3_rope_factors(head_dim: int, theta: float, scaling: dict) -> np.ndarray:
+    # convert_hf_to_gguf's LlamaModel.generate_extra_tensors, from Meta's Llama 3.1 formula.
+    freqs = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    old_len, low, high = scaling["original_max_position_embeddings"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * np.pi / freq
+        if wavelen < old_len / high:
+            factors.append(1.0)
+        elif wavelen > old_len / low:
+            factors.append(scaling["factor"])
+        else:
+            smooth = (old_len / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / scaling["factor"] + smooth))
+    return np.array(factors, dtype=np.float32)
 
 
 def permute(w: np.ndarray, n_head: int) -> np.ndarray:

@@ -66,14 +66,20 @@ def test_families(tmp_path, family, qtype, tokenizer, tie):
     assert model.config.model_type == family and model.config.tie_word_embeddings is tie
 
 
-def test_llama_rows_are_unpermuted_back_to_the_hf_model(tmp_path):
-    # F32 round trip: the model the GGUF was written from is the oracle, RoPE scaling included.
-    scaling = {"rope_type": "linear", "factor": 2.0}
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 2.0, "high_freq_factor": 6.0,
+                  "original_max_position_embeddings": 128}  # fmt: skip
+
+
+@pytest.mark.parametrize("scaling", [{"rope_type": "linear", "factor": 2.0}, LLAMA3_SCALING], ids=["linear", "llama3"])
+def test_llama_rows_and_rope_scaling_match_the_hf_model(tmp_path, scaling):
+    # F32 round trip: the model the GGUF was written from is the oracle (transformers' GGUF loader
+    # reads no RoPE scaling). Llama 3's scaling arrives as llama.cpp's rope_freqs tensor.
     path = write_gguf(tmp_path / "f32.gguf", "llama", Q.F32, tie=False, rope_scaling=scaling)
     model, tok = load_pretrained(path)
     original = hf_model("llama", tok.vocab_size, tie=False, seed=0, rope_scaling=scaling)
-    assert model.config.rope_scaling == {"rope_type": "linear", "factor": 2.0}
-    ids = tok.encode(SAMPLE * 3)
+    assert model.config.rope_scaling["rope_type"] == scaling["rope_type"]
+    ids = tok.encode(SAMPLE * 4)
+    assert len(ids) > 128  # past the original length, where the scaling matters
     assert (_logits(model, ids) - _logits(original, ids)).abs().max().item() <= 1e-4
 
 

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 # Bump when the conversion's output changes, so older cached directories are not reused.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 
 
 def cache_dir() -> Path:

@@ -130,11 +130,6 @@ class GGUFFile:
         vocab = self.arch("vocab_size", None) or (len(tokens.data) if tokens is not None else None)
         if vocab is None:
             raise ModelError(f"{self.path}: missing metadata key {self.architecture + '.vocab_size'!r} (and no tokenizer.ggml.tokens)")
-        if "rope_freqs.weight" in names:
-            raise ModelError(
-                f"{self.path}: tensor 'rope_freqs.weight' (per-frequency RoPE factors, as in Llama 3.1 files) "
-                "is not supported"
-            )
         config = {
             "architectures": [_HF_CLASSES[model_type]],
             "model_type": model_type,
@@ -148,7 +143,7 @@ class GGUFFile:
             "max_position_embeddings": int(self.arch("context_length")),
             "rms_norm_eps": float(self.arch("attention.layer_norm_rms_epsilon")),
             "rope_theta": float(self.arch("rope.freq_base", 10000.0)),
-            "rope_scaling": self._rope_scaling(),
+            "rope_scaling": self._rope_scaling(int(head_dim)),
             "hidden_act": "silu",
             # llama.cpp writes the output projection only when it is not the embedding matrix.
             "tie_word_embeddings": "output.weight" not in names,
@@ -172,8 +167,11 @@ class GGUFFile:
             return "mistral"
         return self.architecture
 
-    def _rope_scaling(self) -> dict[str, Any] | None:
+    def _rope_scaling(self, head_dim: int) -> dict[str, Any] | None:
         kind = self.arch("rope.scaling.type", None)
+        freqs = next((t for t in self.reader.tensors if t.name == "rope_freqs.weight"), None)
+        if freqs is not None and kind in (None, "none"):
+            return self._llama3_scaling(np.asarray(freqs.data, dtype=np.float64), head_dim)
         if kind in (None, "none"):
             return None
         if kind != "linear":
@@ -182,6 +180,38 @@ class GGUFFile:
                 "tunelab reads: none, linear"
             )
         return {"rope_type": "linear", "factor": float(self.arch("rope.scaling.factor"))}
+
+    def _llama3_scaling(self, factors: np.ndarray, head_dim: int) -> dict[str, Any] | None:
+        """Llama 3.1's RoPE scaling, which llama.cpp stores as the divisor of each frequency
+        (`rope_freqs`) rather than as its parameters. High frequencies keep divisor 1, low ones get
+        `factor`, and in between 1/divisor is linear in 1/wavelength; that line fixes the band edges
+        (original_length/high and /low), so taking low_freq_factor = 1 recovers the same divisors."""
+        theta = float(self.arch("rope.freq_base", 10000.0))
+        inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+        if factors.shape != inv_freq.shape:
+            raise ModelError(f"{self.path}: tensor 'rope_freqs.weight' has {factors.size} values, expected {inv_freq.size}")
+        factor = float(factors.max())
+        if factor <= 1.0 + 1e-6:
+            return None
+        x = inv_freq / (2 * np.pi)  # 1 / wavelength
+        middle = (factors > 1 + 1e-4) & (factors < factor * (1 - 1e-4))
+        smooth = (1 / factors[middle] - 1 / factor) / (1 - 1 / factor)
+        if middle.sum() < 2:
+            raise ModelError(f"{self.path}: tensor 'rope_freqs.weight' is not a Llama 3 RoPE scaling tunelab can read")
+        slope, intercept = np.polyfit(x[middle], smooth, 1)
+        high, old_len = round(float(1 - 1 / intercept), 4), float(-slope / intercept)
+        old_len = round(old_len) if abs(old_len - round(old_len)) < 1e-3 * old_len else old_len
+        scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": high,
+                   "original_max_position_embeddings": old_len}  # fmt: skip
+        wavelen = 1 / x
+        old_len = scaling["original_max_position_embeddings"]
+        expected = np.where(wavelen < old_len / high, 1.0, factor)
+        band = (wavelen >= old_len / high) & (wavelen <= old_len)
+        s = (old_len / wavelen - 1) / (high - 1)
+        expected = np.where(band, 1 / ((1 - s) / factor + s), expected)
+        if not np.allclose(expected, factors, rtol=1e-3):
+            raise ModelError(f"{self.path}: tensor 'rope_freqs.weight' is not a Llama 3 RoPE scaling tunelab can read")
+        return scaling
 
     def tokenizer(self):
         from tunelab.models.gguf_tokenizer import tokenizer_from_gguf
@@ -195,6 +225,8 @@ class GGUFFile:
 
         heads, kv_heads = hf_config["num_attention_heads"], hf_config["num_key_value_heads"]
         for t in self.reader.tensors:
+            if t.name == "rope_freqs.weight":  # already in the config as rope_scaling
+                continue
             name = self._hf_name(t.name)
             try:
                 values = dequantize(t.data, t.tensor_type)
