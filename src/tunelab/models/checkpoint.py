@@ -77,9 +77,9 @@ def resolve_checkpoint(model: str | Path) -> Path:
     from tunelab.models.builtin import BUILTIN_MODELS, builtin_gguf
     from tunelab.models.gguf_cache import cached_conversion
 
-    if str(model) in BUILTIN_MODELS:
-        return cached_conversion(builtin_gguf(str(model)))
     path = Path(model).expanduser()
+    if str(model) in BUILTIN_MODELS and not path.exists():  # a file or directory of that name wins
+        return cached_conversion(builtin_gguf(str(model)))
     if path.is_file() and _is_gguf(path):
         return cached_conversion(path)
     if path.exists():

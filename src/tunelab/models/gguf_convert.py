@@ -14,6 +14,7 @@ place, so a failed or interrupted conversion never leaves a half-written checkpo
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -69,6 +70,7 @@ def convert_gguf(path: str | Path, out_dir: str | Path, dtype: str | torch.dtype
         save_state_dict(state, tmp)
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
         tokenizer.save(tmp)
+        _default_permissions(tmp)
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         tmp.rename(out_dir)
@@ -253,6 +255,15 @@ class GGUFFile:
         if m and m[2] in _BLOCK_TENSORS:
             return f"model.layers.{m[1]}.{_BLOCK_TENSORS[m[2]]}.{m[3]}"
         raise ModelError(f"{self.path}: unexpected tensor {gguf_name!r} for a {self.architecture} model")
+
+
+def _default_permissions(directory: Path) -> None:
+    # mkdtemp makes the staging directory private (0700); the result should look like any other directory.
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for f in directory.iterdir():
+        f.chmod(0o666 & ~umask)
 
 
 def _reader(path: Path):
