@@ -97,3 +97,29 @@ def test_cache_location_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("TUNELAB_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert gguf_cache.cache_dir() == tmp_path / "xdg" / "tunelab"
+
+
+def test_a_conversion_finished_first_by_another_process_is_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    path = write_gguf(tmp_path / "m.gguf")
+    from tunelab.models import gguf_convert  # cached_conversion looks convert_gguf up here at call time
+
+    convert = gguf_convert.convert_gguf
+    winner = {}
+
+    def racing(src, out, **kw):
+        # The other process renames its finished conversion into place while ours is running.
+        winner["dir"] = convert(src, tmp_path / "other")
+        target = next(iter((tmp_path / "cache" / "gguf").glob(".convert-*"))).parent / _target_name(src)
+        winner["dir"].rename(target)
+        return convert(src, out, **kw)
+
+    monkeypatch.setattr(gguf_convert, "convert_gguf", racing)
+    result = resolve_checkpoint(path)
+    assert (result / "config.json").exists() and result.name == _target_name(path)
+    assert [p.name for p in result.parent.iterdir() if p.name != "stamps"] == [result.name]  # our copy removed
+
+
+def _target_name(path):
+    digest = gguf_cache.file_digest(path.resolve(), gguf_cache.cache_dir() / "gguf" / "stamps")
+    return f"{digest[:32]}-v{gguf_cache.CONVERTER_VERSION}"
