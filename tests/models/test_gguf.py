@@ -134,6 +134,11 @@ def test_a_truncated_file_is_a_clear_error(tmp_path):
             load_pretrained(cut)
 
 
+def test_a_missing_gguf_file_is_not_taken_for_a_hub_id():
+    with pytest.raises(ModelError, match=r"models/x\.gguf: no such file"):
+        load_pretrained("models/x.gguf")
+
+
 def test_a_file_that_is_not_gguf(tmp_path):
     (tmp_path / "x.gguf").write_text("hello")
     with pytest.raises(ModelError, match=r"x\.gguf: not a GGUF file"):

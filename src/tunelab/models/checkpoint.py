@@ -89,6 +89,8 @@ def resolve_checkpoint(model: str | Path) -> Path:
             raise ModelError(f"{path}: not a checkpoint directory (no config.json)")
         return path
     name = str(model)
+    if path.suffix.lower() == ".gguf":
+        raise ModelError(f"{path}: no such file")
     if name.count("/") != 1 or name.startswith((".", "/")):
         raise ModelError(
             f"{name}: no such directory or file, not a built-in model ({', '.join(BUILTIN_MODELS)}), "
