@@ -78,7 +78,7 @@ def test_cli_generate_info_and_convert_take_a_gguf_file(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(_reference(path, "Hello", 5).text)
     out = _cli("info", str(path))
-    assert out.returncode == 0 and "qwen2" in out.stdout
+    assert out.returncode == 0 and "qwen2" in out.stdout and "converted from" in out.stdout
     out = _cli("convert", str(path), str(tmp_path / "hf"), "--dtype", "bfloat16")
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "bfloat16"

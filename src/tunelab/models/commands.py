@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -66,11 +67,16 @@ def info_command(path: str = typer.Argument(..., help=MODEL_HELP)) -> None:
     from tunelab.models.info import describe
 
     try:
-        cfg = ModelConfig.from_file(resolve_checkpoint(path) / "config.json")
+        directory = resolve_checkpoint(path)
+        cfg = ModelConfig.from_file(directory / "config.json")
     except ModelError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
     d = describe(cfg)
+    if (directory / "source.json").exists():  # a GGUF conversion in the cache (models/gguf_cache.py)
+        d["stored dtype"] += " (dequantised)"
+        d["converted from"] = json.loads((directory / "source.json").read_text())["gguf"]
+        d["cached at"] = str(directory)
     table = Table(title=str(path), show_header=False)
     for key, value in d.items():
         table.add_row(key, str(value))
