@@ -19,7 +19,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
 def tune_command(
     config: Path | None = typer.Argument(None, help="YAML file of settings; every flag below overrides it."),
-    model: str | None = typer.Option(None, "--model", help="Base model checkpoint directory."),
+    model: str | None = typer.Option(None, "--model", help="Base model: built-in name, .gguf file or checkpoint directory."),
     data: str | None = typer.Option(None, "--data", help="Training JSONL (prompt/completion or messages rows)."),
     val: str | None = typer.Option(None, "--val", help="Validation JSONL."),
     val_fraction: float | None = typer.Option(None, "--val-fraction", help="Hold out this fraction of --data."),
