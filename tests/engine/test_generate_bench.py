@@ -10,3 +10,15 @@ def test_bench_generate_runs_small():
     assert abs(r.b1_ratio - r.ours_b1_tok_s / r.hf_b1_tok_s) < 0.05 * r.b1_ratio + 0.01
     assert r.stall["idle_ms"] > 0 and r.stall["admitting_max_ms"] >= r.stall["admitting_median_ms"] > 0
     assert abs(r.roofline_tok_s - r.bandwidth_gbs * 1e3 / r.bytes_per_token_mb) < 0.02 * r.roofline_tok_s + 0.5
+
+
+def test_against_llama_cpp_without_it_says_how_to_install():
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    assert importlib.util.find_spec("llama_cpp") is None, "this test is about the message when it is missing"
+    result = CliRunner().invoke(app, ["bench", "generate", "--against", "llama-cpp"])
+    assert result.exit_code != 0 and "pip install llama-cpp-python" in result.output

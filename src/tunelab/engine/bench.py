@@ -55,6 +55,7 @@ class BenchResult:
     ours_concurrent_s: float
     hf_sequential_measured: int  # how many of the N sequential requests transformers actually ran
     stall: dict | None = None  # time between tokens while a long prompt is admitted (measure_stall)
+    llama_cpp_b1_tok_s: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -64,7 +65,7 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
                        device: str = "cpu", dtype: str = "float32", layers: int = 8, hidden: int = 512,
                        seed: int = 0, bandwidth_mbytes: int = 512, model: str | None = None, repeat: int = 1,
                        hf_sample: int | None = None, single_prompt_tokens: int = 70, stall_prompt_tokens: int = 0,
-                       log=print) -> BenchResult:
+                       against_gguf: str | None = None, log=print) -> BenchResult:
     AutoModelForCausalLM = _transformers().AutoModelForCausalLM
 
     from tunelab.engine import LLM, SamplingParams
@@ -114,6 +115,12 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
         f"tunelab {ours_b1:.1f} tok/s ({ours_b1 / hf_b1:.2f}x); roofline {roofline:.1f} tok/s, "
         f"reached {ours_b1 / roofline:.0%}")
 
+    llama_b1 = None
+    if against_gguf:
+        llama_b1 = llama_cpp_b1(against_gguf, single, single_tokens, torch.get_num_threads(), repeat)
+        log(f"batch 1: llama.cpp ({Path(against_gguf).name}) {llama_b1:.1f} tok/s; tunelab/llama.cpp "
+            f"{ours_b1 / llama_b1:.2f}x")
+
     for _ in range(repeat):
         hf_seq.append(_timed(lambda: [hf(p, new_tokens) for p in prompts[:hf_sample]]) * requests / hf_sample)
         ours_con.append(_timed(lambda: ours(prompts, new_tokens)))
@@ -130,7 +137,7 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
             f"prompt is admitted {stall['admitting_median_ms']} ms median ({stall['ratio_median']}x), "
             f"{stall['admitting_max_ms']} ms worst")
     return BenchResult(
-        stall=stall, model=str(model or "random-llama"), device=device, dtype=dtype,
+        stall=stall, llama_cpp_b1_tok_s=None if llama_b1 is None else round(llama_b1, 1), model=str(model or "random-llama"), device=device, dtype=dtype,
         params_millions=round(llm.model.num_parameters() / 1e6, 1), threads=torch.get_num_threads(),
         load_average=round(load, 2), repeats=repeat, bandwidth_gbs=round(bandwidth / 1e9, 2),
         bytes_per_token_mb=round(weights / 1e6, 1), roofline_tok_s=round(roofline, 1),
@@ -140,6 +147,26 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
         ours_concurrent_tok_s=round(total / ours_s, 1), concurrent_ratio=round(hf_seq_s / ours_s, 2),
         hf_sequential_s=round(hf_seq_s, 2), ours_concurrent_s=round(ours_s, 2), hf_sequential_measured=hf_sample,
     )
+
+
+def llama_cpp_b1(gguf: str, prompt: list[int], new_tokens: int, threads: int, repeat: int = 1) -> float:
+    """llama.cpp's batch-1 tokens/s (prompt included, greedy, EOS not checked) through llama-cpp-python, an oracle
+    imported only here: `pip install llama-cpp-python` (builds llama.cpp from source, ~10 minutes on 2 cores)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise EngineError("--against llama-cpp needs llama-cpp-python: pip install llama-cpp-python "
+                          "(it builds llama.cpp from source; see docs/benchmarks.md)") from None
+    model = llama_cpp.Llama(model_path=str(gguf), n_ctx=len(prompt) + new_tokens + 8, n_threads=threads,
+                            n_threads_batch=threads, verbose=False)
+
+    def run():
+        for i, _ in enumerate(model.generate(prompt, temp=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0, reset=True)):
+            if i + 1 >= new_tokens:
+                break
+
+    run()  # warm-up
+    return statistics.median(new_tokens / _timed(run) for _ in range(repeat))
 
 
 def measure_stall(llm, long_prompt_tokens: int = 2000, streams: int = 4, idle_steps: int = 12, seed: int = 0) -> dict:

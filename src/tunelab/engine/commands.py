@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import typer
 
 
@@ -57,6 +59,10 @@ def bench_generate(
     stall_prompt_tokens: int = typer.Option(2000, "--stall-prompt-tokens", min=0,
                                             help="Measure streams' time between tokens while a prompt this long is "
                                                  "admitted (0: skip)."),
+    against: str = typer.Option(None, "--against", help="llama-cpp: also time llama.cpp at batch 1 on --gguf "
+                                                          "(needs llama-cpp-python)."),
+    gguf: str = typer.Option(None, "--gguf", help="GGUF file for --against llama-cpp (default: the built-in "
+                                                  "model's, for --model smollm2-135m-instruct)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON at the end."),
 ) -> None:
     """tunelab's engine vs transformers `generate`: batch 1 and N concurrent requests, side by side."""
@@ -67,12 +73,26 @@ def bench_generate(
 
     if dtype not in ("float32", "bfloat16", "float16"):
         raise typer.BadParameter(f"--dtype: expected float32, bfloat16 or float16, got {dtype!r}")
+    if against not in (None, "llama-cpp"):
+        raise typer.BadParameter(f"--against: only llama-cpp is supported, got {against!r}")
+    if against and importlib.util.find_spec("llama_cpp") is None:
+        raise typer.BadParameter("--against llama-cpp needs llama-cpp-python, which is not installed: "
+                                 "pip install llama-cpp-python (it builds llama.cpp from source, ~10 minutes on 2 "
+                                 "cores; see docs/benchmarks.md)")
+    if against and gguf is None:
+        from tunelab.models.builtin import builtin_gguf
+
+        try:
+            gguf = str(builtin_gguf(model))
+        except Exception:
+            raise typer.BadParameter("--against llama-cpp: give the GGUF file of the same weights with --gguf") from None
     torch.set_num_threads(threads)
     try:
         result = run_generate_bench(requests, prompt_tokens, new_tokens, single_tokens, device, dtype, layers, hidden,
                                     model=model, repeat=repeat, hf_sample=hf_sample,
                                     single_prompt_tokens=single_prompt_tokens,
-                                    stall_prompt_tokens=stall_prompt_tokens)
+                                    stall_prompt_tokens=stall_prompt_tokens,
+                                    against_gguf=gguf if against else None)
     except EngineError as e:
         raise typer.BadParameter(str(e)) from None
     if json_out:
