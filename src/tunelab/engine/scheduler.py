@@ -3,8 +3,8 @@
 Continuous batching, as in vLLM and nano-vllm, with chunked prefill. A step is either a *prefill* step, one chunk of
 one sequence's uncomputed tokens (so no prompt is ever padded to another's length), or a *decode* step, one token for
 every running sequence whose prompt is done. While sequences are decoding, prefill and decode steps alternate and a
-prefill chunk is sized to cost about one decode step (`prefill_budget`, which the engine sets from measured step
-times), so a long prompt being admitted at most doubles the time between the running streams' tokens. With nothing
+prefill chunk is sized to cost about half a decode step (`prefill_budget`, which the engine sets from measured
+step times), so a long prompt being admitted keeps the running streams' time between tokens under 2x its usual value. With nothing
 decoding, a chunk may take `max_num_batched_tokens`.
 
 A sequence is admitted (its KV blocks allocated for the whole prompt, minus what the prefix cache already holds) when
