@@ -15,6 +15,7 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tunelab.io.records import records as read_records
 from tunelab.review.errors import ReviewError
 from tunelab.review.store import Rating
 
@@ -39,34 +40,9 @@ def dumps(ratings: list[Rating], fmt: str) -> str:
 def load(path: str | Path) -> list[Rating]:
     """Read a long-format CSV or JSONL file (chosen by extension; .jsonl/.json else CSV)."""
     path = Path(path)
-    records = _records(path, "ratings", required_columns={"item_id", "rater", "dimension"})
+    records = read_records(path, ReviewError, "ratings", required_columns={"item_id", "rater", "dimension"})
     # A review export also holds skips, flags and replaced answers (column `state`): only `rated` rows are judgements.
     return [_rating(path, n, obj) for n, obj in records if obj.get("state") in (None, "", "rated")]
-
-
-def _records(path: Path, what: str, required_columns: set[str] = frozenset()) -> list[tuple[int, dict]]:
-    """(line number, row) pairs of a JSONL file (by extension) or a CSV file with a header."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ReviewError(f"{path}: cannot read {what}: {exc.strerror}") from exc
-    if path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
-        reader = csv.DictReader(io.StringIO(text))
-        missing = required_columns - set(reader.fieldnames or [])
-        if missing:
-            raise ReviewError(f"{path}:1: CSV header lacks column(s) {', '.join(sorted(missing))}")
-        return list(enumerate(reader, 2))
-    records = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ReviewError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise ReviewError(f"{path}:{n}: expected a JSON object per line")
-            records.append((n, obj))
-    return records
 
 
 def _row(r: Rating) -> dict:
@@ -121,7 +97,7 @@ def load_scores(path: str | Path):
     from tunelab.review.agreement import AutoScore
 
     path = Path(path)
-    records = _records(path, "scores")
+    records = read_records(path, ReviewError, "scores")
     out = []
     for n, obj in records:
         for key in ("item_id", "metric", "value"):
