@@ -1,8 +1,9 @@
 """Rendering prompts for rows, and linting them, before any provider call.
 
-A prompt is Jinja (StrictUndefined): a `template` string, a `messages` list
-whose contents are templates, or a `file`. Every row is rendered up front so a
-missing variable stops the run with file, line and variable name and zero calls.
+A prompt is Jinja (StrictUndefined, the environment of prompts/jinja_env.py): a
+`template` string, a `messages` list whose contents are templates, or a `file`.
+Every row is rendered up front so a missing variable stops the run with file,
+line and variable name and zero calls.
 """
 
 from __future__ import annotations
@@ -12,17 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import jinja2.meta
 
 from tunelab.evals.config import EvalConfig, PromptConfig
 from tunelab.evals.dataset import Row
 from tunelab.evals.errors import EvalError
+from tunelab.prompts.jinja_env import compile_template
 
 # A dataset row lacks a variable: the fix is in the data (or the template), not a CLI flag.
 DATASET_HINT = "add '{name}' to every dataset row (a JSONL key or a CSV column), or remove it from the prompt"
-
-_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
-
 
 @dataclass
 class CompiledPrompt:
@@ -129,8 +127,7 @@ def _compile(p: PromptConfig, cfg: EvalConfig, index: int) -> CompiledPrompt:
 
 def _template(text: str, where: str) -> tuple[jinja2.Template, set[str]]:
     try:
-        ast = _ENV.parse(text)
-        return _ENV.from_string(text), set(jinja2.meta.find_undeclared_variables(ast))
+        return compile_template(text)
     except jinja2.TemplateSyntaxError as exc:
         raise EvalError(f"{where}: line {exc.lineno} of the template: {exc.message}") from None
 
