@@ -99,12 +99,12 @@ def score_with_metrics(items: list[ImportedItem], names: list[str], *, multi_ref
     """Per-item values of tunelab metrics (NaN where a metric does not apply), cached in `db` when given."""
     from tunelab.evals.config import MetricConfig
     from tunelab.evals.errors import EvalError
-    from tunelab.evals.metrics import MULTI_REFERENCE_DEFAULT, Metric, MetricInput, check_metric
+    from tunelab.evals.metrics import Metric, MetricInput, check_metric, is_reference_based
 
     metrics = []
     for k, spec in enumerate(names):
         name, options = parse_metric(spec)
-        if multi_reference and name in MULTI_REFERENCE_DEFAULT:
+        if multi_reference and is_reference_based(name):
             options.setdefault("multi_reference", multi_reference)
         cfg = MetricConfig(name=name, id=spec, options=options)
         try:
