@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tunelab.io.records import csv_records, jsonl_records, records
+from tunelab.io.records import csv_records, csv_text, jsonl_records, jsonl_text, records
 
 
 class Bad(Exception):
@@ -64,3 +64,13 @@ def test_records_chooses_jsonl_by_extension(tmp_path):
     p = tmp_path / "r.ndjson"
     p.write_text('{"id": "x"}\n', encoding="utf-8")
     assert records(p, Bad) == [(1, {"id": "x"})]
+
+
+def test_written_records_read_back(tmp_path):
+    rows = [{"id": "1", "text": "a, \"quoted\"\nline", "note": None}, {"id": "2", "text": "café", "note": "x"}]
+    (tmp_path / "w.jsonl").write_text(jsonl_text(rows), encoding="utf-8")
+    assert jsonl_records(tmp_path / "w.jsonl", Bad) == [(1, rows[0]), (2, rows[1])]
+    (tmp_path / "w.csv").write_text(csv_text(rows, ["id", "text", "note"], lineterminator="\r\n"),
+                                    encoding="utf-8", newline="")
+    got = [r for _, r in csv_records(tmp_path / "w.csv", Bad)]
+    assert got == [{**rows[0], "note": ""}, rows[1]]

@@ -1,6 +1,7 @@
 """Data files as (line number, record) pairs: JSONL (one JSON object per line) or CSV
 with a header row. Every error names the file and the line, so a bad row in a
 dataset, training file, review items or ratings is found without a debugger.
+The way back, records to JSONL or CSV text, is here too (`jsonl_text`, `csv_text`).
 
 The caller passes its package's error type (`EvalError`, `TrainError`, `ReviewError`):
 one error type per package family, one reader for all of them.
@@ -12,7 +13,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 # Extensions read as JSONL by `records`; anything else is CSV.
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -64,6 +65,23 @@ def csv_records(path: str | Path, error: type[Exception], what: str = "records",
             raise error(f"{path}:{reader.line_num}: more values than header columns")
         out.append((reader.line_num, row))
     return out
+
+
+def jsonl_text(rows: list[dict[str, Any]]) -> str:
+    """One JSON object per line, non-ASCII text kept as it is."""
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def csv_text(rows: list[dict[str, Any]], columns: list[str], cell: Callable[[Any], Any] | None = None,
+             lineterminator: str = "\n") -> str:
+    """A header row, then one row per record; None is an empty cell. `cell` rewrites each
+    value first (the review export defuses spreadsheet formulas this way)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator=lineterminator)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: cell(v) if cell else ("" if v is None else v) for k, v in r.items()})
+    return buf.getvalue()
 
 
 def _text(path: Path, error: type[Exception], what: str, newline: str | None) -> str:

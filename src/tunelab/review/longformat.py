@@ -8,14 +8,11 @@ timestamps are ISO 8601 UTC on the way out, ISO or epoch seconds on the way in.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tunelab.io.records import records as read_records
+from tunelab.io.records import csv_text, jsonl_text, records as read_records
 from tunelab.review.errors import ReviewError
 from tunelab.review.store import Rating
 
@@ -26,14 +23,9 @@ PREFERENCES = ("A", "B", "tie")
 def dumps(ratings: list[Rating], fmt: str) -> str:
     rows = [_row(r) for r in ratings]
     if fmt == "jsonl":
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        return jsonl_text(rows)
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: "" if v is None else v for k, v in r.items()})
-        return buf.getvalue()
+        return csv_text(rows, COLUMNS)
     raise ReviewError(f"--format: expected csv or jsonl, got {fmt!r}")
 
 
