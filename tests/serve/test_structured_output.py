@@ -83,3 +83,28 @@ def test_sampling_params_json_schema_in_python(tiny_checkpoint):
         llm.generate(["x"], SamplingParams(json_schema={"type": "bogus"}))
     (lark,) = llm.generate(["x"], SamplingParams(max_tokens=20, grammar='start: "yes" | "no"'))
     assert lark.text in ("yes", "no") and lark.finish_reason == "stop"
+
+
+def test_eval_providers_take_a_json_schema_param(tiny_server):
+    """`params: {json_schema: ...}` in an eval config constrains both provider types."""
+    import asyncio
+
+    from tunelab.evals.config import ProviderConfig, RetryConfig
+    from tunelab.evals.providers import make_provider
+
+    params = {"max_tokens": 120, "temperature": 1.0, "seed": 4, "json_schema": SCHEMA}
+    configs = [ProviderConfig(id="http", type="openai", base_url=tiny_server["url"] + "/v1", model=MODEL,
+                              params=params),
+               ProviderConfig(id="local", type="tunelab", model=str(tiny_server["path"]), params=params)]
+
+    async def ask(cfg):
+        provider = make_provider(cfg, RetryConfig(max_retries=0))
+        try:
+            return await provider.complete(MSG, cfg.params)
+        finally:
+            await provider.aclose()
+
+    for cfg in configs:
+        out = asyncio.run(ask(cfg))
+        assert out.finish_reason == "stop", (cfg.id, out)
+        jsonschema.validate(json.loads(out.text), SCHEMA)

@@ -70,6 +70,10 @@ class OpenAIProvider:
 
     async def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
         o = self._openai
+        if "json_schema" in params:  # the eval config's schema, as OpenAI's chat API takes it
+            schema = {"name": "output", "schema": params["json_schema"], "strict": True}
+            params = {**{k: v for k, v in params.items() if k != "json_schema"},
+                      "response_format": {"type": "json_schema", "json_schema": schema}}
         last: Exception | None = None
         for attempt in range(self.retry.max_retries + 1):
             if attempt:
@@ -118,7 +122,7 @@ class TunelabProvider:
     request at a time (no adapters)."""
 
     _PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "presence_penalty",
-               "frequency_penalty")
+               "frequency_penalty", "json_schema")
 
     def __init__(self, cfg: ProviderConfig) -> None:
         self.config = cfg
