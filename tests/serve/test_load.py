@@ -19,3 +19,14 @@ def test_48_concurrent_streams_complete_and_free_every_block(tiny_server):
 def test_only_loopback():
     with pytest.raises(ValueError, match="loopback"):
         run_load("http://example.com", MODEL, streams=1)
+
+
+def test_the_documented_command_runs(tiny_server):
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "tunelab.serve.loadtest", tiny_server["url"], MODEL, "--streams", "4",
+                          "--max-tokens", "4"], capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(out.stdout)
+    assert result["completed"] == 4 and result["kv_blocks_used"] == 0
