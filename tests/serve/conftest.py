@@ -7,11 +7,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from http_server import Server, make_peft_adapter
+from http_server import MODEL, Server, make_peft_adapter
 from tunelab.engine import LLM, AsyncLLM
 from tunelab.serve import create_app
-
-MODEL = "tiny"
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,9 @@ import uvicorn
 from transformers import AutoModelForCausalLM
 
 
+MODEL = "tiny"  # the name the shared tiny server (conftest.py) serves its base model under
+
+
 class Server:
     def __init__(self, app):
         with socket.socket() as s:

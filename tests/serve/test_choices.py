@@ -6,7 +6,7 @@ import openai
 import pytest
 import torch
 
-from conftest import MODEL
+from http_server import MODEL
 
 MSG = [{"role": "user", "content": "Hello, how are"}]
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from conftest import MODEL
-from http_server import metric, wait_for
+from http_server import MODEL, metric, wait_for
 
 
 @pytest.mark.parametrize("path,body", [

@@ -12,7 +12,7 @@ from collections import Counter
 
 import httpx
 
-from conftest import MODEL
+from http_server import MODEL
 from http_server import metric
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}

@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from conftest import MODEL
+from http_server import MODEL
 from http_server import metric
 
 PROMPTS = ["The quick brown fox", "Paris is", "Hello, how are", "def add(a, b):", "LoRA trains", "Ünï"]
@@ -76,4 +76,34 @@ def test_a_request_that_breaks_the_engine_fails_alone(tiny_server, monkeypatch):
         assert text == expected[PROMPTS[i % len(PROMPTS)]], (i, repr(text), repr(expected[PROMPTS[i % len(PROMPTS)]]))
         assert events[-1]["choices"][0]["finish_reason"] in ("stop", "length")
     assert metric(tiny_server["url"], "tunelab_requests_failed_total") == failed + 1
+    assert metric(tiny_server["url"], "tunelab_kv_blocks_used") == 0
+
+
+def test_a_stream_that_fails_midway_gets_an_error_event_and_the_others_go_on(tiny_server, monkeypatch):
+    expected = _expected(tiny_server)
+    llm = tiny_server["engine"].llm
+    poison_ids = llm.tokenizer.encode("Berlin is the capital")
+    real_run = llm.runner.run
+
+    def run(seqs):
+        if any(s.prompt_ids == poison_ids and len(s.output_ids) >= 3 for s in seqs):
+            raise RuntimeError("simulated failure after three tokens")
+        return real_run(seqs)
+
+    monkeypatch.setattr(llm.runner, "run", run)
+
+    async def main():
+        async with httpx.AsyncClient(timeout=120) as client:
+            body = {"model": MODEL, "max_tokens": 12, "temperature": 0}
+            innocent = [asyncio.create_task(_stream(client, tiny_server["url"], {**body, "prompt": PROMPTS[i % 6]}))
+                        for i in range(24)]
+            poison = await _stream(client, tiny_server["url"], {**body, "prompt": poison_ids, "ignore_eos": True})
+            return await asyncio.gather(*innocent), poison
+
+    results, (status, events) = asyncio.run(main())
+    assert status == 200 and "simulated failure" in events[-1]["error"]["message"]
+    assert sum(1 for e in events if "choices" in e) >= 1  # it had streamed before failing
+    for i, (status, events) in enumerate(results):
+        assert status == 200 and "error" not in events[-1]
+        assert "".join(e["choices"][0]["text"] for e in events) == expected[PROMPTS[i % len(PROMPTS)]]
     assert metric(tiny_server["url"], "tunelab_kv_blocks_used") == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import MODEL
+from http_server import MODEL
 from tunelab.serve.loadtest import run_load
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import MODEL
+from http_server import MODEL
 from tunelab.engine import SamplingParams
 
 TOL = 1e-4

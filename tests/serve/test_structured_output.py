@@ -9,7 +9,7 @@ import jsonschema
 import openai
 import pytest
 
-from conftest import MODEL
+from http_server import MODEL
 from tunelab.engine import LLM, EngineError, SamplingParams
 
 SCHEMA = {

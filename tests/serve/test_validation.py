@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from conftest import MODEL
+from http_server import MODEL
 from http_server import Server
 from tunelab.serve import create_app
 from tunelab.serve.request_body import Limits

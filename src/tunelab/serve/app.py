@@ -15,25 +15,23 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunelab.engine import AsyncLLM, EngineError, EngineFailure, QueueFull, RequestOutput, SamplingParams
+from tunelab.engine import AsyncLLM, EngineError, RequestOutput, SamplingParams
 from tunelab.engine.sampling_params import SEED_MAX
-from tunelab.models import ModelError
 from tunelab.serve import metrics
 from tunelab.serve.protocol import ApiError, ChatCompletionRequest, CompletionRequest, error_body
 from tunelab.serve.request_body import Limits, check_limits, logit_bias, parse, read_json
 from tunelab.serve.responses import (ChoiceView, TokenText, chat_choice, chat_deltas, completion_choice,
                                      completion_delta, usage)
+from tunelab.serve.streams import finals, merged, sse, start_all
 from tunelab.serve.tools import template_messages, template_renders_tools, tool_grammar
 
 DEFAULT_MAX_TOKENS = 256
-DISCONNECT_POLL_S = 0.2
 
 
 def create_app(engine: AsyncLLM, model_name: str, api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
@@ -105,12 +103,12 @@ def create_app(engine: AsyncLLM, model_name: str, api_key: str | None = None, li
         jobs = [(p, _choice_params(params, j)) for p in prompts for j in range(body.n)]
         views = [ChoiceView(i, prefix=prefixes[i // body.n]) for i in range(len(jobs))]
         rid = f"cmpl-{uuid.uuid4().hex}"
-        streams = await _start_all(engine, jobs, adapter, rid)
+        streams = await start_all(engine, jobs, adapter, rid)
         head = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": body.model}
         if body.stream:
             async def chunks():
                 last = {}
-                async for i, out in _merged(streams):
+                async for i, out in merged(streams):
                     last[i] = out
                     choice = completion_delta(out, views[i], tokens, body.logprobs)
                     if choice is not None:
@@ -118,8 +116,8 @@ def create_app(engine: AsyncLLM, model_name: str, api_key: str | None = None, li
                 if body.stream_options and body.stream_options.include_usage:
                     yield {**head, "choices": [], "usage": _usage(prompts, body.n, [last[i] for i in sorted(last)])}
 
-            return _sse(chunks())
-        outs = await _finals(streams, request)
+            return sse(chunks())
+        outs = await finals(streams, request)
         return {**head, "choices": [completion_choice(o, v, tokens, body.logprobs) for o, v in zip(outs, views)],
                 "usage": _usage(prompts, body.n, outs)}
 
@@ -153,22 +151,22 @@ def create_app(engine: AsyncLLM, model_name: str, api_key: str | None = None, li
         jobs = [(prompt, _choice_params(params, j)) for j in range(body.n)]
         views = [ChoiceView(i, tools=grammar is not None) for i in range(body.n)]
         rid = f"chatcmpl-{uuid.uuid4().hex}"
-        streams = await _start_all(engine, jobs, adapter, rid)
+        streams = await start_all(engine, jobs, adapter, rid)
         created_at = int(time.time())
         if body.stream:
             head = {"id": rid, "object": "chat.completion.chunk", "created": created_at, "model": body.model}
 
             async def chunks():
                 last = {}
-                async for i, out in _merged(streams):
+                async for i, out in merged(streams):
                     last[i] = out
                     for choice in chat_deltas(out, views[i], tokens, top):
                         yield {**head, "choices": [choice]}
                 if body.stream_options and body.stream_options.include_usage:
                     yield {**head, "choices": [], "usage": _usage([prompt], body.n, [last[i] for i in sorted(last)])}
 
-            return _sse(chunks())
-        outs = await _finals(streams, request)
+            return sse(chunks())
+        outs = await finals(streams, request)
         return {"id": rid, "object": "chat.completion", "created": created_at, "model": body.model,
                 "choices": [chat_choice(o, v, tokens, top) for o, v in zip(outs, views)],
                 "usage": _usage([prompt], body.n, outs)}
@@ -255,129 +253,3 @@ def _choice_params(params: SamplingParams, j: int) -> SamplingParams:
 def _usage(prompts, n: int, outs: list[RequestOutput]) -> dict:
     """Each prompt counted once however many choices it has."""
     return usage(sum(outs[i * n].prompt_tokens for i in range(len(prompts)) if i * n < len(outs)), outs)
-
-
-async def _start_all(engine: AsyncLLM, jobs, adapter, rid) -> list[AsyncIterator[RequestOutput]]:
-    """Start every choice and wait for each one's first output, so a bad request fails with a status code, not
-    mid-stream; if one cannot start, the others are aborted."""
-    results = await asyncio.gather(*[_start(engine, p, sp, adapter, f"{rid}-{i}") for i, (p, sp) in enumerate(jobs)],
-                                   return_exceptions=True)
-    failed = [r for r in results if isinstance(r, BaseException)]
-    if failed:
-        for r in results:
-            if not isinstance(r, BaseException):
-                await r.aclose()
-        raise failed[0]
-    return results
-
-
-async def _start(engine: AsyncLLM, prompt, params, adapter, rid) -> AsyncIterator[RequestOutput]:
-    stream = engine.generate(prompt, params, adapter, rid)
-    try:
-        first = await stream.__anext__()
-    except QueueFull as exc:
-        raise ApiError(429, str(exc), "rate_limit_error", code="queue_full") from None
-    except (EngineError, ModelError) as exc:
-        raise ApiError(400, str(exc), param=str(exc).split(":")[0]) from None
-    except EngineFailure as exc:
-        raise ApiError(500, str(exc), "server_error") from None
-
-    async def chained():
-        try:
-            yield first
-            if not first.finished:
-                async for out in stream:
-                    yield out
-        finally:
-            await stream.aclose()  # a client that left aborts the request and frees its blocks
-
-    return chained()
-
-
-async def _finals(streams, request: Request) -> list[RequestOutput]:
-    """Each stream's last output; if the client disconnects first, every request is aborted (blocks freed)."""
-    async def last(stream):
-        out = None
-        try:
-            async for out in stream:
-                pass
-        finally:
-            await stream.aclose()
-        return out
-
-    tasks = [asyncio.ensure_future(last(s)) for s in streams]
-    try:
-        pending = set(tasks)
-        while pending:
-            done, pending = await asyncio.wait(pending, timeout=DISCONNECT_POLL_S, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                if task.exception() is not None:
-                    raise _as_api_error(task.exception())
-            if pending and await request.is_disconnected():
-                raise ApiError(499, "the client closed the request", code="client_closed_request")
-        return [t.result() for t in tasks]
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _as_api_error(exc: BaseException) -> BaseException:
-    if isinstance(exc, EngineFailure):
-        return ApiError(500, str(exc), "server_error")
-    return exc
-
-
-async def _merged(streams) -> AsyncIterator[tuple[int, RequestOutput]]:
-    """(choice index, output) from every stream as they come."""
-    if len(streams) == 1:
-        try:
-            async for out in streams[0]:
-                yield 0, out
-        finally:
-            await streams[0].aclose()
-        return
-    queue: asyncio.Queue = asyncio.Queue()
-    done = object()
-
-    async def pump(i, stream):
-        try:
-            async for out in stream:
-                await queue.put((i, out))
-        except BaseException as exc:  # noqa: BLE001 - handed to the reader
-            await queue.put(exc)
-        finally:
-            await queue.put(done)
-
-    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        remaining = len(tasks)
-        while remaining:
-            item = await queue.get()
-            if item is done:
-                remaining -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield item
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for stream in streams:
-            await stream.aclose()
-
-
-def _sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
-    async def body():
-        try:
-            async for chunk in chunks:
-                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-        except Exception as exc:  # noqa: BLE001 - the status line is sent already: report it as an error event
-            yield f"data: {json.dumps(error_body(str(exc), 'server_error'))}\n\n"
-        else:
-            yield "data: [DONE]\n\n"
-        finally:
-            await chunks.aclose()  # close the chain down to the engine now, not whenever it is collected
-
-    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
