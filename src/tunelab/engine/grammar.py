@@ -85,3 +85,8 @@ def json_block(schema: dict[str, Any]) -> str:
 def _lltokenizer(tokenizer, eos_ids: tuple[int, ...]) -> llguidance.LLTokenizer:
     # Keyed by the Tokenizer object: one engine builds its token table once (about a second for a 150k vocabulary).
     return llguidance.LLTokenizer(tokenizer.backend.to_str(), eos_token=list(eos_ids))
+
+
+def token_bytes(tokenizer, eos_ids: list[int], token_id: int) -> bytes:
+    """The exact bytes a token stands for (a byte-level token can hold part of a UTF-8 character)."""
+    return _lltokenizer(tokenizer, tuple(sorted(eos_ids))).decode_bytes([token_id])

@@ -148,7 +148,6 @@ class LLM:
             if isinstance(token, Exception):  # this request alone failed; the rest of the batch goes on
                 seq.error = f"{type(token).__name__}: {token}"
                 reason = "error"
-                self.stats["failed"] += 1
             elif token in self.eos and not seq.params.ignore_eos:
                 reason = "stop"
             else:
@@ -162,7 +161,7 @@ class LLM:
             if reason is not None:
                 self.scheduler.finish(seq, reason)
                 self._by_id.pop(seq.request_id, None)
-                self.stats["finished"] += 1
+                self.stats["failed" if reason == "error" else "finished"] += 1
             outputs.append(self._output(seq))
         return outputs
 
