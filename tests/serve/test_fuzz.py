@@ -73,6 +73,8 @@ def _cases():
         if choice is not None:
             body["tool_choice"] = choice
         cases.append(("/v1/chat/completions", body, None, "4xx"))
+    for choice in ["required", "auto", {"type": "function", "function": {"name": "f"}}]:
+        cases.append(("/v1/chat/completions", {**CHAT, "tool_choice": choice}, None, "4xx"))  # without tools
     for prompt in [[], [[]], [-1], [10**9], [1.5], [True], [[1], "x"], ["x", 1], {"text": "x"}, None, "\ud800",
                    [0] * 400]:
         cases.append(("/v1/completions", {**TEXT, "prompt": prompt}, None, "4xx"))

@@ -25,6 +25,8 @@ _PROBE = {"type": "function", "function": {"name": "tunelab_probe_fn", "descript
 def tool_grammar(req: ChatCompletionRequest) -> str | None:
     """The Lark grammar for the request's output, or None when tools do not constrain it."""
     choice = req.tool_choice or ("auto" if req.tools else "none")
+    if req.tool_choice not in (None, "none") and not req.tools:
+        raise ApiError(400, "tool_choice: only meaningful with `tools`, and none were given", param="tool_choice")
     if not req.tools or choice == "none":
         return None
     functions = {t.function.name: t.function for t in req.tools}
