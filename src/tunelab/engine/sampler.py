@@ -34,17 +34,19 @@ def next_tokens(run, seqs: list[Sequence]) -> list[int | Exception]:
 
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int | Exception]:
     """One token id per row of `logits` [rows, vocab] (float32), or the exception that row alone raised."""
-    greedy = logits.argmax(-1).tolist()
+    best, greedy = logits.max(-1)
+    finite = torch.isfinite(best).tolist()  # one device sync for the whole batch, not one per row
+    greedy = greedy.tolist()
     out: list[int | Exception] = []
     for i, seq in enumerate(seqs):
         try:
-            out.append(_sample_row(logits[i], seq, greedy[i]))
+            out.append(_sample_row(logits[i], seq, greedy[i], finite[i]))
         except Exception as exc:  # noqa: BLE001 - isolate the row: its request fails, the batch goes on
             out.append(exc)
     return out
 
 
-def _sample_row(row: torch.Tensor, seq: Sequence, argmax: int) -> int:
+def _sample_row(row: torch.Tensor, seq: Sequence, argmax: int, finite: bool) -> int:
     p = seq.params
     raw = row
     adjusted = bool(p.logit_bias) or seq.constraint is not None or (
@@ -53,7 +55,7 @@ def _sample_row(row: torch.Tensor, seq: Sequence, argmax: int) -> int:
         row = _adjusted(row, seq)
         argmax = int(row.argmax())
     token = argmax if p.greedy else _draw(row, p.temperature, p.top_k, p.top_p, seq.generator)
-    if not math.isfinite(float(row[token])):
+    if not finite or ((adjusted or not p.greedy) and not math.isfinite(float(row[token]))):
         raise EngineError(f"sampling: the model's logits are not finite for this request (token {token})")
     if seq.logprobs is not None:
         seq.logprobs.append(_logprob(raw, token, p.logprobs))
