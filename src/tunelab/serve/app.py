@@ -11,6 +11,7 @@ client that leaves, streaming or not, aborts its requests and frees their KV blo
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 import uuid
@@ -186,8 +187,8 @@ class _AuthAndCount:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if self.api_key is not None and scope["path"].startswith("/v1"):
-            headers = dict(scope["headers"])
-            if headers.get(b"authorization", b"") != f"Bearer {self.api_key}".encode():
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, f"Bearer {self.api_key}".encode()):  # constant time: no timing oracle
                 body = error_body("Incorrect API key provided.", "invalid_request_error", code="invalid_api_key")
                 return await self._send_json(send, 401, body)
         started = False
