@@ -7,7 +7,7 @@ token's exact bytes: a token holding part of a UTF-8 character shows as OpenAI s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tunelab.engine import RequestOutput
@@ -38,11 +38,9 @@ class ChoiceView:
     index: int
     prefix: str = ""  # echoed prompt (completions)
     tools: bool = False  # the output is tool calls or text under a tool grammar: sent whole at the end
-    sent_text: bool = False
     sent_logprobs: int = 0
     offset: int = 0  # characters so far, for completions' text_offset
     started: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------- chat
