@@ -109,6 +109,10 @@ def test_every_error_path_has_openais_shape(tiny_server):
     deep = {**CHAT, "x": json.loads("[" * 70 + "]" * 70)}
     assert_error(post(url, "/v1/chat/completions", deep), 400, words=["deeper"])
     assert_error(post(url, "/v1/chat/completions", {**CHAT, "model": "nope"}), 404, "model")
+    assert_error(post(url, "/v1/chat/completions", {**CHAT, "logprobs": True, "top_logprobs": 21}), 400,
+                 "top_logprobs")
+    assert_error(post(url, "/v1/chat/completions", {**CHAT, "top_logprobs": 2}), 400, "top_logprobs")
+    assert_error(post(url, "/v1/completions", {**TEXT, "logprobs": 21}), 400, "logprobs")
     assert_error(post(url, "/v1/completions", {**TEXT, "stop": ["a", "b", "c", "d", "e"]}), 400, "stop")
     assert_error(post(url, "/v1/completions", {**TEXT, "stream_options": {"include_usage": True}}), 400,
                  "stream_options")

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.engine import AsyncLLM, EngineError, RequestOutput, SamplingParams
-from tunelab.engine.sampling_params import SEED_MAX
+from tunelab.engine.sampling_params import MAX_LOGPROBS, SEED_MAX
 from tunelab.serve import metrics
 from tunelab.serve.protocol import ApiError, ChatCompletionRequest, CompletionRequest, error_body
 from tunelab.serve.request_body import Limits, check_limits, logit_bias, parse, read_json
@@ -131,6 +131,8 @@ def create_app(engine: AsyncLLM, model_name: str, api_key: str | None = None, li
             raise ApiError(400, "max_tokens and max_completion_tokens disagree; send one", param="max_tokens")
         if body.top_logprobs is not None and not body.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        if body.top_logprobs is not None and not 0 <= body.top_logprobs <= MAX_LOGPROBS:
+            raise ApiError(400, f"top_logprobs: expected an integer in [0, {MAX_LOGPROBS}]", param="top_logprobs")
         tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
         if tools and not renders_tools:
             renders_tools.append(await asyncio.to_thread(template_renders_tools, llm.tokenizer))
