@@ -100,10 +100,6 @@ class OpenAIProvider:
 
     async def _complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
         o = self._openai
-        if "json_schema" in params:  # the eval config's schema, as OpenAI's chat API takes it
-            schema = {"name": "output", "schema": params["json_schema"], "strict": True}
-            params = {**{k: v for k, v in params.items() if k != "json_schema"},
-                      "response_format": {"type": "json_schema", "json_schema": schema}}
         last: Exception | None = None
         for attempt in range(self.retry.max_retries + 1):
             if attempt:
