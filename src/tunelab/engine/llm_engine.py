@@ -1,8 +1,8 @@
 """The engine loop: requests in, one scheduled step at a time, outputs out.
 
 `LLM` is the public entry point (`LLM(path).generate(prompts, params)`); `step()` is one iteration of continuous
-batching (schedule -> run the model -> sample the sequences whose prompt is done -> detokenize -> finish), which `generate` repeats until every request
-is done and `AsyncLLM` (async_engine.py) runs in a background thread for the server.
+batching (schedule -> run the model -> sample the sequences whose prompt is done -> detokenize -> finish), which
+`generate` repeats until every request is done and `AsyncLLM` (async_engine.py) runs in a background thread for the server.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from tunelab.engine.build import check_build
 from tunelab.engine.detokenizer import IncrementalDetokenizer
 from tunelab.engine.errors import EngineError
 from tunelab.engine.model_runner import ModelRunner
-from tunelab.engine.sampler import sample
+from tunelab.engine.grammar import constraint_for
+from tunelab.engine.sampler import next_tokens
 from tunelab.engine.sampling_params import SamplingParams
 from tunelab.engine.scheduler import Scheduler
 from tunelab.engine.sequence import RequestOutput, Sequence
@@ -71,7 +72,8 @@ class LLM:
                                   compile=compile)
         self.eos = eos_token_ids(self.model, self.tokenizer)
         self._step_seconds = {"decode": None, "prefill_rate": None}
-        self.stats = {"requests": 0, "prompt_tokens": 0, "generation_tokens": 0, "finished": 0, "aborted": 0}
+        self.stats = {"requests": 0, "prompt_tokens": 0, "generation_tokens": 0, "finished": 0, "aborted": 0,
+                      "failed": 0}
         self._by_id: dict[str, Sequence] = {}
 
     # ------------------------------------------------------------------ public
@@ -118,7 +120,11 @@ class LLM:
         if len(ids) + budget + 1 > capacity:
             raise EngineError(f"prompt + max_tokens = {len(ids) + budget} tokens, but the whole KV cache holds "
                               f"{capacity}; raise kv_cache_memory or lower max_tokens")
-        return Sequence(ids, params, IncrementalDetokenizer(self.tokenizer, params.stop), adapter, request_id)
+        if params.logit_bias and max(params.logit_bias) >= vocab:
+            raise EngineError(f"logit_bias: token ids must be in [0, {vocab}), got {max(params.logit_bias)}")
+        constraint = constraint_for(params, self.tokenizer, sorted(self.eos))
+        return Sequence(ids, params, IncrementalDetokenizer(self.tokenizer, params.stop), adapter, request_id,
+                        constraint)
 
     def add_sequence(self, seq: Sequence) -> None:
         self._by_id[seq.request_id] = seq
@@ -145,19 +151,30 @@ class LLM:
         step = self.scheduler.schedule()
         if not step.seqs:
             return []
-        start = time.perf_counter()
-        logits = self.runner.run(step.seqs, step.num_tokens)
-        self._tune_prefill_budget(step, time.perf_counter() - start)
-        # A prompt chunk that does not reach the prompt's end samples nothing.
-        ready = [i for i, seq in enumerate(step.seqs) if seq.num_cached == len(seq)]
-        if not ready:
-            return []
-        seqs = [step.seqs[i] for i in ready]
-        logits = logits[ready] if len(ready) < len(step.seqs) else logits
+        counts = {seq.seq_id: n for seq, n in zip(step.seqs, step.num_tokens)}
+
+        def run(seqs: list[Sequence]):
+            start = time.perf_counter()
+            logits = self.runner.run(seqs, [counts[seq.seq_id] for seq in seqs])
+            self._tune_prefill_budget(step, time.perf_counter() - start)
+            return logits
+
+        seqs = step.seqs
+        if all(seq.num_cached + counts[seq.seq_id] == len(seq) for seq in seqs):
+            tokens = next_tokens(run, seqs)
+        else:  # a prompt chunk that does not reach the prompt's end samples nothing (a prefill is one sequence)
+            try:
+                run(seqs)
+                return []
+            except Exception as exc:  # noqa: BLE001 - as next_tokens does: the request fails, the engine goes on
+                tokens = [exc] * len(seqs)
         outputs = []
-        for seq, token in zip(seqs, sample(logits, seqs)):
+        for seq, token in zip(seqs, tokens):
             reason = None
-            if token in self.eos and not seq.params.ignore_eos:
+            if isinstance(token, Exception):  # this request alone failed; the rest of the batch goes on
+                seq.error = f"{type(token).__name__}: {token}"
+                reason = "error"
+            elif token in self.eos and not seq.params.ignore_eos:
                 reason = "stop"
             else:
                 seq.output_ids.append(token)
@@ -170,7 +187,7 @@ class LLM:
             if reason is not None:
                 self.scheduler.finish(seq, reason)
                 self._by_id.pop(seq.request_id, None)
-                self.stats["finished"] += 1
+                self.stats["failed" if reason == "error" else "finished"] += 1
             outputs.append(self._output(seq))
         return outputs
 
@@ -196,4 +213,5 @@ class LLM:
             request_id=seq.request_id, text=text, token_ids=list(seq.output_ids), finish_reason=seq.finish_reason,
             prompt_tokens=len(seq.prompt_ids), completion_tokens=len(seq.output_ids),
             delta=seq.detokenizer.delta(final), adapter=seq.adapter, prompt_token_ids=seq.prompt_ids,
+            logprobs=None if seq.logprobs is None else seq.logprobs[: len(seq.output_ids)], error=seq.error,
         )
