@@ -99,3 +99,15 @@ def test_outputs_equal_after_eviction(tiny_checkpoint):
         llm.generate([llm.tokenizer.encode(f"unrelated text number {i} " * 6)], params)
     assert not any(llm.block_manager._cached_prefix(Sequence(prompts[0], params, None)))
     assert llm.generate([prompts[0]], params)[0].token_ids == first == hf_greedy(ref, prompts[0], 8)
+
+
+def test_blocks_keyed_for_a_failed_step_are_not_reused(tiny_checkpoint, monkeypatch):
+    path = tiny_checkpoint("llama")
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    llm = LLM(path, block_size=4, max_num_seqs=2)
+    ids = llm.tokenizer.encode(SHARED + QUESTIONS[0])
+    real_run = llm.runner.run
+    monkeypatch.setattr(llm.runner, "run", lambda seqs: (_ for _ in ()).throw(RuntimeError("kernel failure")))
+    assert llm.generate([ids], SamplingParams(max_tokens=8))[0].finish_reason == "error"
+    monkeypatch.setattr(llm.runner, "run", real_run)
+    assert llm.generate([ids], SamplingParams(max_tokens=8))[0].token_ids == hf_greedy(ref, ids, 8)

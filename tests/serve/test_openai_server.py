@@ -142,11 +142,11 @@ def test_a_failing_step_fails_its_request_not_the_server(served, monkeypatch):
     runner = served["engine"].llm.runner
     real_run, calls = runner.run, []
 
-    def broken_once(*args):
+    def broken_once(seqs):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("simulated kernel failure")
-        return real_run(*args)
+        return real_run(seqs)
 
     monkeypatch.setattr(runner, "run", broken_once)
     with pytest.raises(openai.InternalServerError):

@@ -74,12 +74,16 @@ class BlockManager:
         if self.prefix_caching:
             self._register_full_blocks(seq, computed)
 
-    def release(self, seq: Sequence) -> None:
+    def release(self, seq: Sequence, keep_cached: bool = True) -> None:
+        """Free `seq`'s blocks. `keep_cached=False` after a failed step: blocks keyed when that step was scheduled
+        may hold K/V that were never written, so the ones no one else holds lose their keys."""
         # Reversed: a sequence's last blocks are the least likely to be shared, so they are evicted first.
         for b in reversed(seq.block_table):
             self.refs[b] -= 1
             if self.refs[b] == 0:
                 self.free[b] = None
+                if not keep_cached and b in self.key_of:
+                    del self.block_of[self.key_of.pop(b)]
         seq.block_table = []
         seq.num_cached = 0
         self._keys.pop(seq.seq_id, None)

@@ -151,16 +151,15 @@ class LLM:
         step = self.scheduler.schedule()
         if not step.seqs:
             return []
-        counts = {seq.seq_id: n for seq, n in zip(step.seqs, step.num_tokens)}
 
-        def run(seqs: list[Sequence]):
+        def run(seqs: list[Sequence]):  # each sequence computes its `num_scheduled` tokens
             start = time.perf_counter()
-            logits = self.runner.run(seqs, [counts[seq.seq_id] for seq in seqs])
+            logits = self.runner.run(seqs)
             self._tune_prefill_budget(step, time.perf_counter() - start)
             return logits
 
         seqs = step.seqs
-        if all(seq.num_cached + counts[seq.seq_id] == len(seq) for seq in seqs):
+        if all(seq.num_cached + seq.num_scheduled == len(seq) for seq in seqs):
             tokens = next_tokens(run, seqs)
         else:  # a prompt chunk that does not reach the prompt's end samples nothing (a prefill is one sequence)
             try:

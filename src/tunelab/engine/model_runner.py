@@ -63,9 +63,9 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], num_tokens: list[int] | None = None) -> torch.Tensor:
-        """Compute the K/V of the next `num_tokens[i]` tokens of each sequence (default: all it lacks); logits
-        [rows, vocab] (float32) at the last of them."""
-        num_tokens = num_tokens or [s.num_new_tokens for s in seqs]
+        """Compute the K/V of the next `num_tokens[i]` tokens of each sequence (default: what the scheduler set in
+        `num_scheduled`, else all it lacks); logits [rows, vocab] (float32) at the last of them."""
+        num_tokens = num_tokens or [s.num_scheduled or s.num_new_tokens for s in seqs]
         step = self._prepare(seqs, num_tokens)
         adapters = [s.adapter for s in seqs]
         ctx = contextlib.nullcontext()
@@ -77,8 +77,9 @@ class ModelRunner:
             hidden = self._hidden(step.input_ids, position_ids=step.position_ids, cache=step, attn_mask=step.masks)
             last = hidden[torch.arange(len(seqs), device=self.device), step.last_index]
             logits = self.model.lm_head(last)
-        for seq, n in zip(seqs, num_tokens):
+        for seq, n in zip(seqs, num_tokens):  # only on success: a failed step can be retried row by row
             seq.num_cached += n
+            seq.num_scheduled = 0
         return logits.float()
 
     # ------------------------------------------------------------------ helpers

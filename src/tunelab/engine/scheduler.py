@@ -67,7 +67,7 @@ class Scheduler:
             self.running.remove(seq)
         if seq in self.waiting:
             self.waiting.remove(seq)
-        self.blocks.release(seq)
+        self.blocks.release(seq, keep_cached=reason != "error")
 
     # ------------------------------------------------------------------ helpers
     def _prefill(self, budget: int) -> ScheduledStep | None:
@@ -82,7 +82,7 @@ class Scheduler:
             self.running.append(seq)
         if seq is None:
             return None
-        chunk = min(seq.num_new_tokens, max(1, budget))
+        chunk = seq.num_scheduled = min(seq.num_new_tokens, max(1, budget))
         self.blocks.commit(seq, seq.num_cached + chunk)
         return ScheduledStep([seq], [chunk], True)
 
@@ -99,6 +99,7 @@ class Scheduler:
             else:
                 self.blocks.grow(seq, len(seq) + 1)
                 self.blocks.commit(seq, len(seq))
+                seq.num_scheduled = 1
                 batch.append(seq)
         return batch
 
