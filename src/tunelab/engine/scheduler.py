@@ -4,7 +4,8 @@ Continuous batching, as in vLLM and nano-vllm, with chunked prefill. A step is e
 one sequence's uncomputed tokens (so no prompt is ever padded to another's length), or a *decode* step, one token for
 every running sequence whose prompt is done. While sequences are decoding, prefill and decode steps alternate and a
 prefill chunk is sized to cost about half a decode step (`prefill_budget`, which the engine sets from measured
-step times), so a long prompt being admitted keeps the running streams' time between tokens under 2x its usual value. With nothing
+step times), so a long prompt is admitted a chunk at a time between the running streams' tokens. (Chunks do not
+yet share a forward pass with the decodes, so the streams still slow down more than that: docs/benchmarks.md.) With nothing
 decoding, a chunk may take `max_num_batched_tokens`.
 
 A sequence is admitted (its KV blocks allocated for the whole prompt, minus what the prefix cache already holds) when
