@@ -24,7 +24,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Awaitable, Callable
 
-from tunelab.evals.providers import Completion, openai_logprobs
+from tunelab.evals.config import JudgeConfig
+from tunelab.evals.judges import Verdict
+from tunelab.evals.providers import Completion, ProviderError, openai_logprobs
 
 VERSION = 1
 
@@ -172,3 +174,45 @@ def methods_used(verdicts: list[GEvalVerdict]) -> str:
     for v in verdicts:
         counts[v.method] = counts.get(v.method, 0) + 1
     return "; ".join(f"{n} × {m}" for m, n in sorted(counts.items()))
+
+
+# ---- as an eval judge (`judges: - type: geval` in eval YAML) ---------------
+
+def config_for(judge: JudgeConfig, model: str) -> GEvalConfig:
+    """The eval YAML's geval judge: `rubric` is the criterion, `steps` the evaluation steps."""
+    return GEvalConfig(id=judge.id, base_url="", model=model, criteria=judge.rubric, steps=list(judge.steps or []),
+                       scale=tuple(judge.scale), task="a question and an assistant's answer to it",
+                       top_logprobs=judge.top_logprobs, n_samples=judge.n_samples)
+
+
+async def judge_eval_output(judge: JudgeConfig, model: str, complete: Callable[..., Awaitable[Completion]],
+                            question: str, answer: str, reference: Any | None) -> Verdict:
+    """One eval output's G-Eval verdict through a provider's `complete(messages, params)` (one choice per
+    call, so the fallback's n samples are n calls)."""
+    cfg = config_for(judge, model)
+    spent: list[Completion] = []
+
+    async def ask(messages: list[dict], params: dict[str, Any]) -> list[Completion]:
+        n = params.pop("n", 1)
+        got = list(await asyncio.gather(*(complete(messages, dict(params)) for _ in range(n))))
+        spent.extend(got)
+        return got
+    g = await geval_verdict(cfg, ask, geval_messages(cfg, question, answer, reference))
+    if g.method == "error":
+        raise ProviderError(g.error or "judge call failed")
+    v = Verdict(score=g.score, reasoning=_explained(g), raw=[c.text for c in spent],
+                prompt_tokens=sum(c.prompt_tokens or 0 for c in spent),
+                completion_tokens=sum(c.completion_tokens or 0 for c in spent))
+    if g.score is None:
+        v.parse_error = g.error or "no score token in the judge's answer"
+    elif judge.threshold is not None:
+        v.passed = g.score >= judge.threshold
+    return v
+
+
+def _explained(g: GEvalVerdict) -> str:
+    if g.probs:
+        return f"{g.method}: " + ", ".join(f"p({s})={p:.3f}" for s, p in g.probs.items())
+    if g.samples:
+        return f"{g.method}: " + " ".join(map(str, g.samples))
+    return g.method
