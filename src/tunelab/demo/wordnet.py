@@ -95,7 +95,7 @@ def split(synsets: list[Synset], held_out_per_label: int, train_per_label: int) 
     machine draws the same items.
     """
     by_label: dict[str, list[Synset]] = defaultdict(list)
-    for s in sorted(synsets, key=lambda s: _key(s.headword.lower())):
+    for s in sorted(synsets, key=lambda s: (_key(s.headword.lower()), s.offset)):
         by_label[s.category].append(s)
     held_out: list[Synset] = []
     for label in LABELS:
