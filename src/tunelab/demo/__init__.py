@@ -109,6 +109,10 @@ def run_demo(cfg: DemoConfig, console=None) -> dict:
     (cfg.folder / "ladder.json").write_text(json.dumps(summary, indent=2) + "\n")
     (cfg.folder / "ladder.md").write_text(table + "\n")
     console.print(f"report: {report.resolve()}")
+
+    # 7. Which automated score agrees with people: the human-judgment story goes here (the validation work
+    #    calls its `validation_story(console, db=str(db))` at this point), before the timing line.
+
     console.print(f"[dim]demo took {summary['seconds']:.0f} s. Rerun a step by hand: tunelab tune {files.tune}; "
                   f"tunelab eval {files.rungs['zero-shot']} --db {db}[/dim]")
     return summary

@@ -62,11 +62,13 @@ def write_task(folder: Path, data: Split, model: str, tune: TuneSettings, concur
     _write_jsonl(folder / "data" / "train.jsonl", train)
     _write_jsonl(folder / "data" / "held_out.jsonl",
                  [{"id": s.offset, "entry": s.entry, "reference": s.category} for s in data.held_out])
-    few_shot = yaml.safe_load(zero_shot_text)
-    few_shot["examples"] = [{"input": s.entry, "output": s.category} for s in few_shot_examples(data.train)]
+    examples = [{"input": s.entry, "output": s.category} for s in few_shot_examples(data.train)]
+    body = "\n".join(line for line in zero_shot_text.splitlines() if not line.startswith("#"))
     (folder / "prompts" / "few-shot.yaml").write_text(
-        "# Written by `make demo`: prompts/zero-shot.yaml plus one example per category from data/train.jsonl.\n"
-        + yaml.safe_dump(few_shot, sort_keys=False, width=120), encoding="utf-8")
+        "# Written by `make demo`: prompts/zero-shot.yaml plus one example per category from data/train.jsonl\n"
+        "# (each becomes a user turn and the assistant's answer before the entry to classify).\n"
+        + body + "\n" + yaml.safe_dump({"examples": examples}, sort_keys=False, width=120, allow_unicode=True),
+        encoding="utf-8")
 
     tune_cfg = {"model": model, "data": "data/train.jsonl", **vars(tune), "schedule": "cosine", "seed": 0}
     key = _digest(json.dumps(tune_cfg, sort_keys=True), (folder / "data" / "train.jsonl").read_bytes())
