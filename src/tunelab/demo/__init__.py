@@ -57,6 +57,7 @@ class DemoConfig:
 def run_demo(cfg: DemoConfig, console=None) -> dict:
     """The whole demo; returns what it printed as data (also written to demo/ladder.json)."""
     from rich.console import Console
+    from rich.markup import escape
 
     console = console or Console()
     started = time.perf_counter()
@@ -73,7 +74,7 @@ def run_demo(cfg: DemoConfig, console=None) -> dict:
         raise SystemExit(f"error: {exc}") from None
     files = write_task(cfg.folder, data, cfg.model, cfg.tune, cfg.concurrency)
     console.print(f"{len(data.train)} training and {len(data.held_out)} held-out entries (split by headword), "
-                  f"e.g. [italic]{data.held_out[0].entry}[/italic] -> {data.held_out[0].category}")
+                  f"e.g. [italic]{escape(data.held_out[0].entry)}[/italic] -> {data.held_out[0].category}")
     console.print(f"[dim]{LICENCE}[/dim]")
 
     console.rule("2/6 tunelab lint (the prompt files)")
@@ -128,7 +129,9 @@ def ladder_markdown(rungs: list[Rung], cfg: DemoConfig, tune_s: float) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rungs:
         here = machine_cost_per_1k(r, cfg.machine_price_per_hour)
-        name = r.name if r.name != "LoRA-tuned" else f"LoRA-tuned (tuning: {tune_s / 60:.1f} min)"
+        name = r.name
+        if r.name == "LoRA-tuned":  # the one-off price of the rung
+            name += f" (tuned once: {tune_s / 60:.1f} min, ${tune_s / 3600 * cfg.machine_price_per_hour:.4f})"
         lines.append("| " + " | ".join([
             name,
             "-" if r.quality is None else f"{100 * r.quality:.1f}% ({100 * r.ci_low:.1f}-{100 * r.ci_high:.1f}%)",
