@@ -89,7 +89,7 @@ def test_review_and_agree_from_an_eval_run(tmp_path):
         for i in range(6):
             for v in ("p1@m", "p2@m"):
                 outs.append(dict(item_id=f"q{i}", variant=v, prompt_id=v[:2], provider_id="m", repeat=0,
-                                 rendered_json=json.dumps([{"role": "user", "content": f"question {i}"}]),
+                                 rendered_json=json.dumps([{"role": "user", "content": f"{v[:2]} question {i}"}]),
                                  output=f"{v} says {i} {PAYLOAD}", error=None, prompt_tokens=1, completion_tokens=1,
                                  latency_s=0.1, cost=0.0, cached=0))
             verdicts.append(dict(judge_id="ab", kind="pairwise", item_id=f"q{i}", variant="p1@m", other_variant="p2@m",
@@ -100,6 +100,10 @@ def test_review_and_agree_from_an_eval_run(tmp_path):
         s.put_verdicts(run_id, verdicts)
     r = run("review", "create", "ab", "--run", run_id, "--pairwise", "p1@m", "p2@m", "--db", db)
     assert r.exit_code == 0, r.output
+    # Two prompts compared: each response keeps its own rendered input (Found 4).
+    from tunelab.review.store import ReviewStore
+    it = ReviewStore(db).item("ab", "q0")
+    assert (it.input, it.input_b) == ("p1 question 0", "p2 question 0")
     prefs = ["A", "B", "tie", "A", "B", "A"]  # the judge says A, B, tie, A, B, tie
     lines = "".join(json.dumps({"item_id": f"q{i}", "rater": rater, "dimension": "overall", "preference": p}) + "\n"
                     for i, p in enumerate(prefs) for rater in ("x", "y"))
@@ -109,3 +113,43 @@ def test_review_and_agree_from_an_eval_run(tmp_path):
     assert r.exit_code == 0, r.output
     judge = json.loads(r.output)["overall"]["automated"]["ab"]
     assert judge["kind"] == "pairwise" and judge["accuracy"]["value"] == 5 / 6
+
+
+def test_owner_commands_and_export_with_history(tmp_path):
+    from tunelab.review.store import Rating, ReviewStore
+
+    db = tmp_path / "t.db"
+    items = write_items(tmp_path / "items.jsonl", n=2)
+    guide = tmp_path / "guide.md"
+    guide.write_text("# Be kind\n")
+    r = run("review", "create", "t", "--from", items, "--dimensions", "tone", "--db", db)
+    assert r.exit_code == 2 and "--describe" in r.output
+    r = run("review", "create", "t", "--from", items, "--dimensions", "tone", "--describe", "tone=Is it friendly?",
+            "--guidelines", guide, "--deadline", "2030-01-01", "--raters-per-item", "1", "--db", db)
+    assert r.exit_code == 0, r.output
+    task = ReviewStore(db).task("t")
+    assert task.guidelines == "# Be kind\n" and task.descriptions == {"tone": "Is it friendly?"}
+    assert task.deadline == 1893456000.0
+    for who in ("alice", "bob"):
+        assert run("review", "add-rater", "t", who, "--db", db, "--expires-days", "2").exit_code == 0
+    assert run("review", "admin-link", "--base-url", "http://h:1", "--db", db).output.startswith("http://h:1/admin/signin/")
+    store = ReviewStore(db)
+    store.submit("t", [Rating("item0", "alice", "tone", 2.0, comment="=HYPERLINK(\"x\")")])
+    store.submit("t", [Rating("item0", "alice", "tone", 3.0, comment="@SUM(1)")])
+    store.skip("t", "item1", "alice")
+    r = run("review", "remove-rater", "t", "bob", "--db", db)
+    assert r.exit_code == 0 and "alice 2" in r.output, r.output
+    assert run("review", "deadline", "t", "none", "--db", db).exit_code == 0 and ReviewStore(db).task("t").deadline is None
+    latest = list(csv.DictReader(io.StringIO(run("review", "export", "t", "--db", db).output)))
+    assert [(x["item_id"], x["score"], x["comment"], x["state"]) for x in latest] == [
+        ("item0", "3", "'@SUM(1)", "rated"), ("item1", "", "", "skipped")]
+    out = tmp_path / "history.csv"
+    assert run("review", "export", "t", "--history", "-o", out, "--db", db).exit_code == 0
+    hist = list(csv.DictReader(out.open(newline="")))
+    assert [(x["score"], x["comment"], x["state"]) for x in hist] == [
+        ("2", "'=HYPERLINK(\"x\")", "replaced"), ("3", "'@SUM(1)", "rated"), ("", "", "skipped")]
+    # agree reads a full-history export as the latest answers only.
+    from tunelab.review import longformat
+    assert [(x.item_id, x.score) for x in longformat.load(out)] == [("item0", 3.0)]
+    r = run("review", "status", "t", "--db", db)
+    assert "bob (removed)" in r.output

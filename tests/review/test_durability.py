@@ -44,8 +44,10 @@ def test_ratings_survive_sigkill(make_task):
     proc = start_server(db, port)
     try:
         c = httpx.Client(base_url=base, follow_redirects=True)
-        page = c.get(f"/signin/{tokens['alice']}")
-        assert page.status_code == 200
+        assert c.get(f"/signin/{tokens['alice']}").status_code == 200  # confirmation page
+        page = c.post(f"/signin/{tokens['alice']}", headers={"Origin": base})
+        assert page.status_code == 200 and "Guidelines" in page.text
+        page = c.get("/rate/demo?begin=1")
         csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
         url = str(page.url)
         r = c.post(url, data={"dim_0": "3", "dim_1": "5", "comment": "keep me", "csrf": csrf, "action": "submit"})

@@ -21,3 +21,41 @@ def test_concurrent_first_open(tmp_path):
         for t in threads:
             t.join(30)
         assert not errors, errors
+
+
+def test_a_v1_database_is_migrated_and_keeps_working(tmp_path):
+    """Databases written before guidelines, flags and history keep their tasks, raters, ratings,
+    skips and sessions, and gain the new features."""
+    import sqlite3
+    import time
+
+    from tunelab.review.auth import hash_token
+    from tunelab.review.export import export_rows
+    from tunelab.review.schema import SCHEMA_V1
+    from tunelab.review.store import Rating
+
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    con.executescript(SCHEMA_V1)
+    now = time.time()
+    con.executescript(f"""
+        INSERT INTO review_meta VALUES ('schema_version', '1');
+        INSERT INTO review_tasks VALUES ('t', 'single', '["overall"]', 1, 5, 1, 'file:x', 'salt', {now});
+        INSERT INTO review_items VALUES ('t', 'a', 0, 'in a', 'out a', NULL, NULL, NULL);
+        INSERT INTO review_items VALUES ('t', 'b', 1, 'in b', 'out b', NULL, NULL, NULL);
+        INSERT INTO review_raters VALUES ('t', 'alice', '{hash_token("tok")}', {now});
+        INSERT INTO review_sessions VALUES ('{hash_token("sess")}', 't', 'alice', 'csrf', {now});
+        INSERT INTO review_assignments VALUES ('t', 'a', 'alice'), ('t', 'b', 'alice');
+        INSERT INTO review_ratings VALUES ('t', 'a', 'alice', 'overall', 4, NULL, 'old', {now});
+        INSERT INTO review_skips VALUES ('t', 'b', 'alice', {now});
+    """)
+    con.close()
+    store = ReviewStore(db)
+    assert [(r.item_id, r.score, r.comment) for r in store.ratings("t")] == [("a", 4.0, "old")]
+    assert store.session(hash_token("sess"))["rater"] == "alice"
+    assert store.use_link(hash_token("tok"), 5) == ("t", "alice")
+    assert [(r["item_id"], r["state"]) for r in export_rows(store, "t")] == [("a", "rated"), ("b", "skipped")]
+    store.submit("t", [Rating("a", "alice", "overall", 2.0)])
+    assert [r["state"] for r in export_rows(store, "t", history=True)] == ["replaced", "skipped", "rated"]
+    store.close()
+    assert ReviewStore(db).ratings("t")[0].score == 2.0  # reopening does not migrate twice

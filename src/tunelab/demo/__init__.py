@@ -12,6 +12,7 @@ Debian's wordnet-base) into eight categories, with the built-in SmolLM2-135M-Ins
 5. The ladder: accuracy with its 95% CI, per-request latency, tokens, cost per 1,000 items on this machine and on
    a hosted API, and the cheapest rung that clears the bar.
 6. `tunelab report`: the HTML report of the three runs.
+7. Which automated metric agrees with people, on the human ratings shipped with tunelab (`review.published`).
 
 Every step is a `tunelab` command on files left in demo/, so it can be rerun and changed by hand. A rerun reuses
 the adapter and the eval cache, so it takes seconds.
@@ -52,6 +53,7 @@ class DemoConfig:
     machine: str = MACHINE
     machine_price_per_hour: float = MACHINE_PRICE_PER_HOUR
     hosted: HostedPrice = HOSTED
+    validation: bool = True  # the human-judgment story at the end (tests of the ladder alone turn it off)
 
 
 def run_demo(cfg: DemoConfig, console=None) -> dict:
@@ -64,7 +66,7 @@ def run_demo(cfg: DemoConfig, console=None) -> dict:
     console.rule("[bold]tunelab demo: zero-shot -> few-shot -> LoRA on WordNet noun categories")
     console.print(f"model: {cfg.model}; machine: {cfg.machine}")
 
-    console.rule(f"1/6 data: WordNet 3.0 nouns from {cfg.wordnet}")
+    console.rule(f"1/7 data: WordNet 3.0 nouns from {cfg.wordnet}")
     try:
         data = split(read_synsets(cfg.wordnet), cfg.held_out_per_label, cfg.train_per_label)
     except FileNotFoundError:
@@ -77,17 +79,17 @@ def run_demo(cfg: DemoConfig, console=None) -> dict:
                   f"e.g. [italic]{escape(data.held_out[0].entry)}[/italic] -> {data.held_out[0].category}")
     console.print(f"[dim]{LICENCE}[/dim]")
 
-    console.rule("2/6 tunelab lint (the prompt files)")
+    console.rule("2/7 tunelab lint (the prompt files)")
     _tunelab(console, "lint", str(cfg.folder / "prompts"))
 
-    console.rule("3/6 tunelab tune (LoRA on the training split, zero-shot prompt)")
+    console.rule("3/7 tunelab tune (LoRA on the training split, zero-shot prompt)")
     if (files.adapter / "adapter_config.json").exists():
         console.print(f"reusing {files.adapter} (same model, data and settings)")
     else:
         _tunelab(console, "tune", str(files.tune))
     tune_s = json.loads((files.adapter / "train_summary.json").read_text())["wall_s"]
 
-    console.rule("4/6 tunelab eval, one run per rung, on the held-out set")
+    console.rule("4/7 tunelab eval, one run per rung, on the held-out set")
     db = cfg.folder / "tunelab.db"
     runs = {}
     for name, path in files.rungs.items():
@@ -95,13 +97,13 @@ def run_demo(cfg: DemoConfig, console=None) -> dict:
         runs[name] = _tunelab(console, "eval", str(path), "--db", str(db), capture=True).strip().splitlines()[-1]
         console.print(f"{name}: run {runs[name]} in {time.perf_counter() - t0:.0f} s")
 
-    console.rule("5/6 the ladder")
+    console.rule("5/7 the ladder")
     rungs = _rungs(db, runs, cfg.concurrency)
     best = good_enough(rungs, cfg.bar, cost=lambda r: machine_cost_per_1k(r, cfg.machine_price_per_hour))
     table = ladder_markdown(rungs, cfg, tune_s)
     _print_ladder(console, table, best, cfg)
 
-    console.rule("6/6 tunelab report")
+    console.rule("6/7 tunelab report")
     report = cfg.folder / "report.html"
     _tunelab(console, "report", *runs.values(), "--db", str(db), "-o", str(report), capture=True)
     summary = {"model": cfg.model, "machine": cfg.machine, "bar": cfg.bar, "runs": runs, "tune_seconds": tune_s,
@@ -111,10 +113,14 @@ def run_demo(cfg: DemoConfig, console=None) -> dict:
     (cfg.folder / "ladder.md").write_text(table + "\n")
     console.print(f"report: {report.resolve()}")
 
-    # 7. Which automated score agrees with people: the human-judgment story goes here (the validation work
-    #    calls its `validation_story(console, db=str(db))` at this point), before the timing line.
+    # 7. Which automated score agrees with people: offline, on the human ratings shipped with tunelab.
+    if cfg.validation:
+        from tunelab.review.published import validation_story
 
-    console.print(f"[dim]demo took {summary['seconds']:.0f} s. Rerun a step by hand: tunelab tune {files.tune}; "
+        console.rule("7/7 which metric agrees with people?")
+        validation_story(console, db=str(db))
+
+    console.print(f"[dim]demo took {time.perf_counter() - started:.0f} s. Rerun a step by hand: tunelab tune {files.tune}; "
                   f"tunelab eval {files.rungs['zero-shot']} --db {db}[/dim]")
     return summary
 

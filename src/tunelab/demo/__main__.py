@@ -27,6 +27,7 @@ def main(
     hosted_input_price: float = typer.Option(HOSTED.input_per_1m, help="Its list price, $ per 1M input tokens."),
     hosted_output_price: float = typer.Option(HOSTED.output_per_1m, help="Its list price, $ per 1M output tokens."),
     hosted_price_date: str = typer.Option(HOSTED.as_of, help="When that price was read."),
+    validation: bool = typer.Option(True, help="End with which metric agrees with people (shipped ratings)."),
 ) -> None:
     """The ladder (zero-shot -> few-shot -> LoRA) on WordNet noun categories, on this machine."""
     run_demo(DemoConfig(
@@ -34,6 +35,7 @@ def main(
         train_per_label=train_per_label, tune=TuneSettings(steps=steps, max_seq_len=max_seq_len), bar=bar, machine=machine,
         machine_price_per_hour=machine_price,
         hosted=HostedPrice(hosted_model, hosted_input_price, hosted_output_price, hosted_price_date),
+        validation=validation,
     ))  # fmt: skip
 
 

@@ -29,12 +29,16 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         raters_per_item: int = typer.Option(2, "--raters-per-item", help="K raters per item."),
         sample: Optional[int] = typer.Option(None, "--sample", help="Review a random sample of N items."),
         seed: int = typer.Option(0, "--seed", help="Seed for --sample."),
+        guidelines: Optional[Path] = typer.Option(None, "--guidelines", help="Markdown file of instructions, shown to raters before the first item."),
+        describe: list[str] = typer.Option([], "--describe", help="DIMENSION=what it asks (repeatable); required for dimensions without a built-in description."),
+        deadline: Optional[str] = typer.Option(None, "--deadline", help="ISO date or time (UTC) after which answers are closed."),
         db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
     ) -> None:
-        """Create a review task from an eval run or an items file."""
+        """Create a review task from an eval run or an items file (items may carry gold answers for calibration)."""
         from tunelab.review.runs import items_from_run
         from tunelab.review.store import ReviewStore
-        from tunelab.review.tasks import TaskSpec, create_task, load_items_jsonl, parse_dimensions, parse_scale
+        from tunelab.review.tasks import (TaskSpec, create_task, load_items_jsonl, parse_deadline,
+                                          parse_descriptions, parse_dimensions, parse_scale)
 
         def go():
             if (run is None) == (from_file is None):
@@ -45,8 +49,15 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             else:
                 items, source = load_items_jsonl(from_file), f"file:{from_file}"
             is_pair = bool(pairwise) or any(it.output_b is not None for it in items)
+            text = ""
+            if guidelines is not None:
+                try:
+                    text = guidelines.read_text(encoding="utf-8")
+                except OSError as exc:
+                    raise ReviewError(f"{guidelines}: cannot read guidelines: {exc.strerror}") from None
             spec = TaskSpec(name, parse_dimensions(dimensions), parse_scale(scale), raters_per_item, is_pair,
-                            sample, seed)
+                            sample, seed, text, parse_descriptions(describe),
+                            None if deadline is None else parse_deadline(deadline))
             store = ReviewStore(db)
             task = create_task(store, spec, items, source)
             n = len(store.items(name))
@@ -62,13 +73,61 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         name: str = typer.Argument(...),
         rater: str = typer.Argument(...),
         base_url: str = typer.Option("http://127.0.0.1:8100", "--base-url", help="Where `review serve` is reachable."),
+        expires_days: float = typer.Option(14.0, "--expires-days", help="The link expires after this many days."),
         db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
     ) -> None:
-        """Add a rater (or re-issue their link) and print their personal sign-in link."""
+        """Add a rater (or re-issue their link, ending their sessions) and print their personal sign-in link.
+        A link signs in at most 5 times; a signed-in browser clicking it again goes straight in."""
         from tunelab.review.auth import add_rater
         from tunelab.review.store import ReviewStore
 
-        _run(lambda: typer.echo(add_rater(ReviewStore(db), name, rater, base_url)))
+        _run(lambda: typer.echo(add_rater(ReviewStore(db), name, rater, base_url, expires_days)))
+
+    @review.command("remove-rater")
+    def remove_rater_cmd(
+        name: str = typer.Argument(...),
+        rater: str = typer.Argument(...),
+        db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
+    ) -> None:
+        """Remove a rater: their link and sessions end, their submitted answers stay, their open items go to others."""
+        from tunelab.review.store import ReviewStore
+        from tunelab.review.tasks import rebalance
+
+        def go():
+            store = ReviewStore(db)
+            store.remove_rater(name, rater)
+            loads = rebalance(store, name)
+            typer.echo(f"removed {rater!r} from {name!r}; items per rater now: "
+                       + (", ".join(f"{r} {n}" for r, n in sorted(loads.items())) or "none"))
+
+        _run(go)
+
+    @review.command("deadline")
+    def deadline_cmd(
+        name: str = typer.Argument(...),
+        when: str = typer.Argument(..., help="ISO date or time (UTC), or 'none' to lift it."),
+        db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
+    ) -> None:
+        """Set or lift the task's deadline; after it, answers are closed."""
+        from tunelab.review.store import ReviewStore
+        from tunelab.review.tasks import parse_deadline
+
+        def go():
+            ReviewStore(db).set_deadline(name, None if when == "none" else parse_deadline(when))
+            typer.echo(f"{name!r}: " + ("no deadline" if when == "none" else f"answers close at {when} (UTC unless given)"))
+
+        _run(go)
+
+    @review.command("admin-link")
+    def admin_link_cmd(
+        base_url: str = typer.Option("http://127.0.0.1:8100", "--base-url", help="Where `review serve` is reachable."),
+        db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
+    ) -> None:
+        """Print a single-use owner sign-in link (valid for an hour) for the dashboard."""
+        from tunelab.review.auth import admin_link
+        from tunelab.review.store import ReviewStore
+
+        _run(lambda: typer.echo(admin_link(ReviewStore(db), base_url)))
 
     @review.command("serve")
     def serve(
@@ -76,15 +135,18 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         host: str = typer.Option("127.0.0.1", "--host"),
         port: int = typer.Option(8100, "--port"),
     ) -> None:
-        """Serve the rating app. The admin token comes from $TUNELAB_REVIEW_ADMIN_TOKEN or is generated and printed."""
+        """Serve the rating app and print a single-use owner sign-in link. The JSON API's admin token
+        comes from $TUNELAB_REVIEW_ADMIN_TOKEN, or is generated and printed."""
         import uvicorn
 
         from tunelab.review.app import create_app
+        from tunelab.review.auth import admin_link
 
         token = os.environ.get("TUNELAB_REVIEW_ADMIN_TOKEN") or secrets.token_urlsafe(32)
-        if "TUNELAB_REVIEW_ADMIN_TOKEN" not in os.environ:
-            typer.echo(f"admin: http://{host}:{port}/admin/signin/{token}  (or header 'Authorization: Bearer {token}')")
         app_ = _run(lambda: create_app(db, token))
+        typer.echo(f"owner dashboard (link works once, for an hour): {admin_link(app_.state.store, f'http://{host}:{port}')}")
+        if "TUNELAB_REVIEW_ADMIN_TOKEN" not in os.environ:
+            typer.echo(f"admin API: header 'Authorization: Bearer {token}'")
         uvicorn.run(app_, host=host, port=port, log_level="warning")
 
     @review.command("status")
@@ -100,11 +162,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             store = ReviewStore(db)
             task = store.task(name)
             t = Table(title=f"{name}: {len(store.items(name))} items, {task.raters_per_item} raters per item")
-            for col in ("rater", "assigned", "rated", "skipped", "left"):
+            for col in ("rater", "assigned", "rated", "skipped", "flagged", "left"):
                 t.add_column(col)
             for p in progress(store, name):
-                t.add_row(p["rater"], str(p["assigned"]), str(p["rated"]), str(p["skipped"]),
-                          str(p["assigned"] - p["rated"] - p["skipped"]))
+                t.add_row(p["rater"] + ("" if p["active"] else " (removed)"), str(p["assigned"]), str(p["rated"]),
+                          str(p["skipped"]), str(p["flagged"]), str(p["left"]))
             Console().print(t)
 
         _run(go)
@@ -114,16 +176,16 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         name: str = typer.Argument(...),
         fmt: str = typer.Option("csv", "--format", help="csv or jsonl"),
         output: Optional[Path] = typer.Option(None, "-o", "--output", help="File to write (default: stdout)."),
+        history: bool = typer.Option(False, "--history", help="Every action, with earlier answers marked 'replaced'."),
         db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
     ) -> None:
-        """Ratings in long format: item_id, rater, dimension, score or preference, comment, timestamp."""
-        from tunelab.review import longformat
+        """Ratings in long format (item_id, rater, dimension, score or preference, comment, timestamp) plus
+        state (rated, skipped, flagged; with --history also replaced, unskipped, unflagged), reason and seconds."""
+        from tunelab.review.export import dumps, export_rows
         from tunelab.review.store import ReviewStore
 
         def go():
-            store = ReviewStore(db)
-            store.task(name)
-            text = longformat.dumps(store.ratings(name), fmt)
+            text = dumps(export_rows(ReviewStore(db), name, history), fmt)
             if output:
                 output.write_text(text, encoding="utf-8")
             else:
@@ -165,12 +227,29 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @app.command("agree")
     def agree(
-        source: str = typer.Argument(..., help="A review task name, or a long-format ratings file (CSV/JSONL)."),
+        source: Optional[str] = typer.Argument(None, help="A review task name, or a long-format ratings file "
+                                                          "(CSV/JSONL). Omit with --items/--ratings."),
         run: Optional[str] = typer.Option(None, "--run", help="Eval run whose metrics and judges to validate."),
         scores: Optional[Path] = typer.Option(None, "--scores", help="Automated scores file: item_id, metric, value."),
+        items: Optional[Path] = typer.Option(None, "--items", help="Imported judgments: ITEMS.jsonl with id, input_id, "
+                                                                   "system, output, reference(s)."),
+        ratings: Optional[Path] = typer.Option(None, "--ratings", help="Imported judgments: RATINGS.jsonl with "
+                                                                       "item_id, dimension, rater, score."),
+        metric: Optional[list[str]] = typer.Option(None, "--metric", help="A tunelab metric to compute on the items "
+                                                                          "(repeatable), e.g. rouge_l, embedding."),
+        level: Optional[list[str]] = typer.Option(None, "--level", help="item, input or system (repeatable; "
+                                                                        "default: all three)."),
+        references: Optional[str] = typer.Option(None, "--references", help="How reference-based metrics combine "
+                                                                             "several references: mean or max."),
+        judge_url: Optional[str] = typer.Option(None, "--judge-url", help="With --items: an OpenAI-compatible "
+                                                "endpoint; adds a G-Eval and a rubric judge per dimension."),
+        judge_model: str = typer.Option("", "--judge-model", help="Model name for --judge-url."),
+        judge_key_env: Optional[str] = typer.Option(None, "--judge-key-env", help="Environment variable holding "
+                                                                                  "the judge's API key."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
         output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write an HTML report with plots."),
-        n_boot: int = typer.Option(500, "--bootstrap", help="Bootstrap resamples for the 95% intervals."),
+        n_boot: Optional[int] = typer.Option(None, "--bootstrap", help="Bootstrap resamples for the 95% intervals "
+                                                                       "(default 1000 with --items, else 500)."),
         seed: int = typer.Option(0, "--seed"),
         pass_threshold: Optional[float] = typer.Option(None, "--pass-threshold",
                                                        help="Human mean >= this counts as a pass (default: scale midpoint)."),
@@ -182,29 +261,71 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         from tunelab.review.runs import scores_from_run
         from tunelab.review.store import ReviewStore
 
+        def imported():
+            from tunelab.review.imported import validate_files
+            from tunelab.review.levels import LEVELS, BootConfig
+
+            if source is not None or run is not None:
+                raise ReviewError("--items/--ratings take no task name and no --run")
+            if items is None or ratings is None:
+                raise ReviewError("give both --items ITEMS.jsonl and --ratings RATINGS.jsonl")
+            for lvl in level or []:
+                if lvl not in LEVELS:
+                    raise ReviewError(f"--level: expected item, input or system, got {lvl!r}")
+            config = BootConfig(n_boot=n_boot or 1000, seed=seed, levels=tuple(level or LEVELS))
+            judge = None
+            if judge_url:
+                judge = (judge_url, judge_model, os.environ.get(judge_key_env, "") if judge_key_env else "EMPTY")
+            report = validate_files(items, ratings, metric or [], scores, config, references=references, db=db,
+                                    judge=judge)
+            if as_json:
+                typer.echo(agreement_report.to_json(report))
+            else:
+                agreement_report.print_levels(report)
+            if output is not None:
+                agreement_report.write_levels_html(report, output)
+                if not as_json:
+                    typer.echo(f"wrote {output}")
+
         def go():
-            task = items = None
+            if items is not None or ratings is not None:
+                return imported()
+            if source is None:
+                raise ReviewError("give a review task or ratings file, or --items and --ratings")
+            if metric or level or references or judge_url:
+                raise ReviewError("--metric, --level, --references and --judge-url go with --items/--ratings")
+            task = items_ = None
             if Path(source).is_file():
-                ratings = longformat.load(source)
+                ratings_ = longformat.load(source)
             else:
                 store = ReviewStore(db)
                 task = store.task(source)
-                items = store.items(source)
-                ratings = store.ratings(source)
+                items_ = store.items(source)
+                ratings_ = store.ratings(source)
             auto = []
             if scores is not None:
                 auto += longformat.load_scores(scores)
             if run is not None:
-                auto += scores_from_run(db, run, task, items)
-            config = AgreementConfig(n_boot=n_boot, seed=seed, pass_threshold=pass_threshold,
+                auto += scores_from_run(db, run, task, items_)
+            config = AgreementConfig(n_boot=n_boot or 500, seed=seed, pass_threshold=pass_threshold,
                                      scale=(task.scale_min, task.scale_max) if task and not task.pairwise else None)
-            report = agreement(ratings, auto, config)
+            report = agreement(ratings_, auto, config)
+            levels = None
+            if task is not None and not task.pairwise:   # run-based tasks know each item's input and variant
+                from tunelab.review.imported import validate_review_task
+                from tunelab.review.levels import BootConfig
+
+                levels = validate_review_task(items_, ratings_, auto, BootConfig(n_boot=n_boot or 500, seed=seed))
+                for dim, r in report.items():
+                    r["levels"] = [x for x in (levels or {}).get("correlations", []) if x["dimension"] == dim]
             if as_json:
                 typer.echo(agreement_report.to_json(report))
             else:
                 agreement_report.print_tables(report)
+                if levels:
+                    agreement_report.print_levels(levels)
             if output is not None:
-                dims, vectors = plot_data(ratings, auto, config)
+                dims, vectors = plot_data(ratings_, auto, config)
                 agreement_report.write_html(report, output, dims, vectors)
                 if not as_json:
                     typer.echo(f"wrote {output}")

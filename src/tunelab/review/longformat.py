@@ -40,7 +40,8 @@ def load(path: str | Path) -> list[Rating]:
     """Read a long-format CSV or JSONL file (chosen by extension; .jsonl/.json else CSV)."""
     path = Path(path)
     records = _records(path, "ratings", required_columns={"item_id", "rater", "dimension"})
-    return [_rating(path, n, obj) for n, obj in records]
+    # A review export also holds skips, flags and replaced answers (column `state`): only `rated` rows are judgements.
+    return [_rating(path, n, obj) for n, obj in records if obj.get("state") in (None, "", "rated")]
 
 
 def _records(path: Path, what: str, required_columns: set[str] = frozenset()) -> list[tuple[int, dict]]:

@@ -30,7 +30,8 @@ def items_from_run(db: str | Path, run_id: str, pairwise: tuple[str, str] | None
             raise ReviewError(f"--pairwise: run {run_id} has no variant {missing[0]!r} "
                               f"(variants: {', '.join(variants)})")
         a, b = pairwise
-        return run_id, [Item(i, _input(v[a]), v[a].output, v[b].output, a, b)
+        # Comparing two prompts: each response answered its own rendered prompt, and the rater must see both.
+        return run_id, [Item(i, _input(v[a]), v[a].output, v[b].output, a, b, input_b=_input(v[b]))
                         for i, v in by_item.items() if a in v and b in v]
     items = []
     for i, v in by_item.items():

@@ -44,6 +44,10 @@ class TuneResult:
     peak_memory_bytes: int
     train_loss: float | None
     val_loss: float | None
+    # Rows trained on and held out: `val_fraction` takes its rows from --data, so the two are
+    # reported apart rather than as one "rows" figure that hides the split.
+    train_rows: int = 0
+    val_rows: int = 0
 
 
 def tune(config: TuneConfig, progress: bool = True, console=None) -> TuneResult:
@@ -152,9 +156,9 @@ def tune(config: TuneConfig, progress: bool = True, console=None) -> TuneResult:
     if main:
         save_adapter(model, out)
     result = TuneResult(out, step, counts.trainable, counts.total, tokens_seen, time.perf_counter() - t_start,
-                        _peak_memory(device), last_loss, val_loss)  # fmt: skip
+                        _peak_memory(device), last_loss, val_loss, len(train_set), len(val_set))  # fmt: skip
     if main:
-        summary = {**result.__dict__, "out": str(out), "rows": stats.rows, "truncated": stats.truncated,
+        summary = {**result.__dict__, "out": str(out), "rows_read": stats.rows, "truncated": stats.truncated,
                    "dropped": stats.dropped, "trainable_percent": 100 * counts.trainable / counts.total}  # fmt: skip
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if world > 1:
