@@ -13,7 +13,7 @@ import torch
 import uvicorn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-peft = pytest.importorskip("peft")
+import peft  # noqa: E402  (a test dependency: missing, it must fail loudly, not skip)
 
 from tunelab.engine import LLM, AsyncLLM  # noqa: E402
 from tunelab.serve import create_app  # noqa: E402
