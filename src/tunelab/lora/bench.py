@@ -49,6 +49,7 @@ def run(size: str = "default", iters: int = 5, warmup: int = 2, rank: int = 16, 
     import transformers
 
     from tunelab.lora import add, inject, merge_and_unload, per_row_adapters, set_active
+    from tunelab.lora.injection import lora_layers
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     hidden, inter, layers, heads, vocab, batch, seq = SIZES[size]
@@ -103,9 +104,8 @@ def run(size: str = "default", iters: int = 5, warmup: int = 2, rank: int = 16, 
             mixed(input_ids=ids)
 
     def mixed_cold():
-        for module in mixed.modules():
-            if hasattr(module, "_mixed_cache"):
-                module._mixed_cache = None
+        for _, layer in lora_layers(mixed):
+            layer.clear_mixed_cache()
         mixed_forward()
 
     with torch.no_grad():
