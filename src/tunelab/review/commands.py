@@ -107,14 +107,8 @@ def create_command(
         else:
             items, source = load_items_jsonl(from_file), f"file:{from_file}"
         is_pair = bool(pairwise) or any(it.output_b is not None for it in items)
-        text = ""
-        if guidelines is not None:
-            try:
-                text = guidelines.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ReviewError(f"{guidelines}: cannot read guidelines: {exc.strerror}") from None
         spec = TaskSpec(name, parse_dimensions(dimensions), parse_scale(scale), raters_per_item, is_pair,
-                        sample, seed, text, parse_descriptions(describe),
+                        sample, seed, _guidelines_text(guidelines), parse_descriptions(describe),
                         None if deadline is None else parse_deadline(deadline))
         store = ReviewStore(db)
         task = create_task(store, spec, items, source)
@@ -282,6 +276,15 @@ def import_command(
         typer.echo(f"imported {len(rows)} ratings into {name!r}")
 
     _run(go)
+
+def _guidelines_text(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ReviewError(f"{path}: cannot read guidelines: {exc.strerror}") from None
+
 
 def _run(fn):
     try:
