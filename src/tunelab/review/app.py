@@ -106,15 +106,11 @@ def signin_page(token: str, request: Request):
 
 @signin_router.post("/signin/{token}")
 def signin(token: str, request: Request):
-    if not same_origin(request):
-        return error(request, "Sign in from the page your link opens.", 403)
-    got = request.app.state.auth.sign_in_rater(token)
-    if got is None:
-        return error(request, BAD_LINK, 401)
+    got = request.app.state.auth.sign_in_rater(token) if same_origin(request) else False
+    if not got:
+        return _refused(request, got, BAD_LINK)
     session, task, _ = got
-    resp = RedirectResponse(f"/rate/{quote(task, safe='')}", status_code=303)
-    set_cookie(resp, request, session_cookie(task), session, SESSION_S)
-    return resp
+    return _signed_in(request, f"/rate/{quote(task, safe='')}", session_cookie(task), session, SESSION_S)
 
 
 @signin_router.get("/admin/signin/{link}")
@@ -126,13 +122,22 @@ def admin_signin_page(link: str, request: Request):
 
 @signin_router.post("/admin/signin/{link}")
 def admin_signin(link: str, request: Request):
-    if not same_origin(request):
+    session = request.app.state.auth.sign_in_admin(link) if same_origin(request) else False
+    if not session:
+        return _refused(request, session, BAD_ADMIN_LINK)
+    return _signed_in(request, "/admin", ADMIN_COOKIE, session, ADMIN_SESSION_S)
+
+
+def _refused(request: Request, got: None | bool, bad_link: str) -> Response:
+    """False: the POST came from another site (login CSRF); None: the link is spent, expired or unknown."""
+    if got is False:
         return error(request, "Sign in from the page your link opens.", 403)
-    session = request.app.state.auth.sign_in_admin(link)
-    if session is None:
-        return error(request, BAD_ADMIN_LINK, 401)
-    resp = RedirectResponse("/admin", status_code=303)
-    set_cookie(resp, request, ADMIN_COOKIE, session, ADMIN_SESSION_S)
+    return error(request, bad_link, 401)
+
+
+def _signed_in(request: Request, location: str, cookie: str, session: str, max_age: int) -> Response:
+    resp = RedirectResponse(location, status_code=303)
+    set_cookie(resp, request, cookie, session, max_age)
     return resp
 
 
