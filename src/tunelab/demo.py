@@ -165,6 +165,8 @@ def run_ladder(path: Path, console) -> None:
              "--rung", "LoRA-tuned=zero-shot@lora")  # fmt: skip
     console.print("[dim]Rerun any step by hand: tunelab tune demo/tune.yaml; tunelab eval demo/ladder.yaml "
                   "--db demo/tunelab.db; tunelab report latest --db demo/tunelab.db -o demo/report.html[/dim]")
+    from tunelab.review.published import validation_story  # 7. which metric agrees with people (offline)
+    validation_story(console, db=db)
 
 
 def _tunelab(*args: str) -> None:

@@ -17,6 +17,15 @@ def answer(body: dict[str, Any]) -> str:
     on purpose), a judge-style reply for judge prompts."""
     system = body["messages"][0]["content"] if body["messages"][0]["role"] == "system" else ""
     last = body["messages"][-1]["content"]
+    if body.get("response_format"):  # a judge asking for structured output gets the schema's JSON
+        props = body["response_format"]["json_schema"]["schema"]["properties"]
+        if "winner" in props:
+            plain = answer(dict(body, response_format=None, messages=[
+                {"role": "system", "content": "[[A]]"}, *body["messages"][1:]]))
+            return json.dumps({"reasoning": "compared", "winner": plain.split("[[")[-1][0]})
+        good = "Paris" in last.split("[Assistant's answer]")[1]
+        return json.dumps({"reasoning": "matches the reference" if good else "not the reference",
+                           "score": 9 if good else 2})
     if "[[A]]" in system:  # pairwise judge: prefers the answer that says Paris/Berlin/Rome correctly
         a = last.split("[Assistant A's answer]")[1].split("[Assistant B's answer]")[0]
         b = last.split("[Assistant B's answer]")[1]

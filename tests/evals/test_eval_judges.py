@@ -100,7 +100,15 @@ def test_judges_in_a_run(tmp_path, server, dataset):
     assert rows[("fr", "vague")].judges["pref"]["score"] == 0.0
     assert rows[("sp", "zero-shot")].judges["pref"]["winner"] == "tie"   # Barcelona: neither correct
     # reference-guided: the rubric prompt carried the row's reference
-    rubric_requests = [r for r in server.requests if "Score: N" in r["messages"][-1]["content"]]
+    rubric_requests = [r for r in server.requests if "[Assistant's answer]" in r["messages"][-1]["content"]]
+    # an OpenAI-compatible judge is asked for structured output: a JSON schema its reply validates against
+    import jsonschema
+
+    schema = rubric_requests[0]["response_format"]["json_schema"]["schema"]
+    jsonschema.validate({"reasoning": "x", "score": 9}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"reasoning": "x", "score": 11}, schema)
+    assert list(schema["properties"]) == ["reasoning", "score"]   # reasoning is written before the score
     assert any("[Reference answer]\nParis" in r["messages"][-1]["content"] for r in rubric_requests)
     assert fr.judges["quality"]["prompt_tokens"] > 0
     server.reset()

@@ -64,7 +64,13 @@ def test_ladder_command_on_a_real_run(tmp_path, server, dataset):
     table = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert "Good enough: plain" in table.stdout
     bad = subprocess.run(args[:-4] + ["--rung", "x=a@b"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "rung 'x': no results for variant 'a@b'" in bad.stderr
+    assert bad.returncode == 2 and "--rung x 'a@b': run" in bad.stderr
+    assert "has no such variant (it has: vague@small, zero-shot@small)" in bad.stderr
+    # an unknown metric is an error naming what the run has, not a "-" and "No rung reaches"
+    args_metric = [a if a != "exact_match" else "accuracy" for a in args]
+    bad = subprocess.run(args_metric, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--metric 'accuracy'" in bad.stderr
+    assert "metrics: exact_match, regex; judges: none" in bad.stderr
     bad = subprocess.run(args[:-4] + ["--rung", "oops"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "expected NAME=PROMPT@PROVIDER" in bad.stderr
 

@@ -36,8 +36,26 @@ def test_bleu_and_chrf_equal_sacrebleu_sentence_scores():
     for out, ref in PAIRS:
         assert score("bleu", out, ref) == sacrebleu.sentence_bleu(out, [ref]).score
         assert score("chrf", out, ref) == sacrebleu.sentence_chrf(out, [ref]).score
-    refs = ["The cat sat.", "A cat was sitting."]
-    assert score("bleu", "The cat sat.", refs) == sacrebleu.sentence_bleu("The cat sat.", refs).score
+
+
+
+def test_several_references_aggregate_by_mean_or_max():
+    refs = ["The cat sat.", "A cat was sitting on the mat."]
+    each = [sacrebleu.sentence_bleu("The cat sat.", [r]).score for r in refs]
+    assert score("bleu", "The cat sat.", refs) == pytest.approx(sum(each) / 2)
+    assert score("bleu", "The cat sat.", refs, multi_reference="max") == max(each)
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    rl = [scorer.score(r, "the cat sat")["rougeL"].fmeasure for r in refs]
+    assert score("rouge_l", "the cat sat", refs) == pytest.approx(sum(rl) / 2)
+    assert score("rouge_l", "the cat sat", refs, multi_reference="max") == max(rl)
+    # A list of acceptable answers: any one matching is a match, unless told to average.
+    assert score("exact_match", "rome", ["Roma", "Rome"]) == 1.0
+    assert score("exact_match", "rome", ["Roma", "Rome"], multi_reference="mean") == 0.5
+    m = Metric(MetricConfig(name="rouge_l", options={"multi_reference": "max"}))
+    assert m.multi_reference == "max" and m.describe() == "rouge_l (refs: max)"
+    assert Metric(MetricConfig(name="length")).multi_reference is None
+    with pytest.raises(EvalError, match=r"m\[0\]\.multi_reference: expected 'mean' or 'max'"):
+        check_metric(MetricConfig(name="bleu", options={"multi_reference": "median"}), where="m[0]")
 
 
 def test_reference_metrics_skip_rows_without_reference():
@@ -91,3 +109,15 @@ def test_metric_config_errors_name_the_field():
         check_metric(MetricConfig(name="regex"), where="m[0]")
     with pytest.raises(EvalError, match=r"m\[0\]\.path: expected 'file.py:function'"):
         check_metric(MetricConfig(name="python", options={"path": "x.py"}), where="m[0]")
+
+
+def test_rouge_l_beta_and_whitespace_tokens_follow_the_coco_caption_formula():
+    # coco-caption's ROUGE-L: LCS precision P and recall R on whitespace tokens, F = (1+b²)PR / (R + b²P), b = 1.2.
+    out, ref = "i do n't think so , sadly", "i think so too , sadly ."
+    c, r = out.split(), ref.split()
+    lcs = 5  # i think so , sadly
+    p, rec = lcs / len(c), lcs / len(r)
+    expected = (1 + 1.44) * p * rec / (rec + 1.44 * p)
+    assert score("rouge_l", out, ref, beta=1.2, tokenize="whitespace") == pytest.approx(expected)
+    with pytest.raises(EvalError, match=r"m\[0\]\.tokenize: expected"):
+        check_metric(MetricConfig(name="rouge_l", options={"tokenize": "nltk"}), where="m[0]")

@@ -105,9 +105,15 @@ def test_refused_connection_is_recorded_not_raised(tmp_path, server, dataset):
 def test_missing_variable_names_file_line_variable_and_calls_nothing(tmp_path, server):
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps({"country": "France"}) + "\n\n" + json.dumps({"nation": "Peru"}) + "\n")
-    with pytest.raises(EvalError, match=r"data\.jsonl:3: .*no variable 'country'"):
+    with pytest.raises(EvalError, match=r"data\.jsonl:3: .*no variable 'country'") as err:
         run_eval(make_config(tmp_path, server), tmp_path / "r.db")
     assert server.calls == 0
+    # the hint points at the data, not at `tunelab prompt render`'s --var flag
+    assert "add 'country' to every dataset row" in str(err.value) and "--var" not in str(err.value)
+    (tmp_path / "capital.prompt").write_text("Country: {{ country }}\n")
+    with pytest.raises(EvalError, match=r"data\.jsonl:3: .*'country' is undefined") as err:
+        run_eval(make_config(tmp_path, server, prompts=[{"id": "f", "file": "capital.prompt"}]), tmp_path / "r.db")
+    assert "add 'country' to every dataset row" in str(err.value) and "--var" not in str(err.value)
 
 
 def test_csv_dataset_and_messages_prompt(tmp_path, server):

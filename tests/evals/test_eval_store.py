@@ -102,3 +102,26 @@ def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):
         for t in threads:
             t.join(30)
         assert not errors, errors
+
+
+def test_v1_database_migrates_and_its_stuck_running_run_reads_interrupted(tmp_path):
+    """A database written before v2 keeps its rows; a run left `running` by a killed v1 eval (no owner
+    recorded) is shown as interrupted, so it can be resumed or pruned."""
+    from tunelab.evals.store import MIGRATIONS, _statements
+
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    for statement in _statements(MIGRATIONS[0]):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO runs (id, created_at, status, config_json) VALUES ('old', 1.0, 'running', '{}')")
+    conn.execute("INSERT INTO verdicts (run_id, judge_id, kind, item_id, variant, repeat, parse_error) "
+                 "VALUES ('old', 'q', 'rubric', 'a', 'p@m', 0, 'unparseable')")
+    conn.commit()
+    conn.close()
+    with Store(db) as store:
+        assert store.schema_version == SCHEMA_VERSION == 2
+        (run,) = store.runs()
+        assert (run.id, run.status, run.n_verdicts, run.n_parse_failures) == ("old", "interrupted", 1, 1)
+    columns = {r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(verdicts)")}
+    assert {"error", "key"} <= columns

@@ -133,3 +133,47 @@ def test_degenerate_input_gives_nulls_not_errors():
     assert q["percent_agreement"]["value"] == 1.0
     assert q["cohen_kappa"] == {}  # one shared item: kappa undefined
     assert q["krippendorff_alpha"]["nominal"] == {"value": None, "ci_low": None, "ci_high": None}
+
+
+def test_verdicts_compare_intervals_and_name_negative_and_constant_metrics():
+    from tunelab.review.agreement import verdict
+
+    ceiling = {"value": 0.15, "ci_low": -0.75, "ci_high": 0.77}
+    # The case: -0.08 [-0.84, 0.83] against a ceiling of 0.15 is no agreement at all.
+    assert verdict("spearman", {"value": -0.08, "ci_low": -0.84, "ci_high": 0.83}, ceiling).startswith(
+        "no reliable agreement with humans: the interval includes zero")
+    assert verdict("cohen_kappa", {"value": -0.4, "ci_low": -0.7, "ci_high": -0.1}, ceiling).startswith(
+        "disagrees with humans: the agreement is negative")
+    strong = {"value": 0.8, "ci_low": 0.7, "ci_high": 0.9}
+    assert verdict("spearman", {"value": 0.3, "ci_low": 0.1, "ci_high": 0.5}, strong).startswith(
+        "agrees with humans, but credibly less than humans agree with each other")
+    assert verdict("spearman", {"value": 0.6, "ci_low": 0.4, "ci_high": 0.75}, strong).startswith(
+        "agrees with humans about as well as humans agree with each other")
+
+
+def test_a_constant_metric_is_called_constant(noisy):
+    _, m = noisy
+    ratings = _ratings(m, ["ann", "bob", "cy"])
+    flat = [AutoScore(f"i{i}", "exact_match", 0.0) for i in range(len(m))]
+    got = agreement(ratings, flat, FAST)["q"]["automated"]["exact_match"]["verdict"]
+    assert got == "cannot be judged: the automated score is constant on these items (every value 0)"
+
+
+def test_vectorised_kappa_and_accuracy_equal_sklearn_on_each_resample():
+    from tunelab.review.agreement import accuracy_w, kappa_w
+
+    rng = np.random.default_rng(11)
+    a = rng.integers(1, 6, 40).astype(float)
+    b = np.clip(a + rng.integers(-1, 2, 40), 1, 5).astype(float)
+    a[3], b[7] = np.nan, np.nan                     # unrated items drop out
+    W = rng.multinomial(40, np.full(40, 1 / 40), size=6).astype(float)
+    ok = ~np.isnan(a) & ~np.isnan(b)
+    for name, w in (("unweighted", None), ("linear", "linear"), ("quadratic", "quadratic")):
+        got = kappa_w(a, b, [1, 2, 3, 4, 5], w, W)
+        for r in range(6):
+            aa, bb = np.repeat(a[ok], W[r, ok].astype(int)), np.repeat(b[ok], W[r, ok].astype(int))
+            assert got[r] == pytest.approx(cohen_kappa_score(aa, bb, labels=[1, 2, 3, 4, 5], weights=w), abs=1e-12)
+    acc = accuracy_w(a, b, W)
+    for r in range(6):
+        aa, bb = np.repeat(a[ok], W[r, ok].astype(int)), np.repeat(b[ok], W[r, ok].astype(int))
+        assert acc[r] == pytest.approx(accuracy_score(aa, bb))

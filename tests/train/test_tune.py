@@ -177,3 +177,11 @@ def test_gradient_checkpointing_and_packing_give_the_same_update(tiny_checkpoint
         got = _adapter(tmp_path / other)
         for key in plain:
             assert torch.allclose(plain[key], got[key], atol=1e-5), (other, key, (plain[key] - got[key]).abs().max())
+
+
+def test_summary_counts_train_and_validation_rows_apart(tiny_checkpoint, qa_data, tmp_path):
+    """`val_fraction` takes its rows out of --data: 24 rows at 0.25 are 18 to train on and 6 held out."""
+    result = _run(tiny_checkpoint, qa_data, tmp_path / "out", steps=1, val_fraction=0.25)
+    assert (result.train_rows, result.val_rows) == (18, 6)
+    summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
+    assert (summary["rows_read"], summary["train_rows"], summary["val_rows"]) == (24, 18, 6)

@@ -25,6 +25,9 @@ class PromptConfig:
     template: str | None = None
     messages: list[dict[str, str]] | None = None
     file: str | None = None
+    # Sampling params this prompt needs (stop sequences, max_tokens, ...). They override the
+    # provider's, and a prompt file's own `params:` sit between the two (see effective_params).
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -51,6 +54,9 @@ class ProviderConfig:
     # False: completion style, the prompt text exactly as rendered (base models;
     # OpenAI's /v1/completions). True: chat, and an error if there is no template.
     chat: bool | None = None
+    # Ask judges on this provider for JSON-schema structured output (`response_format`).
+    # None: on for `openai` endpoints, and for `tunelab` when its engine supports it.
+    structured_output: bool | None = None
 
 
 @dataclass
@@ -76,6 +82,9 @@ class JudgeConfig:
     threshold: float | None = None
     compare: list[str] | None = None  # pairwise: two prompt ids, provider ids or variant ids
     params: dict[str, Any] = field(default_factory=lambda: {"temperature": 0, "max_tokens": 512})
+    variants: list[str] | None = None  # glob patterns over variant ids ("*@lora"); None: every variant
+    # More unparseable verdicts than this share flags the judge loudly (CLI, report, ladder).
+    max_parse_failure_rate: float = 0.2
 
 
 @dataclass
@@ -95,6 +104,8 @@ class EvalConfig:
     providers: list[ProviderConfig]
     metrics: list[MetricConfig] = field(default_factory=list)
     judges: list[JudgeConfig] = field(default_factory=list)
+    # Which prompt @ provider pairs run: glob patterns over variant ids; None runs every pair.
+    variants: list[str] | None = None
     description: str = ""
     repeat: int = 1
     concurrency: int = 8
@@ -110,8 +121,9 @@ class EvalConfig:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "description": self.description, "dataset": self.dataset,
-            "prompts": [_drop_none({"id": p.id, "template": p.template, "messages": p.messages, "file": p.file})
-                        for p in self.prompts],
+            "prompts": [_drop_none({"id": p.id, "template": p.template, "messages": p.messages, "file": p.file,
+                                    "params": p.params or None}) for p in self.prompts],
+            "variants": self.variants,
             "providers": [], "metrics": [], "judges": [],
             "repeat": self.repeat, "concurrency": self.concurrency,
             "retry": {"max_retries": self.retry.max_retries, "backoff_s": self.retry.backoff_s,
@@ -120,6 +132,7 @@ class EvalConfig:
         for p in self.providers:
             d = {"id": p.id, "type": p.type, "model": p.model, "base_url": p.base_url, "api_key_env": p.api_key_env,
                  "params": p.params, "adapter": p.adapter, "judge_only": p.judge_only or None, "chat": p.chat,
+                 "structured_output": p.structured_output,
                  "price": None if p.price is None else {"input_per_1m": p.price.input_per_1m,
                                                         "output_per_1m": p.price.output_per_1m}}
             out["providers"].append(_drop_none(d))
@@ -128,18 +141,36 @@ class EvalConfig:
         for j in self.judges:
             out["judges"].append(_drop_none({"id": j.id, "type": j.type, "provider": j.provider, "rubric": j.rubric,
                                              "scale": list(j.scale), "threshold": j.threshold, "compare": j.compare,
-                                             "params": j.params}))
-        return out
+                                             "params": j.params, "variants": j.variants,
+                                             "max_parse_failure_rate": j.max_parse_failure_rate}))
+        return _drop_none(out)
 
     def resolve(self, path: str) -> Path:
         p = Path(path)
         return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def all_variants(self) -> list[str]:
+        """Every prompt @ evaluated provider, prompt-major."""
+        return [variant_id(pr.id, pv.id) for pr in self.prompts for pv in self.providers if not pv.judge_only]
+
+    def selected_variants(self) -> list[str]:
+        """The variants this eval runs (`variants:` patterns, else all)."""
+        from tunelab.evals.selection import matching  # late: selection is a leaf, but keep config import-light
+
+        return matching(self.variants, self.all_variants(), f"{self.source}: variants")
+
+    def prompt(self, prompt_id: str) -> PromptConfig:
+        return next(p for p in self.prompts if p.id == prompt_id)
 
     def provider(self, provider_id: str) -> ProviderConfig:
         for p in self.providers:
             if p.id == provider_id:
                 return p
         raise EvalError(f"{self.source}: no provider with id {provider_id!r}")
+
+
+def variant_id(prompt_id: str, provider_id: str) -> str:
+    return f"{prompt_id}@{provider_id}"
 
 
 def load_config(path: str | Path) -> EvalConfig:
@@ -157,7 +188,8 @@ def load_config(path: str | Path) -> EvalConfig:
 
 # ---- parsing ---------------------------------------------------------------
 
-_TOP_KEYS = {"description", "dataset", "prompts", "providers", "metrics", "judges", "repeat", "concurrency", "retry"}
+_TOP_KEYS = {"description", "dataset", "prompts", "providers", "metrics", "judges", "repeat", "concurrency", "retry",
+             "variants"}
 
 
 def _parse(data: Any, src: str, base_dir: str) -> EvalConfig:
@@ -183,6 +215,7 @@ def _parse(data: Any, src: str, base_dir: str) -> EvalConfig:
     retry.max_retries = int(retry.max_retries)
     cfg = EvalConfig(
         dataset=dataset, prompts=prompts, providers=providers, metrics=metrics, judges=judges,
+        variants=_patterns(data, "variants", src, ""),
         description=str(data.get("description") or ""), repeat=int(_number(data, "repeat", src, "", 1)),
         concurrency=int(_number(data, "concurrency", src, "", 8)), retry=retry, base_dir=base_dir, source=src,
     )
@@ -226,6 +259,14 @@ def validate(cfg: EvalConfig) -> None:
                     raise EvalError(f"{src}: judges[{i}].compare: {name!r} is neither a prompt nor a provider id")
         elif j.type != "rubric":
             raise EvalError(f"{src}: judges[{i}].type: expected 'rubric' or 'pairwise', got {j.type!r}")
+    selected = cfg.selected_variants()
+    for i, j in enumerate(cfg.judges):
+        if j.variants is not None:
+            from tunelab.evals.selection import matching
+
+            matching(j.variants, selected, f"{src}: judges[{i}].variants")
+        if not 0 <= j.max_parse_failure_rate <= 1:
+            raise EvalError(f"{src}: judges[{i}].max_parse_failure_rate: expected a share between 0 and 1")
     from tunelab.evals.metrics import check_metric  # late: metrics imports config
 
     for i, m in enumerate(cfg.metrics):
@@ -234,7 +275,7 @@ def validate(cfg: EvalConfig) -> None:
 
 def _prompt(d: Any, src: str, where: str) -> PromptConfig:
     d = _mapping(d, src, where, "{id, template | messages | file}")
-    _no_unknown(d, {"id", "template", "messages", "file"}, src, where + ".")
+    _no_unknown(d, {"id", "template", "messages", "file", "params"}, src, where + ".")
     given = [k for k in ("template", "messages", "file") if d.get(k) is not None]
     if len(given) != 1:
         raise EvalError(f"{src}: {where}: give exactly one of template, messages, file (got {given or 'none'})")
@@ -243,14 +284,17 @@ def _prompt(d: Any, src: str, where: str) -> PromptConfig:
         if not isinstance(messages, list) or not all(isinstance(m, dict) and {"role", "content"} <= m.keys()
                                                        for m in messages):
             raise EvalError(f"{src}: {where}.messages: expected a list of {{role, content}} mappings")
+    params = d.get("params") or {}
+    if not isinstance(params, dict):
+        raise EvalError(f"{src}: {where}.params: expected a mapping (temperature, max_tokens, stop, ...)")
     return PromptConfig(id=str(_required(d, "id", src, where)), template=d.get("template"), messages=messages,
-                        file=d.get("file"))
+                        file=d.get("file"), params=params)
 
 
 def _provider(d: Any, src: str, where: str) -> ProviderConfig:
     d = _mapping(d, src, where, "{id, type, model, ...}")
-    _no_unknown(d, {"id", "type", "model", "base_url", "api_key_env", "params", "price", "adapter", "judge_only", "chat"},
-                src, where + ".")
+    _no_unknown(d, {"id", "type", "model", "base_url", "api_key_env", "params", "price", "adapter", "judge_only", "chat",
+                    "structured_output"}, src, where + ".")
     ptype = d.get("type", "openai")
     if ptype not in ("openai", "tunelab"):
         raise EvalError(f"{src}: {where}.type: expected 'openai' or 'tunelab', got {ptype!r}")
@@ -267,7 +311,8 @@ def _provider(d: Any, src: str, where: str) -> ProviderConfig:
     return ProviderConfig(id=str(_required(d, "id", src, where)), type=ptype, model=str(_required(d, "model", src, where)),
                           base_url=d.get("base_url"), api_key_env=d.get("api_key_env"), params=params, price=price,
                           adapter=d.get("adapter"), judge_only=bool(d.get("judge_only", False)),
-                          chat=_optional_bool(d, "chat", src, where))
+                          chat=_optional_bool(d, "chat", src, where),
+                          structured_output=_optional_bool(d, "structured_output", src, where))
 
 
 def _optional_bool(d: dict[str, Any], key: str, src: str, where: str) -> bool | None:
@@ -288,7 +333,8 @@ def _metric(d: Any, src: str, where: str) -> MetricConfig:
 
 def _judge(d: Any, src: str, where: str) -> JudgeConfig:
     d = _mapping(d, src, where, "{id, type, provider, ...}")
-    _no_unknown(d, {"id", "type", "provider", "rubric", "scale", "threshold", "compare", "params"}, src, where + ".")
+    _no_unknown(d, {"id", "type", "provider", "rubric", "scale", "threshold", "compare", "params", "variants",
+                    "max_parse_failure_rate"}, src, where + ".")
     j = JudgeConfig(id=str(_required(d, "id", src, where)), type=str(_required(d, "type", src, where)),
                     provider=str(_required(d, "provider", src, where)))
     if "rubric" in d:
@@ -304,7 +350,21 @@ def _judge(d: Any, src: str, where: str) -> JudgeConfig:
         j.compare = [str(x) for x in d["compare"]] if isinstance(d["compare"], list) else None
     if "params" in d:
         j.params = dict(_mapping(d["params"], src, where + ".params", "a mapping"))
+    j.variants = _patterns(d, "variants", src, where + ".")
+    if d.get("max_parse_failure_rate") is not None:
+        j.max_parse_failure_rate = float(_number(d, "max_parse_failure_rate", src, where + "."))
     return j
+
+
+def _patterns(d: dict[str, Any], key: str, src: str, prefix: str) -> list[str] | None:
+    value = d.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(x, str) and x for x in value):
+        raise EvalError(f"{src}: {prefix}{key}: expected a list of variant patterns like \"*@lora\" or \"few-shot@*\"")
+    return value
 
 
 def _list(d: dict[str, Any], key: str, src: str, required: bool = False) -> list[Any]:

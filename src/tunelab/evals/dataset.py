@@ -72,7 +72,9 @@ def _rows(records: list[tuple[int, Any]], source: str) -> list[Row]:
         if row_id in seen:
             raise EvalError(f"{source}:{line}: duplicate id {row_id!r} (first on line {seen[row_id]})")
         seen[row_id] = line
-        rows.append(Row(id=row_id, vars=record, reference=record.get("reference"), line=line, source=source))
+        # `references: [...]` (several) or `reference` (one, or a list): reference-based metrics aggregate over them.
+        reference = record.get("references", record.get("reference"))
+        rows.append(Row(id=row_id, vars=record, reference=reference, line=line, source=source))
     if not rows:
         raise EvalError(f"{source}: dataset is empty")
     return rows

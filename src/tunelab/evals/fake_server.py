@@ -11,8 +11,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-# A responder gets the request body and returns the reply text, or (status, body) to fail.
-Responder = Callable[[dict[str, Any]], "str | tuple[int, str]"]
+# A responder gets the request body and returns the reply text, or (status, body) to fail,
+# or {"content": text, "logprobs": {...}} to add an OpenAI-style logprobs object to the choice.
+Responder = Callable[[dict[str, Any]], "str | tuple[int, str] | dict[str, Any]"]
 
 
 def echo(body: dict[str, Any]) -> str:
@@ -71,6 +72,9 @@ class FakeOpenAI:
         result = self.responder(body)
         if isinstance(result, tuple):
             return result[0], {"error": {"message": result[1], "type": "server_error"}}
+        logprobs = None
+        if isinstance(result, dict):
+            result, logprobs = result["content"], result.get("logprobs")
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         if "prompt" in body:  # /v1/completions
             prompt_tokens = len(str(body["prompt"]).split())
@@ -82,7 +86,8 @@ class FakeOpenAI:
             }
         return 200, {
             "id": f"chatcmpl-{self.calls}", "object": "chat.completion", "created": 0, "model": body.get("model", ""),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result}, "finish_reason": "stop",
+                         "logprobs": logprobs}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(result.split()),
                       "total_tokens": prompt_tokens + len(result.split())},
         }
@@ -92,6 +97,12 @@ class _Server(ThreadingHTTPServer):
     # The default backlog of 5 resets connections when 32 clients connect at once.
     request_queue_size = 512
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):   # a client that went away is no news
+            super().handle_error(request, client_address)
 
 
 def _handler(owner: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
@@ -110,7 +121,10 @@ def _handler(owner: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):   # the client went away (a test killed it)
+                self.close_connection = True
 
         def log_message(self, *args: Any) -> None:
             pass

@@ -5,9 +5,13 @@ version plus the metric's config plus its inputs, so editing one metric's
 options (or bumping its version, or editing a custom metric's file) recomputes
 only that metric, with no provider calls.
 
-Reference-based metrics accept a string or a list of acceptable references
-(the best match counts). BLEU and chrF are sacrebleu's sentence-level scores
-(0-100); ROUGE is rouge-score's F-measure (0-1).
+Reference-based metrics accept a string or a list of references (a row's
+`reference` or `references`). With several, each reference is scored on its own
+and the scores are aggregated by the metric's `multi_reference` option: `mean`
+(the default for graded similarities — ROUGE, BLEU, chrF, embedding — as in
+multi-reference metric validation) or `max` (the default for exact_match and
+contains, where a list means "any of these answers is right"). BLEU and chrF are
+sacrebleu's sentence-level scores (0-100); ROUGE is rouge-score's F-measure (0-1).
 """
 
 from __future__ import annotations
@@ -41,17 +45,18 @@ class MetricInput:
 
 # name -> (implementation version, options it accepts, required options)
 SPECS: dict[str, tuple[int, set[str], set[str]]] = {
-    "exact_match": (1, set(), set()),
-    "contains": (1, {"value", "ignore_case"}, set()),
+    "exact_match": (1, {"multi_reference"}, set()),
+    "contains": (1, {"value", "ignore_case", "multi_reference"}, set()),
     "regex": (1, {"pattern", "ignore_case"}, {"pattern"}),
     "json_valid": (1, set(), set()),
     "json_schema": (1, {"schema", "schema_path"}, set()),
-    "rouge_1": (1, {"use_stemmer"}, set()),
-    "rouge_2": (1, {"use_stemmer"}, set()),
-    "rouge_l": (1, {"use_stemmer"}, set()),
-    "bleu": (1, set(), set()),
-    "chrf": (1, set(), set()),
-    "embedding": (1, {"model_path"}, set()),
+    # Version 2: several references are scored one by one and aggregated (mean by default).
+    "rouge_1": (2, {"use_stemmer", "multi_reference", "beta", "tokenize"}, set()),
+    "rouge_2": (2, {"use_stemmer", "multi_reference", "beta", "tokenize"}, set()),
+    "rouge_l": (2, {"use_stemmer", "multi_reference", "beta", "tokenize"}, set()),
+    "bleu": (2, {"multi_reference"}, set()),
+    "chrf": (2, {"multi_reference"}, set()),
+    "embedding": (2, {"model_path", "multi_reference"}, set()),
     "length": (1, {"unit"}, set()),
     "python": (1, {"path"}, {"path"}),
     # Call metrics read the call's own record: never cached, always exact.
@@ -63,6 +68,10 @@ SPECS: dict[str, tuple[int, set[str], set[str]]] = {
 CALL_METRICS = {"latency", "prompt_tokens", "completion_tokens", "cost"}
 # Metrics that are pass/fail; the summary's pass rate is over these and judge thresholds.
 BINARY_METRICS = {"exact_match", "contains", "regex", "json_valid", "json_schema"}
+# How several references combine, per reference-based metric, unless `multi_reference` says otherwise.
+MULTI_REFERENCE_DEFAULT = {"exact_match": "max", "contains": "max", "rouge_1": "mean", "rouge_2": "mean",
+                           "rouge_l": "mean", "bleu": "mean", "chrf": "mean", "embedding": "mean"}
+_AGGREGATE = {"mean": lambda v: sum(v) / len(v), "max": max}
 
 
 def check_metric(m: MetricConfig, *, where: str) -> None:
@@ -82,6 +91,12 @@ def check_metric(m: MetricConfig, *, where: str) -> None:
         raise EvalError(f"{where}: json_schema needs exactly one of `schema` (inline) or `schema_path`")
     if m.name == "python" and ":" not in str(m.options["path"]):
         raise EvalError(f"{where}.path: expected 'file.py:function', got {m.options['path']!r}")
+    if m.options.get("multi_reference", "mean") not in _AGGREGATE:
+        raise EvalError(f"{where}.multi_reference: expected 'mean' or 'max', got {m.options['multi_reference']!r}")
+    if m.options.get("tokenize", "default") not in ("default", "whitespace"):
+        raise EvalError(f"{where}.tokenize: expected 'default' or 'whitespace', got {m.options['tokenize']!r}")
+    if "beta" in m.options and not (isinstance(m.options["beta"], (int, float)) and m.options["beta"] > 0):
+        raise EvalError(f"{where}.beta: expected a positive number, got {m.options['beta']!r}")
     if m.name == "length" and m.options.get("unit", "chars") not in ("chars", "words"):
         raise EvalError(f"{where}.unit: expected 'chars' or 'words'")
 
@@ -104,6 +119,17 @@ class Metric:
             extra = hashlib.sha256(self._resolve(cfg.options["schema_path"]).read_bytes()).hexdigest()
         self.key = _sha({"name": cfg.name, "options": cfg.options, "version": SPECS[cfg.name][0], "extra": extra})
 
+    @property
+    def multi_reference(self) -> str | None:
+        """How several references combine ('mean' or 'max'); None for metrics that read no reference."""
+        if self.name not in MULTI_REFERENCE_DEFAULT or (self.name == "contains" and "value" in self.cfg.options):
+            return None
+        return str(self.cfg.options.get("multi_reference", MULTI_REFERENCE_DEFAULT[self.name]))
+
+    def describe(self) -> str:
+        """The id as reports show it, with the multi-reference rule when there is one."""
+        return self.id if self.multi_reference is None else f"{self.id} (refs: {self.multi_reference})"
+
     def input_key(self, x: MetricInput) -> str:
         """Result-cache key: this metric's key plus what it reads."""
         reads_vars = self.name == "python"
@@ -117,7 +143,8 @@ class Metric:
     def _build(self) -> Callable[[list[MetricInput]], list[float | None]]:
         o, name = self.cfg.options, self.name
         if name == "embedding":
-            return lambda xs: embedding_cosine(xs, o.get("model_path"))
+            agg = _AGGREGATE[self.multi_reference]
+            return lambda xs: embedding_cosine(xs, o.get("model_path"), agg)
         if name in CALL_METRICS:
             attr = {"latency": "latency_s"}.get(name, name)
             return lambda xs: [_float(getattr(x, attr)) for x in xs]
@@ -126,6 +153,14 @@ class Metric:
 
     def _single(self) -> Callable[[MetricInput], float | None]:
         o, name = self.cfg.options, self.name
+        agg = _AGGREGATE[self.multi_reference or "max"]
+
+        def _with_refs(fn: Callable[[str, Any], float]) -> Callable[[MetricInput], float | None]:
+            def each(x: MetricInput) -> float | None:
+                refs = _refs(x.reference)
+                return None if not refs else agg([fn(x.output, r) for r in refs])
+            return each
+
         if name == "exact_match":
             return _with_refs(lambda out, ref: float(normalize(out) == normalize(str(ref))))
         if name == "contains":
@@ -146,17 +181,25 @@ class Metric:
             from rouge_score import rouge_scorer
 
             rtype = {"rouge_1": "rouge1", "rouge_2": "rouge2", "rouge_l": "rougeL"}[name]
-            scorer = rouge_scorer.RougeScorer([rtype], use_stemmer=bool(o.get("use_stemmer", False)))
-            return _with_refs(lambda out, ref: scorer.score(str(ref), out)[rtype].fmeasure)
+            # `tokenize: whitespace` keeps pre-tokenised text as it is (rouge-score drops punctuation and
+            # lowercases); `beta` weights recall as coco-caption's ROUGE-L does (beta 1.2), which is how
+            # the USR / G-Eval dialogue tables were computed. Defaults: rouge-score's own F1.
+            tok = _Whitespace() if o.get("tokenize", "default") == "whitespace" else None
+            scorer = rouge_scorer.RougeScorer([rtype], use_stemmer=bool(o.get("use_stemmer", False)), tokenizer=tok)
+            beta2 = float(o.get("beta", 1.0)) ** 2
+
+            def f_beta(out: str, ref: Any) -> float:
+                s = scorer.score(str(ref), out)[rtype]
+                if beta2 == 1.0:
+                    return s.fmeasure
+                denom = s.recall + beta2 * s.precision
+                return 0.0 if denom == 0 else (1 + beta2) * s.precision * s.recall / denom
+            return _with_refs(f_beta)
         if name in ("bleu", "chrf"):
             import sacrebleu
 
             fn = sacrebleu.sentence_bleu if name == "bleu" else sacrebleu.sentence_chrf
-
-            def sb(x: MetricInput) -> float | None:
-                refs = _refs(x.reference)
-                return None if refs is None else fn(x.output, [str(r) for r in refs]).score
-            return sb
+            return _with_refs(lambda out, ref: fn(out, [str(ref)]).score)
         if name == "length":
             if o.get("unit", "chars") == "words":
                 return lambda x: float(len(x.output.split()))
@@ -225,8 +268,9 @@ def default_embedding_model_path() -> str:
 _EMBEDDERS: dict[str, Any] = {}
 
 
-def embedding_cosine(xs: list[MetricInput], model_path: str | None = None) -> list[float | None]:
-    """Cosine similarity of output and reference embeddings (best over references), batched."""
+def embedding_cosine(xs: list[MetricInput], model_path: str | None = None,
+                     aggregate: Callable[[list[float]], float] = max) -> list[float | None]:
+    """Cosine similarity of output and reference embeddings (aggregated over references), batched."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local path must never turn into a download
     path = model_path or default_embedding_model_path()
     if path not in _EMBEDDERS:
@@ -235,18 +279,25 @@ def embedding_cosine(xs: list[MetricInput], model_path: str | None = None) -> li
         _EMBEDDERS[path] = SentenceTransformer(path, device="cpu")
     model = _EMBEDDERS[path]
     pairs = [(i, x.output, str(r)) for i, x in enumerate(xs) for r in (_refs(x.reference) or [])]
-    out: list[float | None] = [None] * len(xs)
     if not pairs:
-        return out
-    emb_a = model.encode([p[1] for p in pairs], normalize_embeddings=True, convert_to_numpy=True)
-    emb_b = model.encode([p[2] for p in pairs], normalize_embeddings=True, convert_to_numpy=True)
-    for (i, _, _), a, b in zip(pairs, emb_a, emb_b):
-        sim = float((a * b).sum())
-        out[i] = sim if out[i] is None else max(out[i], sim)  # type: ignore[type-var]
-    return out
+        return [None] * len(xs)
+    # Each distinct text is encoded once: outputs and references repeat across systems and rows.
+    texts = list(dict.fromkeys([p[1] for p in pairs] + [p[2] for p in pairs]))
+    emb = dict(zip(texts, model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)))
+    sims: list[list[float]] = [[] for _ in xs]
+    for i, out_text, ref in pairs:
+        sims[i].append(float((emb[out_text] * emb[ref]).sum()))
+    return [aggregate(s) if s else None for s in sims]
 
 
 _INVALID = object()
+
+
+class _Whitespace:
+    """rouge-score's tokenizer interface, splitting on whitespace only."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return text.split()
 
 
 def _json_or_none(text: str) -> Any:
@@ -260,13 +311,6 @@ def _refs(reference: Any) -> list[Any] | None:
     if reference is None:
         return None
     return list(reference) if isinstance(reference, list) else [reference]
-
-
-def _with_refs(fn: Callable[[str, Any], float]) -> Callable[[MetricInput], float | None]:
-    def best(x: MetricInput) -> float | None:
-        refs = _refs(x.reference)
-        return None if refs is None else max(fn(x.output, r) for r in refs)
-    return best
 
 
 def _float(value: Any) -> float | None:

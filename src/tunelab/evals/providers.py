@@ -35,13 +35,24 @@ class Completion:
 class ProviderError(Exception):
     """A call that failed after all retries; its text is recorded on the item."""
 
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 class Provider(Protocol):
     config: ProviderConfig
+    # Whether `complete` honours params["response_format"] (OpenAI's json_schema form). Judges
+    # ask for structured output only then; the plain-text parse is the fallback.
+    structured_output: bool
 
     async def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion: ...
 
     async def aclose(self) -> None: ...
+
+
+class StructuredOutputRefused(ProviderError):
+    """The endpoint does not take `response_format`: the caller asks again in plain text."""
 
 
 def make_provider(cfg: ProviderConfig, retry: RetryConfig) -> Provider:
@@ -67,8 +78,27 @@ class OpenAIProvider:
         # Local servers ignore the key, but the client insists on one.
         self.client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=api_key or "not-needed",
                                          max_retries=0, timeout=retry.timeout_s)
+        # OpenAI-compatible servers mostly accept response_format; one that refuses it (HTTP 400/422)
+        # turns it off for the rest of the run (see complete).
+        self.structured_output = cfg.structured_output is not False
 
     async def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
+        if "json_schema" in params:  # the eval config's schema, as OpenAI's chat API takes it
+            schema = {"name": "output", "schema": params["json_schema"], "strict": True}
+            params = {**{k: v for k, v in params.items() if k != "json_schema"},
+                      "response_format": {"type": "json_schema", "json_schema": schema}}
+        if "response_format" in params and not self.structured_output:
+            raise StructuredOutputRefused(f"{self.config.id}: structured output is off for this endpoint")
+        try:
+            return await self._complete(messages, params)
+        except ProviderError as exc:
+            if "response_format" in params and exc.status in (400, 422) and self.config.structured_output is None:
+                self.structured_output = False
+                raise StructuredOutputRefused(f"{self.config.id}: the endpoint refused response_format "
+                                              f"({exc}); judging from plain text") from None
+            raise
+
+    async def _complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
         o = self._openai
         last: Exception | None = None
         for attempt in range(self.retry.max_retries + 1):
@@ -90,7 +120,8 @@ class OpenAIProvider:
                 if exc.status_code >= 500:
                     last = exc
                     continue
-                raise ProviderError(f"{self.config.id}: HTTP {exc.status_code}: {_short(exc)}") from None
+                raise ProviderError(f"{self.config.id}: HTTP {exc.status_code}: {_short(exc)}",
+                                    status=exc.status_code) from None
             latency = time.perf_counter() - start
             if not resp.choices:
                 raise ProviderError(f"{self.config.id}: response had no choices")
@@ -118,7 +149,7 @@ class TunelabProvider:
     request at a time (no adapters)."""
 
     _PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "presence_penalty",
-               "frequency_penalty")
+               "frequency_penalty", "json_schema")
 
     def __init__(self, cfg: ProviderConfig) -> None:
         self.config = cfg
@@ -127,6 +158,8 @@ class TunelabProvider:
         self._pending: list[tuple[list[dict[str, str]], dict[str, Any], asyncio.Future[Completion]]] = []
         self._worker: asyncio.Task[None] | None = None
         self._load_lock = threading.Lock()
+        field = engine_structured_field()
+        self.structured_output = field is not None if cfg.structured_output is None else cfg.structured_output
 
     async def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
         future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
@@ -175,7 +208,7 @@ class TunelabProvider:
             from tunelab.engine import SamplingParams
 
             prompts = [self._prompt_ids(m) for m, _ in requests]
-            params = [SamplingParams(**{k: v for k, v in p.items() if k in self._PARAMS}) for _, p in requests]
+            params = [SamplingParams(**_engine_params(p, self._PARAMS)) for _, p in requests]
             adapter = "adapter" if self.config.adapter else None
             outs = self._llm.generate(prompts, params, adapter=adapter)
             return [(o.text, o.prompt_tokens, o.completion_tokens, o.finish_reason) for o in outs]
@@ -221,6 +254,32 @@ class TunelabProvider:
             # apply_chat_template(tokenize=True) and the chat endpoint of `tunelab serve` do.
             return tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True), add_special_tokens=False)
         return tok.encode(completion_text(messages))
+
+
+def engine_structured_field() -> str | None:
+    """The `SamplingParams` field through which tunelab's engine constrains output to a JSON
+    schema, or None while the engine has none. Structured judging turns on by itself once it lands."""
+    try:
+        from tunelab.engine.sampling_params import SamplingParams
+    except ImportError:
+        return None
+    import dataclasses
+    import inspect
+
+    names = ({f.name for f in dataclasses.fields(SamplingParams)} if dataclasses.is_dataclass(SamplingParams)
+             else set(inspect.signature(SamplingParams).parameters))
+    return next((n for n in ("response_format", "json_schema") if n in names), None)
+
+
+def _engine_params(params: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
+    out = {k: v for k, v in params.items() if k in allowed}
+    field = engine_structured_field()
+    fmt = params.get("response_format")
+    if fmt is not None and field == "response_format":
+        out["response_format"] = fmt
+    elif fmt is not None and field == "json_schema":
+        out["json_schema"] = fmt.get("json_schema", {}).get("schema", fmt)
+    return out
 
 
 def completion_text(messages: list[dict[str, str]]) -> str:

@@ -1,10 +1,13 @@
 """Running an eval: render every row first (bad rows stop the run before any
 call), then call providers concurrently, then score with metrics and judges.
 
-Every phase consults the store before doing work: `--resume RUN_ID` skips what
-that run already has, and the caches skip what any earlier run computed, so an
-unchanged rerun makes zero provider calls and a changed metric recomputes only
-itself.
+Durability: every provider output and every judge verdict is committed (with its
+cache entry) as it arrives: results that complete in the same turn of the event
+loop share one transaction, written before the loop takes the next network
+event, so a crash or SIGKILL loses only the calls in flight. Every phase consults the store before doing work: `--resume RUN_ID`
+skips what that run already has, and the caches skip what any earlier run
+computed, so neither a resumed run nor an unchanged rerun makes a call whose
+result is stored, and a changed metric recomputes only itself.
 """
 
 from __future__ import annotations
@@ -17,16 +20,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunelab.evals.cache import response_key
-from tunelab.evals.config import EvalConfig, JudgeConfig, load_config, validate
+from tunelab.evals.config import EvalConfig, JudgeConfig, load_config, validate, variant_id
 from tunelab.evals.dataset import Row, load_dataset
 from tunelab.evals.errors import EvalError
 from tunelab.evals.judges import Verdict, judge_key, judge_pairwise, judge_rubric
+from tunelab.evals.liveness import HEARTBEAT_S
 from tunelab.evals.metrics import Metric, MetricInput
-from tunelab.evals.providers import Completion, Provider, ProviderError, cost, make_provider
+from tunelab.evals.providers import (Completion, Provider, ProviderError, StructuredOutputRefused, cost,
+                                     make_provider)
+from tunelab.evals.selection import matching
 from tunelab.evals.store import Store
-from tunelab.evals.templates import compile_prompts, render_all
+from tunelab.evals.templates import CompiledPrompt, compile_prompts, effective_params, render_all
 
 Progress = Callable[[str, int, int], None]   # (phase, done, total)
+
+__all__ = ["RunStats", "run_eval", "variant_id"]
 
 
 @dataclass
@@ -44,6 +52,9 @@ class RunStats:
     judge_calls: int = 0
     verdicts_computed: dict[str, int] = field(default_factory=dict)
     verdicts_cached: dict[str, int] = field(default_factory=dict)
+    verdicts_resumed: dict[str, int] = field(default_factory=dict)
+    structured_judges: dict[str, bool] = field(default_factory=dict)   # judge id -> asked for JSON schema output
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -59,38 +70,40 @@ def run_eval(config: EvalConfig | str | Path, db: Store | str | Path = "tunelab.
             store.close()
 
 
-def variant_id(prompt_id: str, provider_id: str) -> str:
-    return f"{prompt_id}@{provider_id}"
-
-
 class _Run:
-    FLUSH_EVERY = 64   # outputs per write transaction: few commits, little lost on a crash
-
     def __init__(self, cfg: EvalConfig, store: Store, use_cache: bool, progress: Progress | None) -> None:
         validate(cfg)
         self.cfg, self.store, self.use_cache = cfg, store, use_cache
         self.progress = progress or (lambda phase, done, total: None)
         self.sem = asyncio.Semaphore(cfg.concurrency)
         self.providers: dict[str, Provider] = {}
-        self.pending_outputs: list[dict[str, Any]] = []
-        self.pending_cache: list[tuple[str, str, int | None, int | None, float | None, str | None]] = []
+        self.arrived: tuple[list[Any], list[Any], list[Any], dict[str, Any]] = ([], [], [], {})
+        self.flush_scheduled = False
 
     async def execute(self, resume: str | None) -> RunStats:
         cfg, store = self.cfg, self.store
         dataset = cfg.dataset if isinstance(cfg.dataset, list) else str(cfg.resolve(cfg.dataset))
         rows = load_dataset(dataset)
-        rendered = render_all(compile_prompts(cfg), rows)   # raises on a bad row: nothing called yet
+        prompts = {p.id: p for p in compile_prompts(cfg)}
+        rendered = render_all(list(prompts.values()), rows)   # raises on a bad row: nothing called yet
         metrics = [Metric(m, cfg.base_dir) for m in cfg.metrics]
+        self.variants = cfg.selected_variants()
+        self.params = {v: effective_params(cfg.provider(v.split("@", 1)[1]).params, prompts[v.split("@", 1)[0]])
+                       for v in self.variants}
+        # The run's metadata shows the params each variant was really called with.
+        config_json = dict(cfg.to_dict(), effective_params=self.params)
         start = time.perf_counter()
 
         if resume:
             run_id = store.resolve_run(resume)
-            store.set_run_status(run_id, "running", cfg.to_dict())
+            store.claim_run(run_id, config_json)
         else:
-            run_id = store.create_run(cfg.to_dict(), description=cfg.description or None, config_path=cfg.source)
+            run_id = store.create_run(config_json, description=cfg.description or None, config_path=cfg.source)
         self.stats = RunStats(run_id=run_id, items=len(rows))
+        self.stats.warnings += _dropped_model_params(cfg, prompts)
         self.run_id = run_id
         store.put_items(run_id, [(r.id, r.line, r.vars, r.reference) for r in rows])
+        beat = asyncio.create_task(self._heartbeat())
         try:
             await self._outputs(rows, rendered)
             outputs = store.existing_outputs(run_id)
@@ -98,16 +111,26 @@ class _Run:
             self.stats.errors = sum(1 for o in outputs.values() if o["error"] is not None)
             self._metrics(metrics, rows, outputs)
             await self._judges(rows, outputs)
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            store.set_run_status(run_id, "interrupted")
+            raise
         except BaseException:
-            self._flush()
             store.set_run_status(run_id, "failed")
             raise
         finally:
+            self._flush()
+            beat.cancel()
             for p in self.providers.values():
                 await p.aclose()
         store.set_run_status(run_id, "complete")
         self.stats.seconds = time.perf_counter() - start
         return self.stats
+
+    async def _heartbeat(self) -> None:
+        # Lets `tunelab runs` on another host tell a live run from a dead one (same host: the pid decides).
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            self.store.heartbeat(self.run_id)
 
     # ---- outputs -----------------------------------------------------------
 
@@ -116,22 +139,20 @@ class _Run:
         done_before = self.store.existing_outputs(self.run_id)
         todo = []
         for row in rows:
-            for prompt in cfg.prompts:
-                for prov in cfg.providers:
-                    if prov.judge_only:
+            for variant in self.variants:
+                prompt_id, provider_id = variant.split("@", 1)
+                for rep in range(cfg.repeat):
+                    prev = done_before.get((row.id, variant, rep))
+                    if prev is not None and prev["error"] is None:
+                        stats.resumed += 1
                         continue
-                    variant = variant_id(prompt.id, prov.id)
-                    for rep in range(cfg.repeat):
-                        prev = done_before.get((row.id, variant, rep))
-                        if prev is not None and prev["error"] is None:
-                            stats.resumed += 1
-                            continue
-                        todo.append((row, prompt.id, prov, rep, rendered[(row.id, prompt.id)]))
+                    todo.append((row, prompt_id, cfg.provider(provider_id), rep, rendered[(row.id, prompt_id)]))
         total, done = len(todo), 0
         self.progress("outputs", 0, total)
         calls = []
         for row, prompt_id, prov, rep, messages in todo:
-            key = response_key(prov, prov.params, messages, rep)
+            params = self.params[variant_id(prompt_id, prov.id)]
+            key = response_key(prov, params, messages, rep)
             record = dict(item_id=row.id, variant=variant_id(prompt_id, prov.id), prompt_id=prompt_id,
                           provider_id=prov.id, repeat=rep, rendered_json=_json(messages))
             hit = self.store.cache_get_response(key) if self.use_cache else None
@@ -141,45 +162,58 @@ class _Run:
                                                        hit["latency_s"], hit["finish_reason"]), prov, cached=True)
                 done += 1
             else:
-                calls.append((record, prov, messages, key))
+                calls.append((record, prov, messages, key, params))
         self.progress("outputs", done, total)
 
-        async def one(record: dict[str, Any], prov: Any, messages: list[dict[str, str]], key: str) -> None:
+        async def one(record: dict[str, Any], prov: Any, messages: list[dict[str, str]], key: str,
+                      params: dict[str, Any]) -> None:
             nonlocal done
             provider = self._provider(prov.id)
             async with self.sem:
                 stats.provider_calls += 1
                 try:
-                    c = await provider.complete(messages, prov.params)
+                    c = await provider.complete(messages, params)
                 except ProviderError as exc:
                     self._record_output(record, None, prov, error=str(exc))
                 else:
-                    self._record_output(record, c, prov)
-                    self.pending_cache.append((key, c.text, c.prompt_tokens, c.completion_tokens, c.latency_s,
-                                               c.finish_reason))
+                    self._record_output(record, c, prov, cache_key=key)
             done += 1
             self.progress("outputs", done, total)
 
         await asyncio.gather(*(one(*c) for c in calls))
         self._flush()
 
+    def _arrive(self, output: dict[str, Any] | None = None, response: tuple[Any, ...] | None = None,
+                verdict: dict[str, Any] | None = None, result: tuple[str, Any] | None = None) -> None:
+        """Queue a result for the commit at the end of this turn of the event loop."""
+        outputs, responses, verdicts, results = self.arrived
+        for item, queue in ((output, outputs), (response, responses), (verdict, verdicts)):
+            if item is not None:
+                queue.append(item)
+        if result is not None:
+            results[result[0]] = result[1]
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if any(self.arrived):
+            arrived, self.arrived = self.arrived, ([], [], [], {})
+            self.store.put_arrivals(self.run_id, *arrived)
+
     def _record_output(self, record: dict[str, Any], c: Completion | None, prov: Any, *, error: str | None = None,
-                       cached: bool = False) -> None:
-        self.pending_outputs.append(dict(
+                       cached: bool = False, cache_key: str | None = None) -> None:
+        """Commit one output as it arrives, with its response-cache entry: a kill loses only calls in flight."""
+        output = dict(
             record, output=None if c is None else c.text, error=error,
             prompt_tokens=c and c.prompt_tokens, completion_tokens=c and c.completion_tokens,
             latency_s=c and c.latency_s, cost=None if c is None else cost(prov, c.prompt_tokens, c.completion_tokens),
-            cached=int(cached)))
-        if len(self.pending_outputs) >= self.FLUSH_EVERY:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self.pending_outputs:
-            self.store.put_outputs(self.run_id, self.pending_outputs)
-            self.pending_outputs = []
-        if self.pending_cache and self.use_cache:
-            self.store.cache_put_responses(self.pending_cache)
-        self.pending_cache = []
+            cached=int(cached))
+        cache_row = None
+        if cache_key is not None and c is not None and self.use_cache:
+            cache_row = (cache_key, c.text, c.prompt_tokens, c.completion_tokens, c.latency_s, c.finish_reason)
+        self._arrive(output=output, response=cache_row)
 
     def _provider(self, provider_id: str) -> Provider:
         if provider_id not in self.providers:
@@ -241,97 +275,125 @@ class _Run:
         have = self.store.existing_verdicts(self.run_id)
         jobs = []
         for judge in self.cfg.judges:
-            self.stats.verdicts_computed[judge.id] = self.stats.verdicts_cached[judge.id] = 0
+            structured = self._provider(judge.provider).structured_output
+            self.stats.structured_judges[judge.id] = structured
+            for counter in (self.stats.verdicts_computed, self.stats.verdicts_cached, self.stats.verdicts_resumed):
+                counter[judge.id] = 0
             for pair in self._judge_targets(judge):
                 for (item_id, variant, rep), o in outputs.items():
                     if variant != pair[0] or item_id not in by_id or o["error"] is not None:
                         continue
-                    other = None
+                    row, other = by_id[item_id], None
                     if judge.type == "pairwise":
                         other = outputs.get((item_id, pair[1], rep))
                         if other is None or other["error"] is not None:
                             continue
-                    if (judge.id, item_id, variant, pair[1], rep) in have:
+                    question = _question(o["rendered_json"])
+                    texts = (o["output"], row.reference) if other is None else (o["output"], other["output"],
+                                                                               row.reference)
+                    key = judge_key(judge, question, *texts, structured=structured)
+                    if have.get((judge.id, item_id, variant, pair[1], rep), "") == key:
+                        self.stats.verdicts_resumed[judge.id] += 1
                         continue
-                    jobs.append((judge, by_id[item_id], variant, pair[1], rep, o, other))
+                    jobs.append((judge, row, variant, pair[1], rep, o, other, question, texts))
         total, done = len(jobs), 0
-        results: list[dict[str, Any]] = []
-        cache_new: dict[str, Any] = {}
 
         async def one(judge: JudgeConfig, row: Row, variant: str, other_variant: str, rep: int,
-                      o: Any, other: Any) -> None:
+                      o: Any, other: Any, question: str, texts: tuple[Any, ...]) -> None:
             nonlocal done
-            question = _question(o["rendered_json"])
-            if judge.type == "rubric":
-                key = judge_key(judge, question, o["output"], row.reference)
-            else:
-                key = judge_key(judge, question, o["output"], other["output"], row.reference)
+            provider = self._provider(judge.provider)
+            structured = provider.structured_output
+            key = judge_key(judge, question, *texts, structured=structured)
             cached = self.store.cache_get_results([key]).get(key) if self.use_cache else None
+            error = None
             if cached is not None:
                 self.stats.verdicts_cached[judge.id] += 1
                 v = Verdict(**cached)
             else:
-                call = self._judge_call(judge)
                 try:
-                    if judge.type == "rubric":
-                        v = await judge_rubric(judge, call, question, o["output"], row.reference)
-                    else:
-                        v = await judge_pairwise(judge, call, question, o["output"], other["output"], row.reference)
+                    try:
+                        v = await self._verdict(judge, question, o, other, row, structured)
+                    except StructuredOutputRefused:   # asked in the JSON form: ask again in the plain-text one
+                        structured = self.stats.structured_judges[judge.id] = False
+                        key = judge_key(judge, question, *texts, structured=False)
+                        v = await self._verdict(judge, question, o, other, row, False)
                 except ProviderError as exc:
-                    v = Verdict(parse_error=f"judge call failed: {exc}")
+                    v, error = Verdict(), f"judge call failed: {exc}"
                 self.stats.verdicts_computed[judge.id] += 1
-                if v.parse_error is None:
-                    cache_new[key] = v.to_dict()
             winner = {"A": variant, "B": other_variant, "tie": "tie", None: None}[v.winner]
-            results.append(dict(judge_id=judge.id, kind=judge.type, item_id=row.id, variant=variant,
-                                other_variant=other_variant, repeat=rep, score=v.score,
-                                passed=None if v.passed is None else int(v.passed), winner=winner,
-                                reasoning=v.reasoning, raw=_json(v.raw), parse_error=v.parse_error,
-                                prompt_tokens=v.prompt_tokens, completion_tokens=v.completion_tokens,
-                                cost=cost(self.cfg.provider(judge.provider), v.prompt_tokens, v.completion_tokens)))
+            verdict = dict(judge_id=judge.id, kind=judge.type, item_id=row.id, variant=variant,
+                           other_variant=other_variant, repeat=rep, score=v.score,
+                           passed=None if v.passed is None else int(v.passed), winner=winner,
+                           reasoning=v.reasoning, raw=_json(v.raw), parse_error=v.parse_error, error=error, key=key,
+                           prompt_tokens=v.prompt_tokens, completion_tokens=v.completion_tokens,
+                           cost=cost(self.cfg.provider(judge.provider), v.prompt_tokens, v.completion_tokens))
+            # Committed as it arrives, with its cache entry: a kill loses only the verdicts still being judged.
+            fresh = cached is None and error is None and v.parse_error is None and self.use_cache
+            self._arrive(verdict=verdict, result=(key, v.to_dict()) if fresh else None)
             done += 1
             self.progress("judges", done, total)
 
         self.progress("judges", 0, total)
         await asyncio.gather(*(one(*j) for j in jobs))
         self._flush()
-        if self.use_cache:
-            self.store.cache_put_results(cache_new)
-        if results:
-            self.store.put_verdicts(self.run_id, results)
+
+    async def _verdict(self, judge: JudgeConfig, question: str, o: Any, other: Any, row: Row,
+                       structured: bool) -> Verdict:
+        call = self._judge_call(judge)
+        if judge.type == "rubric":
+            return await judge_rubric(judge, call, question, o["output"], row.reference, structured=structured)
+        return await judge_pairwise(judge, call, question, o["output"], other["output"], row.reference,
+                                    structured=structured)
 
     def _judge_targets(self, judge: JudgeConfig) -> list[tuple[str, str]]:
-        """(variant, other variant) pairs; other is '' for rubric judges."""
+        """(variant, other variant) pairs; other is '' for rubric judges. `variants:` patterns
+        restrict a rubric judge to the matching variants and a pairwise one to pairs whose
+        two variants both match."""
+        chosen = set(matching(judge.variants, self.variants, f"{self.cfg.source}: judges {judge.id!r}.variants"))
+        if judge.type == "rubric":
+            return [(v, "") for v in self.variants if v in chosen]
         evaluated = [p.id for p in self.cfg.providers if not p.judge_only]
         prompts = [p.id for p in self.cfg.prompts]
-        if judge.type == "rubric":
-            return [(variant_id(pr, pv), "") for pr in prompts for pv in evaluated]
         a, b = judge.compare or ["", ""]
         if a in prompts and b in prompts:
-            return [(variant_id(a, pv), variant_id(b, pv)) for pv in evaluated]
-        if a in evaluated and b in evaluated:
-            return [(variant_id(pr, a), variant_id(pr, b)) for pr in prompts]
-        if "@" in a and "@" in b:
-            return [(a, b)]
-        raise EvalError(f"{self.cfg.source}: judges {judge.id!r}.compare: {judge.compare} must be two prompt ids, "
-                        "two evaluated provider ids, or two variant ids 'prompt@provider'")
+            pairs = [(variant_id(a, pv), variant_id(b, pv)) for pv in evaluated]
+        elif a in evaluated and b in evaluated:
+            pairs = [(variant_id(pr, a), variant_id(pr, b)) for pr in prompts]
+        elif "@" in a and "@" in b:
+            pairs = [(a, b)]
+        else:
+            raise EvalError(f"{self.cfg.source}: judges {judge.id!r}.compare: {judge.compare} must be two prompt ids, "
+                            "two evaluated provider ids, or two variant ids 'prompt@provider'")
+        return [(x, y) for x, y in pairs if x in chosen and y in chosen]
 
-    def _judge_call(self, judge: JudgeConfig) -> Callable[[list[dict[str, str]]], Any]:
+    def _judge_call(self, judge: JudgeConfig) -> Callable[..., Any]:
         prov_cfg = self.cfg.provider(judge.provider)
 
-        async def call(messages: list[dict[str, str]]) -> Completion:
-            key = response_key(prov_cfg, judge.params, messages, 0)
+        async def call(messages: list[dict[str, str]], response_format: dict[str, Any] | None = None) -> Completion:
+            params = judge.params if response_format is None else {**judge.params, "response_format": response_format}
+            key = response_key(prov_cfg, params, messages, 0)
             hit = self.store.cache_get_response(key) if self.use_cache else None
             if hit is not None:
                 return Completion(hit["output"], hit["prompt_tokens"], hit["completion_tokens"], hit["latency_s"],
                                   hit["finish_reason"])
             async with self.sem:
                 self.stats.judge_calls += 1
-                c = await self._provider(judge.provider).complete(messages, judge.params)
-            self.pending_cache.append((key, c.text, c.prompt_tokens, c.completion_tokens, c.latency_s,
+                c = await self._provider(judge.provider).complete(messages, params)
+            if self.use_cache:  # each judge reply is kept as it arrives: a resumed pairwise verdict reuses its first order
+                self._arrive(response=(key, c.text, c.prompt_tokens, c.completion_tokens, c.latency_s,
                                        c.finish_reason))
             return c
         return call
+
+
+def _dropped_model_params(cfg: EvalConfig, prompts: dict[str, CompiledPrompt]) -> list[str]:
+    out = []
+    for p in prompts.values():
+        pf = p.prompt_file
+        if pf is not None and (pf.params or {}).get("model"):
+            out.append(f"prompt {p.id!r} ({p.source}): params.model {pf.params['model']!r} is ignored; "
+                       "the provider decides the model")
+    return out
 
 
 def _question(rendered_json: str) -> str:

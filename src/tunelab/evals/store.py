@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tunelab.evals.errors import EvalError
+from tunelab.evals.liveness import owner_alive, this_process
 
 # Each entry upgrades the schema by one version; PRAGMA user_version records how
 # many have been applied. Never edit an entry once released: append a new one.
@@ -32,7 +33,7 @@ MIGRATIONS: tuple[str, ...] = (
         id TEXT PRIMARY KEY,
         created_at REAL NOT NULL,
         finished_at REAL,
-        status TEXT NOT NULL,            -- running | complete | failed
+        status TEXT NOT NULL,            -- running | complete | failed (interrupted: running, owner dead)
         description TEXT,
         config_path TEXT,
         config_json TEXT NOT NULL        -- the EvalConfig as JSON
@@ -109,6 +110,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX scores_by_run ON scores(run_id);
     CREATE INDEX verdicts_by_run ON verdicts(run_id);
     """,
+    # v2: durable, resumable runs
+    """
+    ALTER TABLE runs ADD COLUMN owner TEXT;         -- "host:pid:start" of the process running it
+    ALTER TABLE runs ADD COLUMN heartbeat_at REAL;  -- refreshed while it runs (see liveness.py)
+    ALTER TABLE verdicts ADD COLUMN error TEXT;     -- the judge call itself failed (redone on resume)
+    ALTER TABLE verdicts ADD COLUMN key TEXT;       -- judges.judge_key: resume redoes a verdict whose key changed
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -125,6 +133,8 @@ class RunInfo:
     n_items: int = 0
     n_outputs: int = 0
     n_errors: int = 0
+    n_verdicts: int = 0
+    n_parse_failures: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -200,13 +210,17 @@ class Store:
             """SELECT r.*,
                  (SELECT COUNT(*) FROM items i WHERE i.run_id = r.id) AS n_items,
                  (SELECT COUNT(*) FROM outputs o WHERE o.run_id = r.id) AS n_outputs,
-                 (SELECT COUNT(*) FROM outputs o WHERE o.run_id = r.id AND o.error IS NOT NULL) AS n_errors
+                 (SELECT COUNT(*) FROM outputs o WHERE o.run_id = r.id AND o.error IS NOT NULL) AS n_errors,
+                 (SELECT COUNT(*) FROM verdicts v WHERE v.run_id = r.id) AS n_verdicts,
+                 (SELECT COUNT(*) FROM verdicts v WHERE v.run_id = r.id AND v.parse_error IS NOT NULL)
+                   AS n_parse_failures
                FROM runs r ORDER BY r.created_at, r.id"""
         ).fetchall()
         return [
-            RunInfo(id=r["id"], created_at=r["created_at"], finished_at=r["finished_at"], status=r["status"],
+            RunInfo(id=r["id"], created_at=r["created_at"], finished_at=r["finished_at"], status=_status(r),
                     description=r["description"], config_path=r["config_path"], n_items=r["n_items"],
-                    n_outputs=r["n_outputs"], n_errors=r["n_errors"])
+                    n_outputs=r["n_outputs"], n_errors=r["n_errors"], n_verdicts=r["n_verdicts"],
+                    n_parse_failures=r["n_parse_failures"])
             for r in rows
         ]
 
@@ -283,13 +297,30 @@ class Store:
             self.conn.execute("COMMIT")
 
     def create_run(self, config_json: dict[str, Any], *, description: str | None, config_path: str | None) -> str:
+        """A new run, owned by this process until it finishes."""
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+        now = time.time()
         with self.transaction() as c:
             c.execute(
-                "INSERT INTO runs (id, created_at, status, description, config_path, config_json) VALUES (?,?,?,?,?,?)",
-                (run_id, time.time(), "running", description, config_path, json.dumps(config_json)),
+                "INSERT INTO runs (id, created_at, status, description, config_path, config_json, owner, heartbeat_at)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (run_id, now, "running", description, config_path, json.dumps(config_json), this_process(), now),
             )
         return run_id
+
+    def claim_run(self, run_id: str, config_json: dict[str, Any]) -> None:
+        """Take over a run to resume it; refused while its owner is still alive."""
+        with self.transaction() as c:
+            r = c.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if _status(r) == "running":
+                raise EvalError(f"{self.path}: run {run_id} is still running (owner {r['owner']}); "
+                                "wait for it to finish, or stop that process and resume again")
+            c.execute("UPDATE runs SET status = 'running', finished_at = NULL, owner = ?, heartbeat_at = ?, "
+                      "config_json = ? WHERE id = ?", (this_process(), time.time(), json.dumps(config_json), run_id))
+
+    def heartbeat(self, run_id: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (time.time(), run_id))
 
     def set_run_status(self, run_id: str, status: str, config_json: dict[str, Any] | None = None) -> None:
         with self.transaction() as c:
@@ -297,6 +328,13 @@ class Store:
                       (status, time.time() if status != "running" else None, run_id))
             if config_json is not None:
                 c.execute("UPDATE runs SET config_json = ? WHERE id = ?", (json.dumps(config_json), run_id))
+
+    def delete_runs(self, run_ids: list[str]) -> None:
+        """Remove runs and everything recorded for them (the caches stay: they are shared)."""
+        with self.transaction() as c:
+            for table in ("scores", "verdicts", "outputs", "items", "runs"):
+                column = "id" if table == "runs" else "run_id"
+                c.executemany(f"DELETE FROM {table} WHERE {column} = ?", [(r,) for r in run_ids])
 
     def put_items(self, run_id: str, items: list[tuple[str, int | None, dict[str, Any], Any]]) -> None:
         with self.transaction() as c:
@@ -307,13 +345,18 @@ class Store:
 
     def put_outputs(self, run_id: str, outputs: list[dict[str, Any]]) -> None:
         with self.transaction() as c:
-            c.executemany(
-                """INSERT OR REPLACE INTO outputs (run_id, item_id, variant, prompt_id, provider_id, repeat,
-                   rendered_json, output, error, prompt_tokens, completion_tokens, latency_s, cost, cached, created_at)
-                   VALUES (:run_id, :item_id, :variant, :prompt_id, :provider_id, :repeat, :rendered_json, :output,
-                   :error, :prompt_tokens, :completion_tokens, :latency_s, :cost, :cached, :created_at)""",
-                [dict(o, run_id=run_id, created_at=time.time()) for o in outputs],
-            )
+            c.executemany(_PUT_OUTPUT, [dict(o, run_id=run_id, created_at=time.time()) for o in outputs])
+
+    def put_arrivals(self, run_id: str, outputs: list[dict[str, Any]], responses: list[tuple[Any, ...]],
+                     verdicts: list[dict[str, Any]], results: dict[str, Any]) -> None:
+        """Whatever arrived together (outputs, judge verdicts and their cache entries), in one transaction."""
+        now = time.time()
+        with self.transaction() as c:
+            c.executemany(_PUT_OUTPUT, [dict(o, run_id=run_id, created_at=now) for o in outputs])
+            c.executemany(_PUT_RESPONSE, [(*r, now) for r in responses])
+            c.executemany(_PUT_VERDICT, [dict({"error": None, "key": None}, **v, run_id=run_id) for v in verdicts])
+            c.executemany("INSERT OR REPLACE INTO result_cache (key, value_json, created_at) VALUES (?,?,?)",
+                          [(k, json.dumps(v), now) for k, v in results.items()])
 
     def put_scores(self, run_id: str, scores: list[tuple[str, str, int, str, float | None]]) -> None:
         with self.transaction() as c:
@@ -323,14 +366,7 @@ class Store:
             )
 
     def put_verdicts(self, run_id: str, verdicts: list[dict[str, Any]]) -> None:
-        with self.transaction() as c:
-            c.executemany(
-                """INSERT OR REPLACE INTO verdicts (run_id, judge_id, kind, item_id, variant, other_variant, repeat,
-                   score, passed, winner, reasoning, raw, parse_error, prompt_tokens, completion_tokens, cost)
-                   VALUES (:run_id, :judge_id, :kind, :item_id, :variant, :other_variant, :repeat, :score, :passed,
-                   :winner, :reasoning, :raw, :parse_error, :prompt_tokens, :completion_tokens, :cost)""",
-                [dict(v, run_id=run_id) for v in verdicts],
-            )
+        self.put_arrivals(run_id, [], [], verdicts, {})
 
     def existing_outputs(self, run_id: str) -> dict[tuple[str, str, int], sqlite3.Row]:
         return {(r["item_id"], r["variant"], r["repeat"]): r
@@ -340,10 +376,12 @@ class Store:
         return {(r[0], r[1], r[2], r[3]) for r in self.conn.execute(
             "SELECT item_id, variant, repeat, metric FROM scores WHERE run_id = ?", (run_id,))}
 
-    def existing_verdicts(self, run_id: str) -> set[tuple[str, str, str, str, int]]:
-        return {(r[0], r[1], r[2], r[3], r[4]) for r in self.conn.execute(
-            "SELECT judge_id, item_id, variant, other_variant, repeat FROM verdicts "
-            "WHERE run_id = ? AND parse_error IS NULL", (run_id,))}
+    def existing_verdicts(self, run_id: str) -> dict[tuple[str, str, str, str, int], str | None]:
+        """(judge, item, variant, other variant, repeat) -> the verdict's key, for verdicts whose call
+        succeeded (a parse failure is a result; a failed call is not)."""
+        return {(r[0], r[1], r[2], r[3], r[4]): r[5] for r in self.conn.execute(
+            "SELECT judge_id, item_id, variant, other_variant, repeat, key FROM verdicts "
+            "WHERE run_id = ? AND error IS NULL", (run_id,))}
 
     # ---- cache tables (see cache.py for the keys) --------------------------
 
@@ -352,12 +390,7 @@ class Store:
 
     def cache_put_responses(self, rows: list[tuple[str, str, int | None, int | None, float | None, str | None]]) -> None:
         with self.transaction() as c:
-            c.executemany(
-                """INSERT OR REPLACE INTO response_cache
-                   (key, output, prompt_tokens, completion_tokens, latency_s, finish_reason, created_at)
-                   VALUES (?,?,?,?,?,?,?)""",
-                [(*r, time.time()) for r in rows],
-            )
+            c.executemany(_PUT_RESPONSE, [(*r, time.time()) for r in rows])
 
     def cache_get_results(self, keys: list[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
@@ -393,6 +426,27 @@ class Store:
             c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
+_PUT_OUTPUT = """INSERT OR REPLACE INTO outputs (run_id, item_id, variant, prompt_id, provider_id, repeat,
+    rendered_json, output, error, prompt_tokens, completion_tokens, latency_s, cost, cached, created_at)
+    VALUES (:run_id, :item_id, :variant, :prompt_id, :provider_id, :repeat, :rendered_json, :output,
+    :error, :prompt_tokens, :completion_tokens, :latency_s, :cost, :cached, :created_at)"""
+
+_PUT_VERDICT = """INSERT OR REPLACE INTO verdicts (run_id, judge_id, kind, item_id, variant, other_variant, repeat,
+    score, passed, winner, reasoning, raw, parse_error, error, key, prompt_tokens, completion_tokens, cost)
+    VALUES (:run_id, :judge_id, :kind, :item_id, :variant, :other_variant, :repeat, :score, :passed,
+    :winner, :reasoning, :raw, :parse_error, :error, :key, :prompt_tokens, :completion_tokens, :cost)"""
+
+_PUT_RESPONSE = """INSERT OR REPLACE INTO response_cache
+    (key, output, prompt_tokens, completion_tokens, latency_s, finish_reason, created_at) VALUES (?,?,?,?,?,?,?)"""
+
+
+def _status(r: sqlite3.Row) -> str:
+    """The stored status, except that a `running` run whose process is gone is `interrupted`."""
+    if r["status"] == "running" and not owner_alive(r["owner"], r["heartbeat_at"]):
+        return "interrupted"
+    return r["status"]
+
+
 def retry_locked(action, timeout_s: float):
     """Run `action`, retrying with backoff while SQLite says the database is locked or busy."""
     deadline = time.monotonic() + timeout_s
@@ -419,6 +473,6 @@ def _verdict_dict(v: sqlite3.Row) -> dict[str, Any]:
         "kind": v["kind"], "score": v["score"], "passed": None if v["passed"] is None else bool(v["passed"]),
         "winner": v["winner"], "pair": [v["variant"], v["other_variant"]] if v["kind"] == "pairwise" else None,
         "reasoning": v["reasoning"], "raw": json.loads(v["raw"]) if v["raw"] else None,
-        "parse_error": v["parse_error"], "prompt_tokens": v["prompt_tokens"],
+        "parse_error": v["parse_error"], "error": v["error"], "prompt_tokens": v["prompt_tokens"],
         "completion_tokens": v["completion_tokens"], "cost": v["cost"],
     }

@@ -7,7 +7,7 @@ missing variable stops the run with file, line and variable name and zero calls.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,9 @@ from tunelab.evals.config import EvalConfig, PromptConfig
 from tunelab.evals.dataset import Row
 from tunelab.evals.errors import EvalError
 
+# A dataset row lacks a variable: the fix is in the data (or the template), not a CLI flag.
+DATASET_HINT = "add '{name}' to every dataset row (a JSONL key or a CSV column), or remove it from the prompt"
+
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
 
 
@@ -27,6 +30,7 @@ class CompiledPrompt:
     source: str                                   # where the text came from, for messages
     parts: list[tuple[str, jinja2.Template, set[str]]]   # (role, template, variables it reads)
     prompt_file: Any = None                       # a tunelab.prompts PromptFile, rendered by that package
+    params: dict[str, Any] = field(default_factory=dict)   # the prompt file's params, then the config entry's
 
     def render(self, row: Row) -> list[dict[str, str]]:
         if self.prompt_file is not None:
@@ -36,7 +40,8 @@ class CompiledPrompt:
             missing = sorted(names - row.vars.keys())
             if missing:
                 raise EvalError(f"{row.source}:{row.line}: row {row.id!r} has no variable {missing[0]!r} "
-                                f"used by prompt {self.id!r} ({self.source})")
+                                f"used by prompt {self.id!r} ({self.source}); "
+                                + DATASET_HINT.format(name=missing[0]))
             try:
                 messages.append({"role": role, "content": template.render(row.vars)})
             except jinja2.UndefinedError as exc:  # e.g. an attribute of a variable
@@ -50,7 +55,7 @@ class CompiledPrompt:
         from tunelab.prompts.render import render
 
         try:
-            out = render(self.prompt_file, row.vars)
+            out = render(self.prompt_file, row.vars, missing_hint=DATASET_HINT)
         except PromptError as exc:
             raise EvalError(f"{row.source}:{row.line}: row {row.id!r}, prompt {self.id!r}: {exc}") from None
         return [{"role": "user", "content": out}] if isinstance(out, str) else [dict(m) for m in out]
@@ -58,6 +63,14 @@ class CompiledPrompt:
 
 def compile_prompts(cfg: EvalConfig) -> list[CompiledPrompt]:
     return [_compile(p, cfg, i) for i, p in enumerate(cfg.prompts)]
+
+
+# Sampling params are merged in this order, later winning: the provider's `params`, the
+# prompt file's front-matter `params`, the config's `prompts[i].params`. The prompt knows its
+# own stop sequences and answer length; the provider only sets defaults. A prompt file's
+# `model` is dropped: the provider decides the model.
+def effective_params(provider_params: dict[str, Any], prompt: CompiledPrompt) -> dict[str, Any]:
+    return {**provider_params, **prompt.params}
 
 
 def render_all(prompts: list[CompiledPrompt], rows: list[Row]) -> dict[tuple[str, str], list[dict[str, str]]]:
@@ -104,12 +117,14 @@ def _compile(p: PromptConfig, cfg: EvalConfig, index: int) -> CompiledPrompt:
         text = _read(path, cfg, index)
         prompt_file = _load_prompt_file(path)
         if prompt_file is not None:
-            return CompiledPrompt(p.id, str(path), [], prompt_file=prompt_file)
-        return CompiledPrompt(p.id, str(path), [("user", *_template(text, str(path)))])
+            file_params = {k: v for k, v in (prompt_file.params or {}).items() if k != "model"}
+            return CompiledPrompt(p.id, str(path), [], prompt_file=prompt_file, params={**file_params, **p.params})
+        return CompiledPrompt(p.id, str(path), [("user", *_template(text, str(path)))], params=dict(p.params))
     if p.template is not None:
-        return CompiledPrompt(p.id, where, [("user", *_template(p.template, where + ".template"))])
+        return CompiledPrompt(p.id, where, [("user", *_template(p.template, where + ".template"))],
+                              params=dict(p.params))
     return CompiledPrompt(p.id, where, [(m["role"], *_template(str(m["content"]), f"{where}.messages[{k}]"))
-                                        for k, m in enumerate(p.messages or [])])
+                                        for k, m in enumerate(p.messages or [])], params=dict(p.params))
 
 
 def _template(text: str, where: str) -> tuple[jinja2.Template, set[str]]:

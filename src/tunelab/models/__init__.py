@@ -6,6 +6,9 @@ from tunelab._lazy import lazy_exports
 _EXPORTS = {
     "load_pretrained": "checkpoint",
     "save_pretrained": "checkpoint",
+    "resolve_checkpoint": "checkpoint",
+    "convert_gguf": "gguf_convert",
+    "BUILTIN_MODELS": "builtin",
     "SUPPORTED_MODEL_TYPES": "config",
     "ModelConfig": "config",
     "ModelError": "config",

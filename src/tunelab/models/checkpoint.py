@@ -33,7 +33,7 @@ _HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.model"]
 
 
 def load_pretrained(path_or_hub_id: str | Path, dtype=None, device="cpu") -> tuple[Transformer, Tokenizer]:
-    """Load a model and its tokenizer from a local HF directory or a hub id."""
+    """Load a model and its tokenizer from a built-in name, a .gguf file, a local HF directory or a hub id."""
     path = resolve_checkpoint(path_or_hub_id)
     config = ModelConfig.from_file(path / "config.json")
     model = load_model(path, config, dtype=dtype, device=device)
@@ -48,33 +48,54 @@ def save_pretrained(model: Transformer, tokenizer: Tokenizer | None, path: str |
     dtype = next(model.parameters()).dtype
     hf["dtype"] = str(dtype).removeprefix("torch.")
     hf.pop("torch_dtype", None)
-    state = checkpoint_state_dict(model)
-    shards = _shard(state, max_shard_bytes)
-    if len(shards) == 1:
-        save_file(shards[0], str(path / "model.safetensors"), metadata={"format": "pt"})
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, str(path / name), metadata={"format": "pt"})
-            weight_map.update(dict.fromkeys(shard, name))
-        total = sum(t.numel() * t.element_size() for t in state.values())
-        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    save_state_dict(checkpoint_state_dict(model), path, max_shard_bytes)
     (path / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
     if tokenizer is not None:
         tokenizer.save(path)
 
 
-def resolve_checkpoint(path_or_hub_id: str | Path) -> Path:
-    path = Path(path_or_hub_id).expanduser()
+def save_state_dict(state: dict[str, torch.Tensor], path: Path, max_shard_bytes: int = 5 << 30) -> None:
+    """Write HF-named tensors as model.safetensors, or as shards with their index."""
+    shards = _shard(state, max_shard_bytes)
+    if len(shards) == 1:
+        save_file(shards[0], str(path / "model.safetensors"), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(path / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def resolve_checkpoint(model: str | Path) -> Path:
+    """The HF-layout directory for anything that names a model: a built-in name
+    (`smollm2-135m-instruct`), a .gguf file (converted once into the user cache), a
+    checkpoint directory, or a Hugging Face hub id."""
+    from tunelab.models.builtin import BUILTIN_MODELS, builtin_gguf
+    from tunelab.models.gguf_cache import cached_conversion
+
+    path = Path(model).expanduser()
+    if str(model) in BUILTIN_MODELS and not path.exists():  # a file or directory of that name wins
+        return cached_conversion(builtin_gguf(str(model)))
+    if path.is_file() and _is_gguf(path):
+        return cached_conversion(path)
     if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"{path}: not a checkpoint directory, a .gguf file or a built-in model name")
         if not (path / "config.json").exists():
             raise ModelError(f"{path}: not a checkpoint directory (no config.json)")
         return path
-    name = str(path_or_hub_id)
+    name = str(model)
+    if path.suffix.lower() == ".gguf":
+        raise ModelError(f"{path}: no such file")
     if name.count("/") != 1 or name.startswith((".", "/")):
-        raise ModelError(f"{name}: no such directory, and not a hub id of the form 'org/name'")
+        raise ModelError(
+            f"{name}: no such directory or file, not a built-in model ({', '.join(BUILTIN_MODELS)}), "
+            "and not a hub id of the form 'org/name'"
+        )
     try:
         from huggingface_hub import snapshot_download
 
@@ -84,6 +105,13 @@ def resolve_checkpoint(path_or_hub_id: str | Path) -> Path:
             f"could not fetch {name!r} from the Hugging Face hub ({type(e).__name__}: {e}). "
             "If this machine is offline, download the checkpoint elsewhere and pass its local directory path."
         ) from None
+
+
+def _is_gguf(path: Path) -> bool:
+    if path.suffix.lower() == ".gguf":
+        return True
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
 
 
 def load_model(path: Path, config: ModelConfig, dtype=None, device="cpu") -> Transformer:

@@ -67,9 +67,14 @@ class Tokenizer:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(path / "tokenizer.json"))
+        # A template read from tokenizer_config.json (or a GGUF's metadata) is written back there;
+        # one read from chat_template.jinja goes back to its own file.
+        inline = "chat_template" in self.config
         config = {k: v for k, v in self.config.items() if k != "chat_template"}
+        if inline and self.chat_template is not None:
+            config["chat_template"] = self.chat_template
         (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-        if self.chat_template is not None:
+        if self.chat_template is not None and not inline:
             (path / "chat_template.jinja").write_text(self.chat_template)
 
     # ------------------------------------------------------------------ ids

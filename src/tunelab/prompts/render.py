@@ -17,10 +17,16 @@ from tunelab.prompts.prompt_file import PromptFile
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
 
 
-def render(prompt_file: PromptFile, variables: dict[str, Any], examples: int | None = None) -> str | list[dict[str, str]]:
+MISSING_HINT = "pass it with --var {name}=..."   # `tunelab prompt render`'s way to give a variable
+
+
+def render(prompt_file: PromptFile, variables: dict[str, Any], examples: int | None = None, *,
+           missing_hint: str = MISSING_HINT) -> str | list[dict[str, str]]:
     """A template renders to a string; a `messages:` prompt to a list of {role, content}.
 
-    `examples` keeps the first N few-shot examples (None keeps all, 0 drops them)."""
+    `examples` keeps the first N few-shot examples (None keeps all, 0 drops them).
+    `missing_hint` ends the error for an undefined variable ({name} is filled in): callers
+    whose variables come from elsewhere (an eval's dataset rows) say where to add it."""
     chosen = prompt_file.examples if examples is None else prompt_file.examples[: max(0, examples)]
     values = dict(prompt_file.variables or {})
     values = {k: v for k, v in values.items() if v is not None}
@@ -33,9 +39,10 @@ def render(prompt_file: PromptFile, variables: dict[str, Any], examples: int | N
             values.setdefault("examples", block)
         elif block:
             template = _insert_before_last_paragraph(template, block, prompt_file.example_separator)
-        return _render_text(template, values, prompt_file.path, prompt_file.segments[0].origins[0][0])
+        return _render_text(template, values, prompt_file.path, prompt_file.segments[0].origins[0][0], missing_hint)
     messages = [
-        {"role": m["role"], "content": _render_text(m["content"], values, prompt_file.path, seg.origins[0][0])}
+        {"role": m["role"], "content": _render_text(m["content"], values, prompt_file.path, seg.origins[0][0],
+                                                    missing_hint)}
         for m, seg in zip(prompt_file.messages, prompt_file.segments)
     ]
     # Chat few-shot: each example is a user turn and the assistant's answer, placed just
@@ -74,7 +81,7 @@ def _insert_before_last_paragraph(template: str, block: str, separator: str) -> 
     return body[:cut] + "\n\n" + block + separator + body[cut + 2:] + tail
 
 
-def _render_text(text: str, values: dict[str, Any], path: str, first_line: int) -> str:
+def _render_text(text: str, values: dict[str, Any], path: str, first_line: int, missing_hint: str = MISSING_HINT) -> str:
     source = to_jinja(text)
     try:
         parsed = _ENV.parse(source)
@@ -89,7 +96,7 @@ def _render_text(text: str, values: dict[str, Any], path: str, first_line: int) 
                 line = first_line + text.count("\n", 0, p.start)
                 break
         others = f" (also missing: {', '.join(missing[1:])})" if len(missing) > 1 else ""
-        raise PromptError(f"variable '{name}' is undefined; pass it with --var {name}=...{others}", path=path, line=line)
+        raise PromptError(f"variable '{name}' is undefined; {missing_hint.format(name=name)}{others}", path=path, line=line)
     try:
         return _ENV.from_string(source).render(**values)
     except jinja2.UndefinedError as exc:

@@ -1,10 +1,10 @@
 """How much people agree with each other, and how much each automated metric agrees with them.
 
-Every statistic is computed by a library — Cohen's kappa and accuracy by
-scikit-learn, correlations by scipy, Krippendorff's alpha by `krippendorff` —
-except two with no library in our dependencies: percent agreement (a count) and
-Fleiss' kappa (statsmodels is not a dependency; ours is the textbook formula,
-tested against Fleiss' published worked example).
+Krippendorff's alpha comes from `krippendorff`, Fleiss' kappa from statsmodels, percent
+agreement is a count. Cohen's kappa, accuracy and the correlations are computed for all
+bootstrap resamples at once (a resample is the items with integer multiplicities, so each
+is a weighted statistic: one array operation instead of a library call per resample); they
+follow scikit-learn's and scipy's definitions and the tests compare them with those libraries.
 
 Confidence intervals are percentile bootstraps over *items*: items are the unit
 that was sampled, raters are fixed, so every resample keeps whole rows of the
@@ -21,9 +21,6 @@ from dataclasses import dataclass, field
 
 import krippendorff
 import numpy as np
-import sklearn
-from scipy import stats
-from sklearn.metrics import accuracy_score, cohen_kappa_score
 
 from tunelab.review.errors import ReviewError
 from tunelab.review.store import Rating
@@ -72,9 +69,7 @@ def agreement(ratings: list[Rating], scores: list[AutoScore] | None = None,
     config = config or AgreementConfig()
     if not ratings:
         raise ReviewError("no human ratings to analyse")
-    # Thousands of small library calls per figure: sklearn's input validation would dominate.
-    with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
-        return _agreement(ratings, scores, config)
+    return _agreement(ratings, scores, config)
 
 
 def _agreement(ratings: list[Rating], scores: list[AutoScore] | None, config: AgreementConfig) -> dict:
@@ -103,7 +98,7 @@ def inter_rater(dim: _Dim, config: AgreementConfig) -> dict:
         if both.sum() < 2:
             continue
         kappas[f"{dim.raters[i]}|{dim.raters[j]}"] = {
-            name: boot.figure(lambda m, i=i, j=j, w=w: _cohen(m[:, i], m[:, j], dim.categories, w))
+            name: boot.vector(lambda W, i=i, j=j, w=w: kappa_w(dim.m[:, i], dim.m[:, j], dim.categories, w, W))
             for name, w in KAPPA_WEIGHTS.items()
         }
     return {
@@ -124,36 +119,43 @@ def automated(dim: _Dim, rows: list[AutoScore], config: AgreementConfig) -> dict
     if got is None:
         return None
     kind, x = got
-    boot = _Bootstrap(dim, config, extra=x)
+    boot = _Bootstrap(dim, config)
+    rated = ~np.all(np.isnan(dim.m), axis=1)
     if kind == "score":
-        figs = {name: boot.figure(lambda m, x, f=f: _paired(f, x, _human_mean(m)), with_extra=True)
-                for name, f in _CORRELATIONS.items()}
-        ceiling = {name: boot.figure(lambda m, f=f: _ceiling_corr(m, f)) for name, f in _CORRELATIONS.items()}
+        h = _human_mean(dim.m)
+        figs = {name: boot.vector(lambda W, name=name: _corr_w(name, x, h, W)) for name in _CORRELATIONS}
+        ceiling = {name: boot.vector(lambda W, name=name: _over_raters(
+            dim.m, lambda own, rest: _corr_w(name, own, _human_mean(rest), W))) for name in _CORRELATIONS}
         key = "spearman"
-    elif kind == "pass_fail":
-        threshold = config.pass_threshold
-        if threshold is None:
-            threshold = (dim.categories.min() + dim.categories.max()) / 2
-        figs = {
-            "accuracy": boot.figure(lambda m, x: _labels(accuracy_score, x, _human_mean(m) >= threshold, m),
-                                    with_extra=True),
-            "cohen_kappa": boot.figure(lambda m, x: _labels(_kappa2, x, _human_mean(m) >= threshold, m),
-                                       with_extra=True),
-        }
-        ceiling = {"accuracy": boot.figure(lambda m: _ceiling_pass(m, threshold, accuracy_score)),
-                   "cohen_kappa": boot.figure(lambda m: _ceiling_pass(m, threshold, _kappa2))}
-        figs["pass_threshold"] = float(threshold)
-        key = "cohen_kappa"
     else:
-        figs = {
-            "accuracy": boot.figure(lambda m, x: _labels(accuracy_score, x, _majority(m), m), with_extra=True),
-            "cohen_kappa": boot.figure(lambda m, x: _labels(_kappa3, x, _majority(m), m), with_extra=True),
-        }
-        ceiling = {"accuracy": boot.figure(lambda m: _ceiling_majority(m, accuracy_score)),
-                   "cohen_kappa": boot.figure(lambda m: _ceiling_majority(m, _kappa3))}
+        if kind == "pass_fail":
+            threshold = config.pass_threshold
+            if threshold is None:
+                threshold = (dim.categories.min() + dim.categories.max()) / 2
+            labels = np.array([0.0, 1.0])
+
+            def human_of(m):   # pass/fail of the raters' mean, NaN where nobody rated
+                mean = _human_mean(m)
+                return np.where(np.isnan(mean), np.nan, (mean >= threshold).astype(float))
+
+            def own_of(col):
+                return np.where(np.isnan(col), np.nan, (col >= threshold).astype(float))
+        else:
+            labels = np.array(sorted(PREF_NAME))
+            human_of, own_of = _majority, (lambda col: col)
+        h = np.where(rated, human_of(dim.m), np.nan)
+        figs = {"accuracy": boot.vector(lambda W: accuracy_w(x, h, W)),
+                "cohen_kappa": boot.vector(lambda W: kappa_w(x, h, labels, None, W))}
+        ceiling = {"accuracy": boot.vector(lambda W: _over_raters(
+                       dim.m, lambda own, rest: accuracy_w(own_of(own), human_of(rest), W))),
+                   "cohen_kappa": boot.vector(lambda W: _over_raters(
+                       dim.m, lambda own, rest: kappa_w(own_of(own), human_of(rest), labels, None, W)))}
+        if kind == "pass_fail":
+            figs["pass_threshold"] = float(threshold)
         key = "cohen_kappa"
     return {"kind": kind, "n_items": int(np.sum(~np.isnan(x) & ~np.all(np.isnan(dim.m), 1))), **figs,
-            "human_ceiling": ceiling, "verdict": verdict(key, figs[key], ceiling[key])}
+            "human_ceiling": ceiling,
+            "verdict": verdict(key, figs[key], ceiling[key], why_undefined(x, _human_mean(dim.m)))}
 
 
 def metric_vector(dim: _Dim, rows: list[AutoScore]) -> tuple[str, np.ndarray] | None:
@@ -187,19 +189,43 @@ def plot_data(ratings: list[Rating], scores: list[AutoScore] | None, config: Agr
     return dims, vectors
 
 
-def verdict(key: str, fig: dict, ceiling: dict) -> str:
-    """Plain words: is the metric about as good a rater as a human is, judged by `key`?"""
-    v, lo, hi, top = fig["value"], fig["ci_low"], fig["ci_high"], ceiling["value"]
-    if v is None or top is None or lo is None:
-        return "not enough rated items to judge"
-    said = f"{key} {v:.2f} [{lo:.2f}, {hi:.2f}] vs human–human {top:.2f}"
-    if top <= 0:
+def verdict(key: str, fig: dict, ceiling: dict, why: str | None = None) -> str:
+    """Plain words: is the metric about as good a rater as a human is, judged by `key`?
+
+    "Agrees" needs the interval above zero; "as well as humans" needs it not to lie wholly below
+    the human–human interval (intervals compared, not a point against a bound)."""
+    v, lo, hi = fig["value"], fig["ci_low"], fig["ci_high"]
+    if v is None:
+        return f"cannot be judged: {why or 'not enough rated items'}"
+    if lo is None:
+        return f"no interval: too many bootstrap resamples were degenerate ({key} {v:.2f})"
+    top, top_lo, top_hi = ceiling["value"], ceiling["ci_low"], ceiling["ci_high"]
+    said = f"{key} {v:.2f} [{lo:.2f}, {hi:.2f}]"
+    if top is not None:
+        said += f" vs human–human {top:.2f}" + (f" [{top_lo:.2f}, {top_hi:.2f}]" if top_lo is not None else "")
+    if top is not None and top <= 0:
         return f"cannot be validated: the humans themselves do not agree on this dimension ({said})"
-    if hi >= top:
-        return f"agrees with humans about as well as humans agree with each other ({said})"
-    if lo > 0:
-        return f"agrees with humans, but less than humans agree with each other ({said})"
-    return f"no reliable agreement with humans ({said})"
+    if hi < 0:
+        return f"disagrees with humans: the agreement is negative ({said})"
+    if lo <= 0:
+        return f"no reliable agreement with humans: the interval includes zero ({said})"
+    if top is None or top_lo is None:
+        return f"agrees with humans (no human–human ceiling to compare with) ({said})"
+    if hi < top_lo:
+        return f"agrees with humans, but credibly less than humans agree with each other ({said})"
+    return f"agrees with humans about as well as humans agree with each other ({said})"
+
+
+def why_undefined(x: np.ndarray, human: np.ndarray) -> str | None:
+    """Why a metric–human figure has no value: too few items, or a constant side."""
+    ok = ~np.isnan(x) & ~np.isnan(human)
+    if ok.sum() < 3:
+        return f"only {int(ok.sum())} items have both a human and an automated score (need 3)"
+    if np.ptp(x[ok]) == 0:
+        return f"the automated score is constant on these items (every value {x[ok][0]:g})"
+    if np.ptp(human[ok]) == 0:
+        return f"the human scores are constant on these items (every value {human[ok][0]:g})"
+    return None
 
 
 def percent_agreement(m: np.ndarray) -> float:
@@ -224,6 +250,54 @@ def fleiss_kappa(counts: np.ndarray) -> float:
     if float(np.sum(p_cat * p_cat)) == 1.0:  # every rating in one category: kappa is undefined
         return math.nan
     return float(_fleiss(counts, method="fleiss"))
+
+
+def kappa_w(a: np.ndarray, b: np.ndarray, labels, weights: str | None, W: np.ndarray) -> np.ndarray:
+    """Cohen's kappa of a vs b for each row of item weights W (R × n), as scikit-learn defines it
+    (weights on label positions); items where either side is NaN are left out."""
+    labels = np.asarray(labels, dtype=float)
+    ok = ~np.isnan(a) & ~np.isnan(b)
+    W = W * ok
+    k = len(labels)
+    onehot = np.eye(k)
+    ta = onehot[np.searchsorted(labels, np.where(ok, a, labels[0]))]
+    tb = onehot[np.searchsorted(labels, np.where(ok, b, labels[0]))]
+    confusion = np.einsum("ri,ik,il->rkl", W, ta, tb, optimize=True)
+    n = confusion.sum((1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = confusion.sum(2)[:, :, None] * confusion.sum(1)[:, None, :] / n[:, None, None]
+        pos = np.arange(k)
+        wm = {None: 1.0 - np.eye(k), "linear": np.abs(pos[:, None] - pos[None, :]),
+              "quadratic": (pos[:, None] - pos[None, :]) ** 2.0}[weights]
+        kappa = 1 - (wm * confusion).sum((1, 2)) / (wm * expected).sum((1, 2))
+    kappa[W.sum(1) < 2] = np.nan
+    return kappa
+
+
+def accuracy_w(a: np.ndarray, b: np.ndarray, W: np.ndarray) -> np.ndarray:
+    ok = ~np.isnan(a) & ~np.isnan(b)
+    W = W * ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = (W * (np.where(ok, a, 0) == np.where(ok, b, 0))).sum(1) / W.sum(1)
+    acc[W.sum(1) < 2] = np.nan
+    return acc
+
+
+def _corr_w(name: str, x: np.ndarray, y: np.ndarray, W: np.ndarray) -> np.ndarray:
+    from tunelab.review.levels import _shared
+
+    ok = ~np.isnan(x) & ~np.isnan(y)
+    out = _shared(x[ok], y[ok], W[:, ok])[name] if ok.any() else np.full(len(W), np.nan)
+    out[W[:, ok].sum(1) < 3] = np.nan
+    return out
+
+
+def _over_raters(m: np.ndarray, fig) -> np.ndarray:
+    """The mean over raters of fig(one rater's column, the other raters' matrix), NaNs left out."""
+    vals = np.stack([fig(m[:, r], np.delete(m, r, axis=1)) for r in range(m.shape[1])])
+    counted = np.isfinite(vals).sum(0)
+    return np.where(counted > 0, np.nansum(np.where(np.isfinite(vals), vals, 0), axis=0) / np.maximum(counted, 1),
+                    np.nan)
 
 
 # -- building the item × rater matrix ------------------------------------------
@@ -264,15 +338,6 @@ def _counts(m: np.ndarray, categories: np.ndarray) -> np.ndarray:
 
 
 # -- library calls, made NaN-safe for degenerate bootstrap resamples -------------
-def _cohen(a, b, categories, weights) -> float:
-    both = ~np.isnan(a) & ~np.isnan(b)
-    if both.sum() < 2:
-        return math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(cohen_kappa_score(a[both], b[both], labels=categories, weights=weights))
-
-
 def _alpha(m, categories, level) -> float:
     data = m.T
     if np.sum((~np.isnan(data)).sum(0) >= 2) < 1 or len(categories) < 2:
@@ -286,16 +351,7 @@ def _alpha(m, categories, level) -> float:
         return math.nan
 
 
-_CORRELATIONS = {"spearman": stats.spearmanr, "kendall": stats.kendalltau, "pearson": stats.pearsonr}
-
-
-def _paired(f, x, y) -> float:
-    ok = ~np.isnan(x) & ~np.isnan(y)
-    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(f(x[ok], y[ok]).statistic)
+_CORRELATIONS = ("spearman", "kendall", "pearson")
 
 
 def _human_mean(m) -> np.ndarray:
@@ -312,58 +368,6 @@ def _majority(m) -> np.ndarray:
         if vals:
             out[k] = vals[0][0] if len(vals) == 1 or vals[0][1] > vals[1][1] else PREF_CODE["tie"]
     return out
-
-
-def _kappa2(a, b) -> float:
-    return float(cohen_kappa_score(a, b, labels=[False, True]))
-
-
-def _kappa3(a, b) -> float:
-    return float(cohen_kappa_score(a, b, labels=list(PREF_CODE.values())))
-
-
-def _labels(f, x, human, m) -> float:
-    ok = ~np.isnan(x) & ~np.all(np.isnan(m), axis=1)
-    if ok.sum() < 2:
-        return math.nan
-    h = human[ok]
-    a = x[ok].astype(bool) if h.dtype == bool else x[ok]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(f(a, h))
-
-
-def _ceiling_corr(m, f) -> float:
-    """Mean over raters of (one rater vs the mean of the others): how well a single human tracks the rest."""
-    vals = [_paired(f, m[:, r], _human_mean(np.delete(m, r, axis=1))) for r in range(m.shape[1])]
-    vals = [v for v in vals if not math.isnan(v)]
-    return float(np.mean(vals)) if vals else math.nan
-
-
-def _ceiling_pass(m, threshold, f) -> float:
-    vals = []
-    for r in range(m.shape[1]):
-        others = _human_mean(np.delete(m, r, axis=1))
-        ok = ~np.isnan(m[:, r]) & ~np.isnan(others)
-        if ok.sum() >= 2:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                vals.append(f(m[ok, r] >= threshold, others[ok] >= threshold))
-    vals = [v for v in vals if not math.isnan(v)]
-    return float(np.mean(vals)) if vals else math.nan
-
-
-def _ceiling_majority(m, f) -> float:
-    vals = []
-    for r in range(m.shape[1]):
-        others = _majority(np.delete(m, r, axis=1))
-        ok = ~np.isnan(m[:, r]) & ~np.isnan(others)
-        if ok.sum() >= 2:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                vals.append(f(m[ok, r], others[ok]))
-    vals = [v for v in vals if not math.isnan(v)]
-    return float(np.mean(vals)) if vals else math.nan
 
 
 # -- automated scores ----------------------------------------------------------
@@ -401,22 +405,29 @@ def _encode(r: AutoScore, kind: str) -> float:
 
 
 class _Bootstrap:
-    """Percentile bootstrap over items; every figure of a dimension reuses the same resamples."""
+    """Percentile bootstrap over items; every figure of a dimension reuses the same resamples.
 
-    def __init__(self, dim: _Dim, config: AgreementConfig, extra: np.ndarray | None = None):
-        self.dim, self.config, self.extra = dim, config, extra
+    `vector(fn)` is the fast path: fn(W) computes a figure for every row of item multiplicities W at
+    once. `figure(fn)` calls a library function once per resample (Fleiss, Krippendorff)."""
 
-    def figure(self, fn, with_extra: bool = False) -> dict:
-        def call(rows):
-            m = self.dim.m if rows is None else self.dim.m[rows]
-            if with_extra:
-                return fn(m, self.extra if rows is None else self.extra[rows])
-            return fn(m)
+    def __init__(self, dim: _Dim, config: AgreementConfig):
+        self.dim, self.config = dim, config
+        n_boot, n = dim.boot.shape
+        flat = (np.arange(n_boot)[:, None] * n + dim.boot).ravel()
+        self.weights = np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(float)
 
-        value = call(None)
+    def vector(self, fn) -> dict:
+        value = float(fn(np.ones((1, len(self.dim.items))))[0])
+        return self._interval(value, lambda: fn(self.weights))
+
+    def figure(self, fn) -> dict:
+        value = fn(self.dim.m)
+        return self._interval(value, lambda: np.array([fn(self.dim.m[rows]) for rows in self.dim.boot]))
+
+    def _interval(self, value: float, draws_fn) -> dict:
         if math.isnan(value):
             return {"value": None, "ci_low": None, "ci_high": None}
-        draws = np.array([call(rows) for rows in self.dim.boot])
+        draws = draws_fn()
         draws = draws[~np.isnan(draws)]
         tail = (1 - self.config.confidence) / 2 * 100
         # With most resamples degenerate the interval would describe a different population.

@@ -13,8 +13,24 @@ from rich.console import Console
 from rich.table import Table
 
 from tunelab.review.agreement import PREF_NAME, _human_mean, _majority
+from tunelab.review.levels import STATS, short_verdict
+from tunelab.review.levels import fmt as fmt_ci
 
 _ENV = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(["html"]))
+
+# One line per statistic the inter-rater report names, shown under its tables and in the HTML.
+INTER_RATER_EXPLAIN = {
+    "percent agreement": "percent agreement: share of rater pairs giving an item the same score (no chance correction).",
+    "Cohen's kappa": "Cohen's kappa: two raters' agreement beyond chance: 1 = perfect, 0 = chance, < 0 = worse than "
+                     "chance; linear/quadratic weights count near misses as partial agreement.",
+    "Fleiss' kappa": "Fleiss' kappa: Cohen's idea for many raters — agreement beyond chance across all raters of an item.",
+    "Krippendorff's alpha": "Krippendorff's alpha: agreement beyond chance that tolerates missing ratings; the level "
+                            "says whether scores are categories (nominal), ordered (ordinal) or numbers (interval).",
+    "correlations": "spearman / kendall / pearson: rank, pair-order and linear correlation of a metric with the human mean.",
+    "accuracy": "accuracy: share of items where the automated verdict equals the human one.",
+    "ceiling": "human–human ceiling: the same figure between one rater and the others — what a human achieves.",
+    "ci": "95% CI: bootstrap interval over items; a figure whose interval includes 0 may be chance.",
+}
 
 
 def fmt(fig) -> str:
@@ -48,7 +64,7 @@ def print_tables(report: dict, console: Console | None = None) -> None:
             t.add_row(f"Cohen's kappa {pair}", "  ".join(f"{w}: {fmt(f)}" for w, f in ks.items()))
         console.print(t)
         if r["automated"]:
-            a = Table(title=f"{dim}: automated vs human")
+            a = Table(title=f"{dim}: automated vs human, item level")
             for col in ("metric", "kind", "n", "agreement with humans", "human–human ceiling", "verdict"):
                 a.add_column(col, overflow="fold")
             for metric, m in r["automated"].items():
@@ -56,12 +72,61 @@ def print_tables(report: dict, console: Console | None = None) -> None:
                 a.add_row(metric, m["kind"], str(m["n_items"]), f"{key} {fmt(m[key])}",
                           fmt(m["human_ceiling"][key]), m["verdict"].split(" (")[0])
             console.print(a)
+    if report:
+        console.print(_footnote(INTER_RATER_EXPLAIN))
+
+
+def print_levels(report: dict, console: Console | None = None) -> None:
+    """The imported-judgments report: one table per dimension and metric, a row per level, statistics explained."""
+    console = console or Console()
+    d = report["design"]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in report["correlations"]:
+        groups.setdefault((row["dimension"], row["metric"]), []).append(row)
+    console.print(f"{d['items']} rated outputs, {d['inputs']} inputs × {d['systems']} systems; "
+                  f"{d['n_boot']} bootstrap resamples of inputs{' and systems' if d['system_resampling'] else ''}")
+    for (dim, metric), rows in groups.items():
+        info = report["dimensions"][dim]
+        t = Table(title=f"{dim} ({info['n_raters']} rater(s)) vs {metric_label(report, metric, dim)}",
+                  title_justify="left")
+        for col in ("level", "n", "Pearson r", "Spearman ρ", "Kendall τ-b", "skipped", "human–human ρ", "verdict"):
+            t.add_column(col, overflow="fold")
+        for r in rows:
+            ceil = r["human_ceiling"]
+            t.add_row(r["level"], str(r["n"]), *(fmt_ci(r[s], r["ci"][s]).replace(" [", "\n[") for s in STATS),
+                      "" if r["skipped_inputs"] is None else str(r["skipped_inputs"]),
+                      "–" if ceil is None else fmt_ci(ceil["value"], ceil["ci"]).replace(" [", "\n["),
+                      short_verdict(r["verdict"]))
+        console.print(t)
+    console.print(_footnote(report["explanations"]))
+
+
+def metric_label(report: dict, metric: str, dimension: str | None = None) -> str:
+    """`rouge_l (refs: mean)` for reference-based metrics, `geval (360 × logprobs)` for G-Eval."""
+    notes = report.get("metrics", {}).get(metric, {})
+    if notes.get("multi_reference"):
+        return f"{metric} (refs: {notes['multi_reference']})"
+    method = notes.get("method", {}).get(dimension)
+    return f"{metric} ({method})" if method else metric
+
+
+def write_levels_html(report: dict, path: str | Path) -> None:
+    html = _ENV.get_template("validation.html").render(report=report, fmt=fmt_ci, stats=STATS,
+                                                       label=lambda m, d=None: metric_label(report, m, d))
+    Path(path).write_text(html, encoding="utf-8")
+
+
+def _footnote(explain: dict) -> str:
+    from rich.markup import escape
+
+    return "\n".join(f"[dim]{escape(text)}[/dim]" for text in explain.values())
 
 
 def write_html(report: dict, path: str | Path, dims: dict | None = None, scores: dict | None = None) -> None:
     """`dims` / `scores` (from `plot_data`) add the scatter and confusion-matrix plots."""
     plots = _plots(dims or {}, scores or {})
-    html = _ENV.get_template("agreement.html").render(report=report, fmt=fmt, plots=plots)
+    html = _ENV.get_template("agreement.html").render(report=report, fmt=fmt, plots=plots,
+                                                      explanations=INTER_RATER_EXPLAIN)
     Path(path).write_text(html, encoding="utf-8")
 
 

@@ -26,15 +26,36 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     review.command("status")(status_command)
     review.command("export")(export_command)
     review.command("import")(import_command)
+    _register_agree(app)
 
+
+def _register_agree(app: typer.Typer) -> None:
+    # `agree` is still a closure: it moves to a module-level `agree_command` once no other branch edits its body.
     @app.command("agree")
     def agree(
-        source: str = typer.Argument(..., help="A review task name, or a long-format ratings file (CSV/JSONL)."),
+        source: Optional[str] = typer.Argument(None, help="A review task name, or a long-format ratings file "
+                                                          "(CSV/JSONL). Omit with --items/--ratings."),
         run: Optional[str] = typer.Option(None, "--run", help="Eval run whose metrics and judges to validate."),
         scores: Optional[Path] = typer.Option(None, "--scores", help="Automated scores file: item_id, metric, value."),
+        items: Optional[Path] = typer.Option(None, "--items", help="Imported judgments: ITEMS.jsonl with id, input_id, "
+                                                                   "system, output, reference(s)."),
+        ratings: Optional[Path] = typer.Option(None, "--ratings", help="Imported judgments: RATINGS.jsonl with "
+                                                                       "item_id, dimension, rater, score."),
+        metric: Optional[list[str]] = typer.Option(None, "--metric", help="A tunelab metric to compute on the items "
+                                                                          "(repeatable), e.g. rouge_l, embedding."),
+        level: Optional[list[str]] = typer.Option(None, "--level", help="item, input or system (repeatable; "
+                                                                        "default: all three)."),
+        references: Optional[str] = typer.Option(None, "--references", help="How reference-based metrics combine "
+                                                                             "several references: mean or max."),
+        judge_url: Optional[str] = typer.Option(None, "--judge-url", help="With --items: an OpenAI-compatible "
+                                                "endpoint; adds a G-Eval and a rubric judge per dimension."),
+        judge_model: str = typer.Option("", "--judge-model", help="Model name for --judge-url."),
+        judge_key_env: Optional[str] = typer.Option(None, "--judge-key-env", help="Environment variable holding "
+                                                                                  "the judge's API key."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
         output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write an HTML report with plots."),
-        n_boot: int = typer.Option(500, "--bootstrap", help="Bootstrap resamples for the 95% intervals."),
+        n_boot: Optional[int] = typer.Option(None, "--bootstrap", help="Bootstrap resamples for the 95% intervals "
+                                                                       "(default 1000 with --items, else 500)."),
         seed: int = typer.Option(0, "--seed"),
         pass_threshold: Optional[float] = typer.Option(None, "--pass-threshold",
                                                        help="Human mean >= this counts as a pass (default: scale midpoint)."),
@@ -46,29 +67,71 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         from tunelab.review.runs import scores_from_run
         from tunelab.review.store import ReviewStore
 
+        def imported():
+            from tunelab.review.imported import validate_files
+            from tunelab.review.levels import LEVELS, BootConfig
+
+            if source is not None or run is not None:
+                raise ReviewError("--items/--ratings take no task name and no --run")
+            if items is None or ratings is None:
+                raise ReviewError("give both --items ITEMS.jsonl and --ratings RATINGS.jsonl")
+            for lvl in level or []:
+                if lvl not in LEVELS:
+                    raise ReviewError(f"--level: expected item, input or system, got {lvl!r}")
+            config = BootConfig(n_boot=n_boot or 1000, seed=seed, levels=tuple(level or LEVELS))
+            judge = None
+            if judge_url:
+                judge = (judge_url, judge_model, os.environ.get(judge_key_env, "") if judge_key_env else "EMPTY")
+            report = validate_files(items, ratings, metric or [], scores, config, references=references, db=db,
+                                    judge=judge)
+            if as_json:
+                typer.echo(agreement_report.to_json(report))
+            else:
+                agreement_report.print_levels(report)
+            if output is not None:
+                agreement_report.write_levels_html(report, output)
+                if not as_json:
+                    typer.echo(f"wrote {output}")
+
         def go():
-            task = items = None
+            if items is not None or ratings is not None:
+                return imported()
+            if source is None:
+                raise ReviewError("give a review task or ratings file, or --items and --ratings")
+            if metric or level or references or judge_url:
+                raise ReviewError("--metric, --level, --references and --judge-url go with --items/--ratings")
+            task = items_ = None
             if Path(source).is_file():
-                ratings = longformat.load(source)
+                ratings_ = longformat.load(source)
             else:
                 store = ReviewStore(db)
                 task = store.task(source)
-                items = store.items(source)
-                ratings = store.ratings(source)
+                items_ = store.items(source)
+                ratings_ = store.ratings(source)
             auto = []
             if scores is not None:
                 auto += longformat.load_scores(scores)
             if run is not None:
-                auto += scores_from_run(db, run, task, items)
-            config = AgreementConfig(n_boot=n_boot, seed=seed, pass_threshold=pass_threshold,
+                auto += scores_from_run(db, run, task, items_)
+            config = AgreementConfig(n_boot=n_boot or 500, seed=seed, pass_threshold=pass_threshold,
                                      scale=(task.scale_min, task.scale_max) if task and not task.pairwise else None)
-            report = agreement(ratings, auto, config)
+            report = agreement(ratings_, auto, config)
+            levels = None
+            if task is not None and not task.pairwise:   # run-based tasks know each item's input and variant
+                from tunelab.review.imported import validate_review_task
+                from tunelab.review.levels import BootConfig
+
+                levels = validate_review_task(items_, ratings_, auto, BootConfig(n_boot=n_boot or 500, seed=seed))
+                for dim, r in report.items():
+                    r["levels"] = [x for x in (levels or {}).get("correlations", []) if x["dimension"] == dim]
             if as_json:
                 typer.echo(agreement_report.to_json(report))
             else:
                 agreement_report.print_tables(report)
+                if levels:
+                    agreement_report.print_levels(levels)
             if output is not None:
-                dims, vectors = plot_data(ratings, auto, config)
+                dims, vectors = plot_data(ratings_, auto, config)
                 agreement_report.write_html(report, output, dims, vectors)
                 if not as_json:
                     typer.echo(f"wrote {output}")

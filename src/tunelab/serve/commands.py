@@ -12,7 +12,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
 
 def serve_command(
-    model_path: str = typer.Argument(..., help="Checkpoint directory (Hugging Face layout, safetensors)."),
+    model_path: str = typer.Argument(..., help="Built-in model name, .gguf file or checkpoint directory (HF layout)."),
     adapter: list[str] = typer.Option([], "--adapter", help="LoRA adapter as name=DIR (PEFT format); repeatable."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),

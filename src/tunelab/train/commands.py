@@ -19,7 +19,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
 def tune_command(
     config: Path | None = typer.Argument(None, help="YAML file of settings; every flag below overrides it."),
-    model: str | None = typer.Option(None, "--model", help="Base model checkpoint directory."),
+    model: str | None = typer.Option(None, "--model", help="Base model: built-in name, .gguf file or checkpoint directory."),
     data: str | None = typer.Option(None, "--data", help="Training JSONL (prompt/completion or messages rows)."),
     val: str | None = typer.Option(None, "--val", help="Validation JSONL."),
     val_fraction: float | None = typer.Option(None, "--val-fraction", help="Hold out this fraction of --data."),
@@ -66,6 +66,7 @@ def tune_command(
     table = Table(title="tunelab tune", show_header=False)
     table.add_row("adapter", str(result.out))
     table.add_row("steps", str(result.steps))
+    table.add_row("rows", f"{result.train_rows} train, {result.val_rows} validation")
     table.add_row("trainable parameters", f"{result.trainable:,} of {result.total:,} ({100 * result.trainable / result.total:.4f}%)")
     table.add_row("tokens seen", f"{result.tokens_seen:,}")
     table.add_row("wall time", f"{result.wall_s:.1f} s")

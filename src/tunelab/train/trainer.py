@@ -44,6 +44,10 @@ class TuneResult:
     peak_memory_bytes: int
     train_loss: float | None
     val_loss: float | None
+    # Rows trained on and held out: `val_fraction` takes its rows from --data, so the two are
+    # reported apart rather than as one "rows" figure that hides the split.
+    train_rows: int = 0
+    val_rows: int = 0
 
 
 def tune(config: TuneConfig, progress: bool = True, console=None) -> TuneResult:
@@ -111,7 +115,7 @@ def tune(config: TuneConfig, progress: bool = True, console=None) -> TuneResult:
         val_loss = evaluate(model, data.val_set, config, data.pad_id, device)
     counts = trainable_parameters(model)
     result = TuneResult(out, step, counts.trainable, counts.total, tokens_seen, time.perf_counter() - t_start,
-                        _peak_memory(device), last_loss, val_loss)  # fmt: skip
+                        _peak_memory(device), last_loss, val_loss, data.train_rows, len(data.val_set))  # fmt: skip
     if main:
         _write_outputs(model, result, data.stats, counts)
     if world > 1:
@@ -134,6 +138,7 @@ def _adapted_model(config: TuneConfig, device):
 @dataclass
 class _Data:
     batches: Batches
+    train_rows: int
     val_set: list
     stats: object
     pad_id: int
@@ -150,7 +155,7 @@ def _data(config: TuneConfig, tokenizer, rank: int, world: int) -> _Data:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     batches = Batches(train_set, config.batch_size, config.seed, pad_id, config.packing, config.max_seq_len, rank, world)
     total_steps = config.steps or max(1, math.ceil((config.epochs or 1) * batches.per_epoch / config.grad_accum))
-    return _Data(batches, val_set, stats, pad_id, total_steps)
+    return _Data(batches, len(train_set), val_set, stats, pad_id, total_steps)
 
 
 def _optimizer(model, config: TuneConfig, total_steps: int):
@@ -189,7 +194,7 @@ def _accumulate(runner, micro: list[dict], world: int, device, autocast) -> tupl
 
 def _write_outputs(model, result: TuneResult, stats, counts) -> None:
     save_adapter(model, result.out)
-    summary = {**result.__dict__, "out": str(result.out), "rows": stats.rows, "truncated": stats.truncated,
+    summary = {**result.__dict__, "out": str(result.out), "rows_read": stats.rows, "truncated": stats.truncated,
                "dropped": stats.dropped, "trainable_percent": 100 * counts.trainable / counts.total}  # fmt: skip
     (result.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
