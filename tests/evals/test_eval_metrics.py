@@ -121,3 +121,46 @@ def test_rouge_l_beta_and_whitespace_tokens_follow_the_coco_caption_formula():
     assert score("rouge_l", out, ref, beta=1.2, tokenize="whitespace") == pytest.approx(expected)
     with pytest.raises(EvalError, match=r"m\[0\]\.tokenize: expected"):
         check_metric(MetricConfig(name="rouge_l", options={"tokenize": "nltk"}), where="m[0]")
+
+
+def test_metrics_register_themselves_and_everything_reads_the_registry(monkeypatch):
+    from tunelab.evals import metrics as registry
+
+    # A metric registered from outside is checked, scored, cached and classed like the built-in ones.
+    monkeypatch.setattr(registry, "METRICS", dict(registry.METRICS))
+
+    @registry.metric("starts_upper", version=3, options={"strict": registry._one_of("yes", "no")}, binary=True)
+    def _starts_upper(m):
+        return lambda x: float(x.output[:1].isupper())
+
+    check_metric(MetricConfig(name="starts_upper", options={"strict": "yes"}), where="m[0]")
+    with pytest.raises(EvalError, match=r"m\[0\]\.strict: expected 'yes' or 'no', got 'maybe'"):
+        check_metric(MetricConfig(name="starts_upper", options={"strict": "maybe"}), where="m[0]")
+    assert score("starts_upper", "Paris") == 1.0 and score("starts_upper", "paris") == 0.0
+    assert registry.is_binary("starts_upper") and not registry.is_reference_based("starts_upper")
+    assert Metric(MetricConfig(name="starts_upper")).multi_reference is None
+
+
+def test_cache_keys_are_name_options_version_and_extra():
+    import hashlib
+    import json
+
+    # The result cache written by earlier versions stays valid: the key's recipe is fixed.
+    m = Metric(MetricConfig(name="rouge_l", options={"beta": 1.2}))
+    recipe = {"name": "rouge_l", "options": {"beta": 1.2}, "version": 2, "extra": ""}
+    assert m.key == hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+def test_metrics_do_not_import_the_config():
+    import ast
+    import inspect
+
+    from tunelab.evals import metrics as registry
+
+    # config.py checks metrics through the registry; the registry must not import config.py back
+    # (a circle), neither at the top nor late inside a function. Type names under TYPE_CHECKING only.
+    tree = ast.parse(inspect.getsource(registry))
+    guarded = {id(n) for node in tree.body if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+               for n in ast.walk(node)}
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and id(n) not in guarded}
+    assert "tunelab.evals.config" not in imported

@@ -2,55 +2,21 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 
 import httpx
 import openai
 import pytest
 import torch
-import uvicorn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import peft  # noqa: E402  (a test dependency: missing, it must fail loudly, not skip)
+from tunelab.engine import LLM, AsyncLLM
+from tunelab.serve import create_app
 
-from tunelab.engine import LLM, AsyncLLM  # noqa: E402
-from tunelab.serve import create_app  # noqa: E402
+from http_server import Server, make_peft_adapter, metric
 
 KEY = "sekret"
 NAME = "tiny-llama"
-
-
-def make_peft_adapter(base_path, out_dir, seed):
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    model.save_pretrained(out_dir)
-    return model.eval()
-
-
-class Server:
-    def __init__(self, app):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -151,13 +117,6 @@ def test_full_queue_answers_429(served, tiny_checkpoint):
     finally:
         server.stop()
         engine.shutdown()
-
-
-def metric(url, name):
-    for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
 
 
 def test_aborting_a_stream_frees_its_blocks(served):

@@ -1,8 +1,10 @@
 """The engine loop in a background thread, for servers: submit requests from asyncio, stream their outputs back.
 
 The model runs in one thread that owns the engine; asyncio handlers only hand it new requests and aborts through
-a lock-protected inbox and receive outputs through per-request asyncio queues. A failing step (a bug, an
-out-of-memory) finishes the requests in that step with an error instead of killing the loop.
+a lock-protected inbox and receive outputs through per-request asyncio queues. Tokenising a prompt and compiling
+its grammar happen in a worker thread, so a huge prompt never stalls the event loop (or the other streams). A request
+that fails on its own (see sampler.next_tokens) ends with an EngineFailure for that request alone; a step that fails
+outside any request (a bug in the loop) fails the requests in flight instead of killing the loop.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class AsyncLLM:
                        request_id: str | None = None) -> AsyncIterator[RequestOutput]:
         """Outputs of one request as it progresses; the last one has `finish_reason` set. Leaving the iteration
         early (a client that went away) aborts the request and frees its blocks."""
-        seq = self.llm.make_sequence(prompt, params, adapter, request_id)
+        seq = await asyncio.to_thread(self.llm.make_sequence, prompt, params, adapter, request_id)
         queue: asyncio.Queue = asyncio.Queue()
         with self._lock:
             if self.max_queue is not None and self.num_waiting() >= self.max_queue:
@@ -101,7 +103,11 @@ class AsyncLLM:
                 self._fail_all(exc)
                 continue
             for out in outputs:
-                self._deliver(out.request_id, out, out.finished)
+                if out.error is not None:
+                    failure = EngineFailure(f"the engine failed while running this request: {out.error}")
+                    self._deliver(out.request_id, failure, True)
+                else:
+                    self._deliver(out.request_id, out, out.finished)
 
     def _deliver(self, request_id: str, item, last: bool) -> None:
         with self._lock:

@@ -13,7 +13,8 @@ from tunelab.engine.block_manager import BlockManager
 from tunelab.engine.detokenizer import IncrementalDetokenizer
 from tunelab.engine.errors import EngineError
 from tunelab.engine.model_runner import ModelRunner
-from tunelab.engine.sampler import sample
+from tunelab.engine.grammar import constraint_for
+from tunelab.engine.sampler import next_tokens
 from tunelab.engine.sampling_params import SamplingParams
 from tunelab.engine.scheduler import Scheduler
 from tunelab.engine.sequence import RequestOutput, Sequence
@@ -62,7 +63,8 @@ class LLM:
         self.eos = set(cfg.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             self.eos.add(self.tokenizer.eos_token_id)
-        self.stats = {"requests": 0, "prompt_tokens": 0, "generation_tokens": 0, "finished": 0, "aborted": 0}
+        self.stats = {"requests": 0, "prompt_tokens": 0, "generation_tokens": 0, "finished": 0, "aborted": 0,
+                      "failed": 0}
         self._by_id: dict[str, Sequence] = {}
 
     # ------------------------------------------------------------------ public
@@ -109,7 +111,11 @@ class LLM:
         if len(ids) + budget + 1 > capacity:
             raise EngineError(f"prompt + max_tokens = {len(ids) + budget} tokens, but the whole KV cache holds "
                               f"{capacity}; raise kv_cache_memory or lower max_tokens")
-        return Sequence(ids, params, IncrementalDetokenizer(self.tokenizer, params.stop), adapter, request_id)
+        if params.logit_bias and max(params.logit_bias) >= vocab:
+            raise EngineError(f"logit_bias: token ids must be in [0, {vocab}), got {max(params.logit_bias)}")
+        constraint = constraint_for(params, self.tokenizer, sorted(self.eos))
+        return Sequence(ids, params, IncrementalDetokenizer(self.tokenizer, params.stop), adapter, request_id,
+                        constraint)
 
     def add_sequence(self, seq: Sequence) -> None:
         self._by_id[seq.request_id] = seq
@@ -136,11 +142,13 @@ class LLM:
         seqs, _ = self.scheduler.schedule()
         if not seqs:
             return []
-        logits = self.runner.run(seqs)
         outputs = []
-        for seq, token in zip(seqs, sample(logits, seqs)):
+        for seq, token in zip(seqs, next_tokens(self.runner.run, seqs)):
             reason = None
-            if token in self.eos and not seq.params.ignore_eos:
+            if isinstance(token, Exception):  # this request alone failed; the rest of the batch goes on
+                seq.error = f"{type(token).__name__}: {token}"
+                reason = "error"
+            elif token in self.eos and not seq.params.ignore_eos:
                 reason = "stop"
             else:
                 seq.output_ids.append(token)
@@ -153,7 +161,7 @@ class LLM:
             if reason is not None:
                 self.scheduler.finish(seq, reason)
                 self._by_id.pop(seq.request_id, None)
-                self.stats["finished"] += 1
+                self.stats["failed" if reason == "error" else "finished"] += 1
             outputs.append(self._output(seq))
         return outputs
 
@@ -165,4 +173,5 @@ class LLM:
             request_id=seq.request_id, text=text, token_ids=list(seq.output_ids), finish_reason=seq.finish_reason,
             prompt_tokens=len(seq.prompt_ids), completion_tokens=len(seq.output_ids),
             delta=seq.detokenizer.delta(final), adapter=seq.adapter, prompt_token_ids=seq.prompt_ids,
+            logprobs=None if seq.logprobs is None else seq.logprobs[: len(seq.output_ids)], error=seq.error,
         )

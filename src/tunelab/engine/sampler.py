@@ -1,42 +1,89 @@
 """The next token of each row: greedy, or temperature / top-k / top-p sampling with each request's own generator.
 
-Greedy rows are one batched argmax. Sampled rows draw with `torch.multinomial` on their own row and their own
-generator, so a seeded request draws the same numbers whatever shares its batch. Presence and frequency penalties
-follow OpenAI's definition: logit -= presence * [count > 0] + frequency * count, over the tokens generated so far.
+Each row is chosen on its own, and a row that fails (NaN logits, a grammar with no way forward) comes back as its
+exception, so one request's failure never touches the others in the batch. Greedy rows without adjustments share
+one batched argmax. Sampled rows draw with `torch.multinomial` on their own row and their own generator, so a seeded
+request draws the same numbers whatever shares its batch. Adjustments, in order: logit_bias (OpenAI: added to the
+logit), presence and frequency penalties (OpenAI: logit -= presence * [count > 0] + frequency * count over the
+tokens generated so far), then the grammar mask. Reported logprobs are the log-softmax of the model's own logits,
+before any of these, as OpenAI and vLLM report them.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from tunelab.engine.sequence import Sequence
+from tunelab.engine.errors import EngineError
+from tunelab.engine.sequence import Sequence, TokenLogprob
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
-    """One token id per row of `logits` [rows, vocab] (float32)."""
-    logits = _penalized(logits, seqs)
-    greedy = logits.argmax(-1).tolist()
-    out = []
+def next_tokens(run, seqs: list[Sequence]) -> list[int | Exception]:
+    """`run(seqs)` -> logits, then `sample`; when the batched forward pass raises, each row is run again alone so
+    that only the rows that fail alone fail (their K/V writes are idempotent and `num_cached` moves only on
+    success, so a retried row computes the same thing)."""
+    try:
+        logits = run(seqs)
+    except Exception as exc:  # noqa: BLE001
+        if len(seqs) == 1:
+            return [exc]
+        return [token for seq in seqs for token in next_tokens(run, [seq])]
+    return sample(logits, seqs)
+
+
+def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int | Exception]:
+    """One token id per row of `logits` [rows, vocab] (float32), or the exception that row alone raised."""
+    best, greedy = logits.max(-1)
+    finite = torch.isfinite(best).tolist()  # one device sync for the whole batch, not one per row
+    greedy = greedy.tolist()
+    out: list[int | Exception] = []
     for i, seq in enumerate(seqs):
-        p = seq.params
-        if p.greedy:
-            out.append(greedy[i])
-        else:
-            out.append(_draw(logits[i], p.temperature, p.top_k, p.top_p, seq.generator))
+        try:
+            out.append(_sample_row(logits[i], seq, greedy[i], finite[i]))
+        except Exception as exc:  # noqa: BLE001 - isolate the row: its request fails, the batch goes on
+            out.append(exc)
     return out
 
 
-def _penalized(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-    rows = [i for i, s in enumerate(seqs) if (s.params.presence_penalty or s.params.frequency_penalty) and s.output_ids]
-    if not rows:
-        return logits
-    logits = logits.clone()
-    for i in rows:
-        s = seqs[i]
-        counts = torch.bincount(torch.tensor(s.output_ids), minlength=logits.shape[-1])[: logits.shape[-1]]
-        counts = counts.to(logits.device, logits.dtype)
-        logits[i] -= s.params.presence_penalty * (counts > 0).to(logits.dtype) + s.params.frequency_penalty * counts
-    return logits
+def _sample_row(row: torch.Tensor, seq: Sequence, argmax: int, finite: bool) -> int:
+    p = seq.params
+    raw = row
+    adjusted = bool(p.logit_bias) or seq.constraint is not None or (
+        (p.presence_penalty or p.frequency_penalty) and bool(seq.output_ids))
+    if adjusted:
+        row = _adjusted(row, seq)
+        argmax = int(row.argmax())
+    token = argmax if p.greedy else _draw(row, p.temperature, p.top_k, p.top_p, seq.generator)
+    if not finite or ((adjusted or not p.greedy) and not math.isfinite(float(row[token]))):
+        raise EngineError(f"sampling: the model's logits are not finite for this request (token {token})")
+    if seq.logprobs is not None:
+        seq.logprobs.append(_logprob(raw, token, p.logprobs))
+    if seq.constraint is not None:
+        seq.constraint.advance(token)
+    return token
+
+
+def _adjusted(row: torch.Tensor, seq: Sequence) -> torch.Tensor:
+    p = seq.params
+    row = row.clone()
+    if p.logit_bias:
+        ids = torch.tensor(list(p.logit_bias), device=row.device)
+        row[ids] += torch.tensor(list(p.logit_bias.values()), dtype=row.dtype, device=row.device)
+    if (p.presence_penalty or p.frequency_penalty) and seq.output_ids:
+        counts = torch.bincount(torch.tensor(seq.output_ids), minlength=row.shape[-1])[: row.shape[-1]]
+        counts = counts.to(row.device, row.dtype)
+        row -= p.presence_penalty * (counts > 0).to(row.dtype) + p.frequency_penalty * counts
+    if seq.constraint is not None:
+        row = seq.constraint.mask(row)
+    return row
+
+
+def _logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    logprobs = logits.log_softmax(-1)
+    best = torch.topk(logprobs, top) if top else None
+    pairs = list(zip(best.indices.tolist(), best.values.tolist())) if best is not None else []
+    return TokenLogprob(token, float(logprobs[token]), pairs)
 
 
 def _draw(row: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> int:

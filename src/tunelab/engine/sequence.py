@@ -23,7 +23,7 @@ class Status(enum.Enum):
 
 class Sequence:
     def __init__(self, prompt_ids: list[int], params: SamplingParams, detokenizer: IncrementalDetokenizer,
-                 adapter: str | None = None, request_id: str | None = None):
+                 adapter: str | None = None, request_id: str | None = None, constraint=None):
         self.seq_id = next(_ids)
         self.request_id = request_id or f"req-{self.seq_id}"
         self.prompt_ids = list(prompt_ids)
@@ -35,6 +35,9 @@ class Sequence:
         self.block_table: list[int] = []
         self.num_cached = 0  # tokens whose K/V are in the cache
         self.finish_reason: str | None = None
+        self.error: str | None = None  # why this request alone failed (finish_reason "error")
+        self.constraint = constraint  # grammar.Constraint when the output must follow a schema or grammar
+        self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
         self.num_preemptions = 0
         self.arrival = time.monotonic()
         # One generator per request, advanced only by this request's draws, so a seed gives the same text
@@ -61,16 +64,27 @@ class Sequence:
 
 
 @dataclass
+class TokenLogprob:
+    """One generated token's log-probability under the model, and the `top` most likely tokens at that step."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)  # (token id, logprob), most likely first
+
+
+@dataclass
 class RequestOutput:
     request_id: str
     text: str
     token_ids: list[int]
-    finish_reason: str | None  # "stop" | "length" | "abort" | None while running
+    finish_reason: str | None  # "stop" | "length" | "abort" | "error" | None while running
     prompt_tokens: int
     completion_tokens: int
     delta: str = ""  # text new since the previous output of this request (streaming)
     adapter: str | None = None
     prompt_token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None  # one per token in `token_ids` when SamplingParams.logprobs is set
+    error: str | None = None  # set with finish_reason "error": this request failed, the others went on
 
     @property
     def finished(self) -> bool:

@@ -47,14 +47,11 @@ def eval_command(
         cfg = load_config(config)
         rows = load_dataset(cfg.dataset if isinstance(cfg.dataset, list) else cfg.resolve(cfg.dataset))
         findings = lint_prompts(cfg, rows)
-        if findings is None:
-            console.print("[yellow]prompt linter (tunelab.prompts.lint_text) not available; prompts not linted[/]")
-        else:
-            for f in findings:
-                console.print(f"{f.path}:{f.line}:{f.column}: {f.severity} {f.rule}: {f.message}", markup=False,
-                              highlight=False)
-            if strict and any(getattr(f, "severity", "") == "error" for f in findings):
-                raise EvalError("--strict: the prompt linter reported errors; fix them or drop --strict")
+        for f in findings:
+            console.print(f"{f.path}:{f.line}:{f.column}: {f.severity} {f.rule}: {f.message}", markup=False,
+                          highlight=False)
+        if strict and any(f.severity == "error" for f in findings):
+            raise EvalError("--strict: the prompt linter reported errors; fix them or drop --strict")
         store = Store(db)
         if console.is_terminal:
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

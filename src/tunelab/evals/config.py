@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from tunelab.evals.errors import EvalError
+from tunelab.evals.metrics import check_metric
 
 
 @dataclass
@@ -267,8 +268,6 @@ def validate(cfg: EvalConfig) -> None:
             matching(j.variants, selected, f"{src}: judges[{i}].variants")
         if not 0 <= j.max_parse_failure_rate <= 1:
             raise EvalError(f"{src}: judges[{i}].max_parse_failure_rate: expected a share between 0 and 1")
-    from tunelab.evals.metrics import check_metric  # late: metrics imports config
-
     for i, m in enumerate(cfg.metrics):
         check_metric(m, where=f"{src}: metrics[{i}]")
 

@@ -4,13 +4,12 @@ optional `reference` and `id`. Errors name the file and line."""
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunelab.evals.errors import EvalError
+from tunelab.io.records import csv_records, jsonl_records
 
 
 @dataclass
@@ -29,37 +28,16 @@ def load_dataset(source: str | Path | list[dict[str, Any]]) -> list[Row]:
     if not path.exists():
         raise EvalError(f"{path}: dataset file not found")
     if path.suffix == ".jsonl":
-        return _rows(_jsonl(path), str(path))
+        return _rows(jsonl_records(path, EvalError, "dataset"), str(path))
     if path.suffix == ".csv":
         return _rows(_csv(path), str(path))
     raise EvalError(f"{path}: unsupported dataset format {path.suffix!r} (expected .jsonl or .csv)")
 
 
-def _jsonl(path: Path) -> list[tuple[int, Any]]:
-    out = []
-    with path.open(encoding="utf-8") as f:
-        for n, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                out.append((n, json.loads(text)))
-            except json.JSONDecodeError as exc:
-                raise EvalError(f"{path}:{n}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-    return out
-
-
 def _csv(path: Path) -> list[tuple[int, Any]]:
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames:
-            raise EvalError(f"{path}:1: empty CSV (expected a header row)")
-        out = []
-        for record in reader:
-            # reader.line_num is the line the record *ended* on, right for multi-line fields too.
-            if None in record:
-                raise EvalError(f"{path}:{reader.line_num}: more values than header columns")
-            out.append((reader.line_num, {k: v for k, v in record.items() if not (k == "reference" and v == "")}))
-        return out
+    # An empty `reference` cell means "no reference", not a reference that is the empty string.
+    return [(n, {k: v for k, v in record.items() if not (k == "reference" and v == "")})
+            for n, record in csv_records(path, EvalError, "dataset")]
 
 
 def _rows(records: list[tuple[int, Any]], source: str) -> list[Row]:

@@ -4,19 +4,18 @@ CSV flattens scores to `metric:<id>` and verdicts to `judge:<id>` (the score;
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from typing import Any
 
 from tunelab.evals.store import ResultRow
+from tunelab.io.records import csv_text, jsonl_text
 
 BASE_COLUMNS = ["run_id", "item_id", "variant", "prompt_id", "provider_id", "repeat", "vars", "reference",
                 "output", "error", "latency_s", "prompt_tokens", "completion_tokens", "cost"]
 
 
 def to_jsonl(rows: list[ResultRow]) -> str:
-    return "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in rows)
+    return jsonl_text([r.to_dict() for r in rows])
 
 
 def to_csv(rows: list[ResultRow]) -> str:
@@ -28,9 +27,7 @@ def to_csv(rows: list[ResultRow]) -> str:
         kinds = {r.judges[j]["kind"] for r in rows if j in r.judges}
         extra.append(f"judge:{j}:winner" if "pairwise" in kinds else f"judge:{j}:passed")
         extra.append(f"judge:{j}:parse_error")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=BASE_COLUMNS + extra, lineterminator="\n")
-    writer.writeheader()
+    out = []
     for r in rows:
         d: dict[str, Any] = {k: getattr(r, k) for k in BASE_COLUMNS if k not in ("vars", "reference")}
         d["vars"] = json.dumps(r.vars, ensure_ascii=False)
@@ -45,5 +42,5 @@ def to_csv(rows: list[ResultRow]) -> str:
             else:
                 d[f"judge:{j}:passed"] = v.get("passed")
             d[f"judge:{j}:parse_error"] = v.get("parse_error")
-        writer.writerow({k: "" if v is None else v for k, v in d.items()})
-    return buf.getvalue()
+        out.append(d)
+    return csv_text(out, BASE_COLUMNS + extra)

@@ -1,9 +1,13 @@
 """Metrics: one number per output (or None when it does not apply, e.g. no reference).
 
-Each metric has an implementation `VERSION`; the result cache key is that
-version plus the metric's config plus its inputs, so editing one metric's
-options (or bumping its version, or editing a custom metric's file) recomputes
-only that metric, with no provider calls.
+Every metric registers itself here (`@metric(...)`) with its name, the options it takes and
+how each is checked, whether it reads a reference (and how several combine), and its
+implementation `version`. Nothing else in tunelab chooses a metric by its name: config
+checking, scoring, cache keys, the summary's pass rate and the report read the registry.
+
+The result cache key is the version plus the metric's config plus its inputs, so editing
+one metric's options (or bumping its version, or editing a custom metric's file)
+recomputes only that metric, with no provider calls.
 
 Reference-based metrics accept a string or a list of references (a row's
 `reference` or `references`). With several, each reference is scored on its own
@@ -26,10 +30,16 @@ import string
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from tunelab.evals.config import MetricConfig
 from tunelab.evals.errors import EvalError
+
+if TYPE_CHECKING:  # config.py imports this module to check metrics; only type names flow back
+    from tunelab.evals.config import MetricConfig
+
+Scores = Callable[[list["MetricInput"]], list["float | None"]]
+# An option's check: the value -> what was expected (an error) or None when it is fine.
+OptionCheck = Callable[[Any], "str | None"]
 
 
 @dataclass
@@ -43,62 +53,63 @@ class MetricInput:
     cost: float | None = None
 
 
-# name -> (implementation version, options it accepts, required options)
-SPECS: dict[str, tuple[int, set[str], set[str]]] = {
-    "exact_match": (1, {"multi_reference"}, set()),
-    "contains": (1, {"value", "ignore_case", "multi_reference"}, set()),
-    "regex": (1, {"pattern", "ignore_case"}, {"pattern"}),
-    "json_valid": (1, set(), set()),
-    "json_schema": (1, {"schema", "schema_path"}, set()),
-    # Version 2: several references are scored one by one and aggregated (mean by default).
-    "rouge_1": (2, {"use_stemmer", "multi_reference", "beta", "tokenize"}, set()),
-    "rouge_2": (2, {"use_stemmer", "multi_reference", "beta", "tokenize"}, set()),
-    "rouge_l": (2, {"use_stemmer", "multi_reference", "beta", "tokenize"}, set()),
-    "bleu": (2, {"multi_reference"}, set()),
-    "chrf": (2, {"multi_reference"}, set()),
-    "embedding": (2, {"model_path", "multi_reference"}, set()),
-    "length": (1, {"unit"}, set()),
-    "python": (1, {"path"}, {"path"}),
-    # Call metrics read the call's own record: never cached, always exact.
-    "latency": (1, set(), set()),
-    "prompt_tokens": (1, set(), set()),
-    "completion_tokens": (1, set(), set()),
-    "cost": (1, set(), set()),
-}
-CALL_METRICS = {"latency", "prompt_tokens", "completion_tokens", "cost"}
-# Metrics that are pass/fail; the summary's pass rate is over these and judge thresholds.
-BINARY_METRICS = {"exact_match", "contains", "regex", "json_valid", "json_schema"}
-# How several references combine, per reference-based metric, unless `multi_reference` says otherwise.
-MULTI_REFERENCE_DEFAULT = {"exact_match": "max", "contains": "max", "rouge_1": "mean", "rouge_2": "mean",
-                           "rouge_l": "mean", "bleu": "mean", "chrf": "mean", "embedding": "mean"}
-_AGGREGATE = {"mean": lambda v: sum(v) / len(v), "max": max}
+@dataclass(frozen=True)
+class MetricSpec:
+    """What the registry knows of a metric besides how to compute it."""
+
+    name: str
+    version: int                              # in every cache key: bump it when values change
+    build: Callable[["Metric"], Scores]       # a configured metric -> its batch scorer
+    options: dict[str, OptionCheck | None]    # the options it takes (None: any value)
+    required: frozenset[str] = frozenset()
+    reference: str | None = None              # how several references combine by default; None: reads none
+    no_reference_with: tuple[str, ...] = ()   # options with which it reads no reference (contains' `value`)
+    binary: bool = False                      # pass/fail: counts towards the pass rate
+    call: bool = False                        # reads the call's own record: never cached, always exact
+    reads_vars: bool = False                  # the row's variables are part of its cache key
+    check: Callable[[dict[str, Any], str], None] | None = None         # checks across options
+    key_extra: Callable[["Metric"], str] | None = None                 # what else its cache key covers
+
+
+METRICS: dict[str, MetricSpec] = {}
+
+
+def metric(name: str, *, version: int, options: dict[str, OptionCheck | None] | None = None,
+           required: tuple[str, ...] = (), batch: bool = False, **spec: Any):
+    """Register the decorated builder as metric `name`. A builder takes the configured `Metric`
+    and returns a scorer of one input (or, with batch=True, of a list of inputs)."""
+
+    def register(builder: Callable[[Metric], Callable]) -> Callable[[Metric], Callable]:
+        def build(m: Metric) -> Scores:
+            if batch:
+                return builder(m)
+            one = builder(m)
+            return lambda xs: [one(x) for x in xs]
+
+        METRICS[name] = MetricSpec(name, version, build, dict(options or {}), frozenset(required), **spec)
+        return builder
+    return register
+
+
+def metric_spec(name: str) -> MetricSpec | None:
+    return METRICS.get(name)
 
 
 def check_metric(m: MetricConfig, *, where: str) -> None:
-    if m.name not in SPECS:
-        raise EvalError(f"{where}.name: unknown metric {m.name!r} (known: {', '.join(sorted(SPECS))})")
-    _, allowed, required = SPECS[m.name]
-    for key in sorted(set(m.options) - allowed):
-        raise EvalError(f"{where}.{key}: unknown option for {m.name} (allowed: {', '.join(sorted(allowed)) or 'none'})")
-    for key in sorted(required - set(m.options)):
+    spec = METRICS.get(m.name)
+    if spec is None:
+        raise EvalError(f"{where}.name: unknown metric {m.name!r} (known: {', '.join(sorted(METRICS))})")
+    for key in sorted(set(m.options) - set(spec.options)):
+        raise EvalError(f"{where}.{key}: unknown option for {m.name} "
+                        f"(allowed: {', '.join(sorted(spec.options)) or 'none'})")
+    for key in sorted(spec.required - set(m.options)):
         raise EvalError(f"{where}.{key}: required for metric {m.name}")
-    if m.name == "regex":
-        try:
-            re.compile(m.options["pattern"])
-        except re.error as exc:
-            raise EvalError(f"{where}.pattern: invalid regular expression: {exc}") from None
-    if m.name == "json_schema" and ("schema" in m.options) == ("schema_path" in m.options):
-        raise EvalError(f"{where}: json_schema needs exactly one of `schema` (inline) or `schema_path`")
-    if m.name == "python" and ":" not in str(m.options["path"]):
-        raise EvalError(f"{where}.path: expected 'file.py:function', got {m.options['path']!r}")
-    if m.options.get("multi_reference", "mean") not in _AGGREGATE:
-        raise EvalError(f"{where}.multi_reference: expected 'mean' or 'max', got {m.options['multi_reference']!r}")
-    if m.options.get("tokenize", "default") not in ("default", "whitespace"):
-        raise EvalError(f"{where}.tokenize: expected 'default' or 'whitespace', got {m.options['tokenize']!r}")
-    if "beta" in m.options and not (isinstance(m.options["beta"], (int, float)) and m.options["beta"] > 0):
-        raise EvalError(f"{where}.beta: expected a positive number, got {m.options['beta']!r}")
-    if m.name == "length" and m.options.get("unit", "chars") not in ("chars", "words"):
-        raise EvalError(f"{where}.unit: expected 'chars' or 'words'")
+    for key, check in spec.options.items():
+        expected = check(m.options[key]) if check is not None and key in m.options else None
+        if expected:
+            raise EvalError(f"{where}.{key}: {expected}")
+    if spec.check is not None:
+        spec.check(m.options, where)
 
 
 class Metric:
@@ -108,23 +119,19 @@ class Metric:
         self.cfg = cfg
         self.id = cfg.id
         self.name = cfg.name
-        self.is_call_metric = cfg.name in CALL_METRICS
+        self.spec = METRICS[cfg.name]
+        self.is_call_metric = self.spec.call
         self.base_dir = Path(base_dir)
-        self._fn: Callable[[list[MetricInput]], list[float | None]] | None = None
-        extra = ""
-        if cfg.name == "python":
-            file, _ = self._python_target()
-            extra = hashlib.sha256(file.read_bytes()).hexdigest() if file.exists() else "missing"
-        elif cfg.name == "json_schema" and "schema_path" in cfg.options:
-            extra = hashlib.sha256(self._resolve(cfg.options["schema_path"]).read_bytes()).hexdigest()
-        self.key = _sha({"name": cfg.name, "options": cfg.options, "version": SPECS[cfg.name][0], "extra": extra})
+        self._fn: Scores | None = None
+        extra = self.spec.key_extra(self) if self.spec.key_extra else ""
+        self.key = _sha({"name": cfg.name, "options": cfg.options, "version": self.spec.version, "extra": extra})
 
     @property
     def multi_reference(self) -> str | None:
         """How several references combine ('mean' or 'max'); None for metrics that read no reference."""
-        if self.name not in MULTI_REFERENCE_DEFAULT or (self.name == "contains" and "value" in self.cfg.options):
+        if self.spec.reference is None or any(k in self.cfg.options for k in self.spec.no_reference_with):
             return None
-        return str(self.cfg.options.get("multi_reference", MULTI_REFERENCE_DEFAULT[self.name]))
+        return str(self.cfg.options.get("multi_reference", self.spec.reference))
 
     def describe(self) -> str:
         """The id as reports show it, with the multi-reference rule when there is one."""
@@ -132,121 +139,221 @@ class Metric:
 
     def input_key(self, x: MetricInput) -> str:
         """Result-cache key: this metric's key plus what it reads."""
-        reads_vars = self.name == "python"
-        return _sha([self.key, x.output, x.reference, x.vars if reads_vars else None])
+        return _sha([self.key, x.output, x.reference, x.vars if self.spec.reads_vars else None])
 
     def score(self, inputs: list[MetricInput]) -> list[float | None]:
         if self._fn is None:
-            self._fn = self._build()
+            self._fn = self.spec.build(self)
         return self._fn(inputs)
 
-    def _build(self) -> Callable[[list[MetricInput]], list[float | None]]:
-        o, name = self.cfg.options, self.name
-        if name == "embedding":
-            agg = _AGGREGATE[self.multi_reference]
-            return lambda xs: embedding_cosine(xs, o.get("model_path"), agg)
-        if name in CALL_METRICS:
-            attr = {"latency": "latency_s"}.get(name, name)
-            return lambda xs: [_float(getattr(x, attr)) for x in xs]
-        one = self._single()
-        return lambda xs: [one(x) for x in xs]
-
-    def _single(self) -> Callable[[MetricInput], float | None]:
-        o, name = self.cfg.options, self.name
-        agg = _AGGREGATE[self.multi_reference or "max"]
-
-        def _with_refs(fn: Callable[[str, Any], float]) -> Callable[[MetricInput], float | None]:
-            def each(x: MetricInput) -> float | None:
-                refs = _refs(x.reference)
-                return None if not refs else agg([fn(x.output, r) for r in refs])
-            return each
-
-        if name == "exact_match":
-            return _with_refs(lambda out, ref: float(normalize(out) == normalize(str(ref))))
-        if name == "contains":
-            ignore = bool(o.get("ignore_case", False))
-            fold = (lambda s: s.casefold()) if ignore else (lambda s: s)
-            if "value" in o:
-                values = o["value"] if isinstance(o["value"], list) else [o["value"]]
-                return lambda x: float(any(fold(str(v)) in fold(x.output) for v in values))
-            return _with_refs(lambda out, ref: float(fold(str(ref)) in fold(out)))
-        if name == "regex":
-            rx = re.compile(o["pattern"], re.IGNORECASE if o.get("ignore_case") else 0)
-            return lambda x: float(rx.search(x.output) is not None)
-        if name == "json_valid":
-            return lambda x: float(_json_or_none(x.output) is not _INVALID)
-        if name == "json_schema":
-            return self._json_schema()
-        if name.startswith("rouge_"):
-            from rouge_score import rouge_scorer
-
-            rtype = {"rouge_1": "rouge1", "rouge_2": "rouge2", "rouge_l": "rougeL"}[name]
-            # `tokenize: whitespace` keeps pre-tokenised text as it is (rouge-score drops punctuation and
-            # lowercases); `beta` weights recall as coco-caption's ROUGE-L does (beta 1.2), which is how
-            # the USR / G-Eval dialogue tables were computed. Defaults: rouge-score's own F1.
-            tok = _Whitespace() if o.get("tokenize", "default") == "whitespace" else None
-            scorer = rouge_scorer.RougeScorer([rtype], use_stemmer=bool(o.get("use_stemmer", False)), tokenizer=tok)
-            beta2 = float(o.get("beta", 1.0)) ** 2
-
-            def f_beta(out: str, ref: Any) -> float:
-                s = scorer.score(str(ref), out)[rtype]
-                if beta2 == 1.0:
-                    return s.fmeasure
-                denom = s.recall + beta2 * s.precision
-                return 0.0 if denom == 0 else (1 + beta2) * s.precision * s.recall / denom
-            return _with_refs(f_beta)
-        if name in ("bleu", "chrf"):
-            import sacrebleu
-
-            fn = sacrebleu.sentence_bleu if name == "bleu" else sacrebleu.sentence_chrf
-            return _with_refs(lambda out, ref: fn(out, [str(ref)]).score)
-        if name == "length":
-            if o.get("unit", "chars") == "words":
-                return lambda x: float(len(x.output.split()))
-            return lambda x: float(len(x.output))
-        if name == "python":
-            return self._python()
-        raise EvalError(f"metric {self.id!r}: unknown metric {name!r}")  # check_metric prevents this
-
-    def _json_schema(self) -> Callable[[MetricInput], float | None]:
-        import jsonschema
-
-        o = self.cfg.options
-        schema = o["schema"] if "schema" in o else json.loads(self._resolve(o["schema_path"]).read_text())
-        try:
-            validator = jsonschema.validators.validator_for(schema)(schema)
-            validator.check_schema(schema)
-        except jsonschema.SchemaError as exc:
-            raise EvalError(f"metric {self.id!r}: invalid JSON schema: {exc.message}") from None
-
-        def check(x: MetricInput) -> float:
-            value = _json_or_none(x.output)
-            return 0.0 if value is _INVALID else float(validator.is_valid(value))
-        return check
-
-    def _python(self) -> Callable[[MetricInput], float | None]:
-        file, func = self._python_target()
-        if not file.exists():
-            raise EvalError(f"metric {self.id!r}: path: {file} not found")
-        spec = importlib.util.spec_from_file_location(f"tunelab_metric_{self.key[:12]}", file)
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-        fn = getattr(module, func, None)
-        if not callable(fn):
-            raise EvalError(f"metric {self.id!r}: path: {file} has no function {func!r}")
-
-        def call(x: MetricInput) -> float | None:
-            value = fn(output=x.output, reference=x.reference, vars=x.vars)
-            return _float(value)
-        return call
-
-    def _python_target(self) -> tuple[Path, str]:
-        file, _, func = str(self.cfg.options["path"]).rpartition(":")
-        return self._resolve(file), func
-
-    def _resolve(self, p: str) -> Path:
+    def resolve(self, p: str) -> Path:
+        """A path option, relative to the config's folder."""
         path = Path(p)
         return path if path.is_absolute() else self.base_dir / path
+
+
+def is_binary(name: str) -> bool:
+    """A pass/fail metric (exact_match, regex, ...): its values count towards the pass rate."""
+    spec = METRICS.get(name)
+    return spec is not None and spec.binary
+
+
+def is_call_metric(name: str) -> bool:
+    """Latency, tokens, cost: read from the call's record, not from the output."""
+    spec = METRICS.get(name)
+    return spec is not None and spec.call
+
+
+def is_reference_based(name: str) -> bool:
+    spec = METRICS.get(name)
+    return spec is not None and spec.reference is not None
+
+
+# ---- option checks -----------------------------------------------------------
+
+def _one_of(*choices: str) -> OptionCheck:
+    said = " or ".join(repr(c) for c in choices)
+    return lambda v: None if v in choices else f"expected {said}, got {v!r}"
+
+
+def _positive(v: Any) -> str | None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+    return None if ok else f"expected a positive number, got {v!r}"
+
+
+def _regex(v: Any) -> str | None:
+    try:
+        re.compile(v)
+    except (re.error, TypeError) as exc:
+        return f"invalid regular expression: {exc}"
+    return None
+
+
+def _python_path(v: Any) -> str | None:
+    return None if ":" in str(v) else f"expected 'file.py:function', got {v!r}"
+
+
+_AGGREGATE = {"mean": lambda v: sum(v) / len(v), "max": max}
+MULTI = {"multi_reference": _one_of(*_AGGREGATE)}
+
+
+# ---- the metrics -------------------------------------------------------------
+
+@metric("exact_match", version=1, options=MULTI, reference="max", binary=True)
+def _exact_match(m: Metric):
+    return _per_reference(m, lambda out, ref: float(normalize(out) == normalize(str(ref))))
+
+
+@metric("contains", version=1, options={"value": None, "ignore_case": None, **MULTI}, reference="max",
+        no_reference_with=("value",), binary=True)
+def _contains(m: Metric):
+    o = m.cfg.options
+    fold = (lambda s: s.casefold()) if o.get("ignore_case", False) else (lambda s: s)
+    if "value" in o:
+        values = o["value"] if isinstance(o["value"], list) else [o["value"]]
+        return lambda x: float(any(fold(str(v)) in fold(x.output) for v in values))
+    return _per_reference(m, lambda out, ref: float(fold(str(ref)) in fold(out)))
+
+
+@metric("regex", version=1, options={"pattern": _regex, "ignore_case": None}, required=("pattern",), binary=True)
+def _regex_metric(m: Metric):
+    rx = re.compile(m.cfg.options["pattern"], re.IGNORECASE if m.cfg.options.get("ignore_case") else 0)
+    return lambda x: float(rx.search(x.output) is not None)
+
+
+@metric("json_valid", version=1, binary=True)
+def _json_valid(m: Metric):
+    return lambda x: float(_json_or_none(x.output) is not _INVALID)
+
+
+def _one_schema(o: dict[str, Any], where: str) -> None:
+    if ("schema" in o) == ("schema_path" in o):
+        raise EvalError(f"{where}: json_schema needs exactly one of `schema` (inline) or `schema_path`")
+
+
+def _schema_file_hash(m: Metric) -> str:
+    path = m.cfg.options.get("schema_path")
+    return hashlib.sha256(m.resolve(path).read_bytes()).hexdigest() if path is not None else ""
+
+
+@metric("json_schema", version=1, options={"schema": None, "schema_path": None}, binary=True, check=_one_schema,
+        key_extra=_schema_file_hash)
+def _json_schema(m: Metric):
+    import jsonschema
+
+    o = m.cfg.options
+    schema = o["schema"] if "schema" in o else json.loads(m.resolve(o["schema_path"]).read_text())
+    try:
+        validator = jsonschema.validators.validator_for(schema)(schema)
+        validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise EvalError(f"metric {m.id!r}: invalid JSON schema: {exc.message}") from None
+
+    def check(x: MetricInput) -> float:
+        value = _json_or_none(x.output)
+        return 0.0 if value is _INVALID else float(validator.is_valid(value))
+    return check
+
+
+_ROUGE_OPTIONS = {"use_stemmer": None, **MULTI, "beta": _positive, "tokenize": _one_of("default", "whitespace")}
+
+
+def _rouge(m: Metric):
+    from rouge_score import rouge_scorer
+
+    o = m.cfg.options
+    rtype = {"rouge_1": "rouge1", "rouge_2": "rouge2", "rouge_l": "rougeL"}[m.name]
+    # `tokenize: whitespace` keeps pre-tokenised text as it is (rouge-score drops punctuation and
+    # lowercases); `beta` weights recall as coco-caption's ROUGE-L does (beta 1.2), which is how
+    # the USR / G-Eval dialogue tables were computed. Defaults: rouge-score's own F1.
+    tok = _Whitespace() if o.get("tokenize", "default") == "whitespace" else None
+    scorer = rouge_scorer.RougeScorer([rtype], use_stemmer=bool(o.get("use_stemmer", False)), tokenizer=tok)
+    beta2 = float(o.get("beta", 1.0)) ** 2
+
+    def f_beta(out: str, ref: Any) -> float:
+        s = scorer.score(str(ref), out)[rtype]
+        if beta2 == 1.0:
+            return s.fmeasure
+        denom = s.recall + beta2 * s.precision
+        return 0.0 if denom == 0 else (1 + beta2) * s.precision * s.recall / denom
+    return _per_reference(m, f_beta)
+
+
+# Version 2 of the reference-based metrics: several references are scored one by one and aggregated.
+for _name in ("rouge_1", "rouge_2", "rouge_l"):
+    metric(_name, version=2, options=_ROUGE_OPTIONS, reference="mean")(_rouge)
+
+
+@metric("bleu", version=2, options=MULTI, reference="mean")
+def _bleu(m: Metric):
+    import sacrebleu
+
+    return _per_reference(m, lambda out, ref: sacrebleu.sentence_bleu(out, [str(ref)]).score)
+
+
+@metric("chrf", version=2, options=MULTI, reference="mean")
+def _chrf(m: Metric):
+    import sacrebleu
+
+    return _per_reference(m, lambda out, ref: sacrebleu.sentence_chrf(out, [str(ref)]).score)
+
+
+@metric("embedding", version=2, options={"model_path": None, **MULTI}, reference="mean", batch=True)
+def _embedding(m: Metric):
+    agg = _AGGREGATE[m.multi_reference]
+    return lambda xs: embedding_cosine(xs, m.cfg.options.get("model_path"), agg)
+
+
+@metric("length", version=1, options={"unit": _one_of("chars", "words")})
+def _length(m: Metric):
+    if m.cfg.options.get("unit", "chars") == "words":
+        return lambda x: float(len(x.output.split()))
+    return lambda x: float(len(x.output))
+
+
+def _python_target(m: Metric) -> tuple[Path, str]:
+    file, _, func = str(m.cfg.options["path"]).rpartition(":")
+    return m.resolve(file), func
+
+
+def _python_file_hash(m: Metric) -> str:
+    file, _ = _python_target(m)
+    return hashlib.sha256(file.read_bytes()).hexdigest() if file.exists() else "missing"
+
+
+@metric("python", version=1, options={"path": _python_path}, required=("path",), reads_vars=True,
+        key_extra=_python_file_hash)
+def _python(m: Metric):
+    file, func = _python_target(m)
+    if not file.exists():
+        raise EvalError(f"metric {m.id!r}: path: {file} not found")
+    spec = importlib.util.spec_from_file_location(f"tunelab_metric_{m.key[:12]}", file)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        raise EvalError(f"metric {m.id!r}: path: {file} has no function {func!r}")
+    return lambda x: _float(fn(output=x.output, reference=x.reference, vars=x.vars))
+
+
+def _call_field(attr: str):
+    return lambda m: (lambda xs: [_float(getattr(x, attr)) for x in xs])
+
+
+# Call metrics read the call's own record: never cached, always exact.
+for _name, _attr in (("latency", "latency_s"), ("prompt_tokens", "prompt_tokens"),
+                     ("completion_tokens", "completion_tokens"), ("cost", "cost")):
+    metric(_name, version=1, call=True, batch=True)(_call_field(_attr))
+
+
+def _per_reference(m: Metric, fn: Callable[[str, Any], float]) -> Callable[[MetricInput], float | None]:
+    """Score the output against each reference and aggregate; None without a reference."""
+    agg = _AGGREGATE[m.multi_reference or "max"]
+
+    def each(x: MetricInput) -> float | None:
+        refs = _refs(x.reference)
+        return None if not refs else agg([fn(x.output, r) for r in refs])
+    return each
 
 
 def normalize(text: str) -> str:

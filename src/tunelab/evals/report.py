@@ -15,6 +15,7 @@ import json
 import time
 from typing import Any
 
+from tunelab.evals.metrics import is_call_metric
 from tunelab.evals.selection import RunNames, select_rows
 from tunelab.evals.store import ResultRow, Store
 from tunelab.evals.summary import Figure, JudgeHealth, VariantSummary, judge_health, metric_names_of, summarize
@@ -129,7 +130,7 @@ def _cell(r: ResultRow | None) -> str:
         return '<td class="na">not run</td>'
     if r.error is not None:
         return f'<td class="bad"><pre>ERROR: {_e(_clip(r.error))}</pre></td>'
-    chips = [_chip(m, v, _binary_fail(v)) for m, v in r.scores.items() if m not in _CALL_FIELDS]
+    chips = [_chip(m, v, _binary_fail(v)) for m, v in r.scores.items() if not is_call_metric(m)]
     details = []
     for j, v in r.judges.items():
         if v.get("error"):
@@ -282,7 +283,7 @@ def _cost_quality(summaries: list[tuple[str, VariantSummary]]) -> tuple[bytes | 
     for name, s in summaries:
         quality, qname = s.pass_rate, "pass rate"
         if quality is None:
-            first = next((k for k in sorted(s.metrics) if k not in _CALL_FIELDS and k != "length"), None)
+            first = next((k for k in sorted(s.metrics) if not is_call_metric(k) and k != "length"), None)
             est = s.metrics[first].estimate if first else None
             quality, qname = (est.mean if est else None), first or ""
         if s.cost is not None and quality is not None and s.n:
@@ -314,9 +315,6 @@ def _img(png: bytes) -> str:
 
 
 # ---- formatting --------------------------------------------------------------
-
-_CALL_FIELDS = {"latency", "cost", "prompt_tokens", "completion_tokens"}
-
 
 def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)

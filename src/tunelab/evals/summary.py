@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tunelab.evals.metrics import BINARY_METRICS
+from tunelab.evals.metrics import is_binary
 from tunelab.evals.stats import Estimate, interval, percentile
 from tunelab.evals.store import ResultRow
 
@@ -93,7 +93,7 @@ def summarize(rows: list[ResultRow], metric_names: dict[str, str] | None = None)
         for m, v in r.scores.items():
             if v is not None:
                 values.setdefault(m, set()).add(v)
-    binary = {m: metric_names.get(m, m) in BINARY_METRICS or vs <= {0.0, 1.0} for m, vs in values.items()}
+    binary = {m: is_binary(metric_names.get(m, m)) or vs <= {0.0, 1.0} for m, vs in values.items()}
     out = []
     for variant, rs in variants.items():
         ok = [r for r in rs if r.error is None]
@@ -149,6 +149,6 @@ def metric_names_of(config: dict[str, Any]) -> dict[str, str]:
 
 def _passed(r: ResultRow, metric_names: dict[str, str]) -> bool | None:
     """All pass/fail checks on the row pass: binary metrics and rubric thresholds."""
-    checks = [v == 1.0 for m, v in r.scores.items() if metric_names.get(m, m) in BINARY_METRICS and v is not None]
+    checks = [v == 1.0 for m, v in r.scores.items() if is_binary(metric_names.get(m, m)) and v is not None]
     checks += [j["passed"] for j in r.judges.values() if j.get("passed") is not None]
     return all(checks) if checks else None

@@ -1,8 +1,9 @@
 """Rendering prompts for rows, and linting them, before any provider call.
 
-A prompt is Jinja (StrictUndefined): a `template` string, a `messages` list
-whose contents are templates, or a `file`. Every row is rendered up front so a
-missing variable stops the run with file, line and variable name and zero calls.
+A prompt is Jinja (StrictUndefined, the environment of prompts/jinja_env.py): a
+`template` string, a `messages` list whose contents are templates, or a `file`.
+Every row is rendered up front so a missing variable stops the run with file,
+line and variable name and zero calls.
 """
 
 from __future__ import annotations
@@ -12,24 +13,26 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import jinja2.meta
 
 from tunelab.evals.config import EvalConfig, PromptConfig
 from tunelab.evals.dataset import Row
 from tunelab.evals.errors import EvalError
+from tunelab.prompts.errors import PromptError
+from tunelab.prompts.finding import Finding
+from tunelab.prompts.jinja_env import compile_template
+from tunelab.prompts.linter import lint_text
+from tunelab.prompts.prompt_file import PromptFile, load_prompt
+from tunelab.prompts.render import render
 
 # A dataset row lacks a variable: the fix is in the data (or the template), not a CLI flag.
 DATASET_HINT = "add '{name}' to every dataset row (a JSONL key or a CSV column), or remove it from the prompt"
-
-_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
-
 
 @dataclass
 class CompiledPrompt:
     id: str
     source: str                                   # where the text came from, for messages
     parts: list[tuple[str, jinja2.Template, set[str]]]   # (role, template, variables it reads)
-    prompt_file: Any = None                       # a tunelab.prompts PromptFile, rendered by that package
+    prompt_file: PromptFile | None = None         # rendered by tunelab.prompts
     params: dict[str, Any] = field(default_factory=dict)   # the prompt file's params, then the config entry's
 
     def render(self, row: Row) -> list[dict[str, str]]:
@@ -51,9 +54,6 @@ class CompiledPrompt:
         return messages
 
     def _render_file(self, row: Row) -> list[dict[str, str]]:
-        from tunelab.prompts.errors import PromptError
-        from tunelab.prompts.render import render
-
         try:
             out = render(self.prompt_file, row.vars, missing_hint=DATASET_HINT)
         except PromptError as exc:
@@ -93,14 +93,10 @@ def prompt_texts(cfg: EvalConfig) -> list[tuple[str, str, str]]:
     return out
 
 
-def lint_prompts(cfg: EvalConfig, rows: list[Row] | None = None) -> list[Any] | None:
+def lint_prompts(cfg: EvalConfig, rows: list[Row] | None = None) -> list[Finding]:
     """Findings from `tunelab.prompts.lint_text` for every prompt, told which
     variables the dataset provides and (with a single evaluated provider) its
-    sampling params. None when the prompts package is not installed."""
-    try:
-        from tunelab.prompts.linter import lint_text
-    except ImportError:
-        return None
+    sampling params."""
     variables = set().union(*(r.vars.keys() for r in rows)) if rows else None
     evaluated = [p for p in cfg.providers if not p.judge_only]
     params = dict(evaluated[0].params) if len(evaluated) == 1 else None
@@ -114,12 +110,11 @@ def _compile(p: PromptConfig, cfg: EvalConfig, index: int) -> CompiledPrompt:
     where = f"{cfg.source}: prompts[{index}]"
     if p.file:
         path = cfg.resolve(p.file)
-        text = _read(path, cfg, index)
+        if not path.is_file():
+            raise EvalError(f"{cfg.source}: prompts[{index}].file: {path} not found")
         prompt_file = _load_prompt_file(path)
-        if prompt_file is not None:
-            file_params = {k: v for k, v in (prompt_file.params or {}).items() if k != "model"}
-            return CompiledPrompt(p.id, str(path), [], prompt_file=prompt_file, params={**file_params, **p.params})
-        return CompiledPrompt(p.id, str(path), [("user", *_template(text, str(path)))], params=dict(p.params))
+        file_params = {k: v for k, v in (prompt_file.params or {}).items() if k != "model"}
+        return CompiledPrompt(p.id, str(path), [], prompt_file=prompt_file, params={**file_params, **p.params})
     if p.template is not None:
         return CompiledPrompt(p.id, where, [("user", *_template(p.template, where + ".template"))],
                               params=dict(p.params))
@@ -129,21 +124,13 @@ def _compile(p: PromptConfig, cfg: EvalConfig, index: int) -> CompiledPrompt:
 
 def _template(text: str, where: str) -> tuple[jinja2.Template, set[str]]:
     try:
-        ast = _ENV.parse(text)
-        return _ENV.from_string(text), set(jinja2.meta.find_undeclared_variables(ast))
+        return compile_template(text)
     except jinja2.TemplateSyntaxError as exc:
         raise EvalError(f"{where}: line {exc.lineno} of the template: {exc.message}") from None
 
 
-def _load_prompt_file(path: Path) -> Any:
-    """A prompt file through `tunelab.prompts` (front matter, chat messages, few-shot
-    examples, params); None when that package is not installed, and the file is
-    then one Jinja user template."""
-    try:
-        from tunelab.prompts.errors import PromptError
-        from tunelab.prompts.prompt_file import load_prompt
-    except ImportError:
-        return None
+def _load_prompt_file(path: Path) -> PromptFile:
+    """A prompt file through `tunelab.prompts`: front matter, chat messages, few-shot examples, params."""
     try:
         return load_prompt(path)
     except PromptError as exc:

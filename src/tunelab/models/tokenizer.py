@@ -79,7 +79,9 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ ids
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        # encode_batch releases the GIL (encode holds it), so a server tokenising a huge prompt in a worker thread
+        # does not stall its event loop or engine thread.
+        return self.backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
     def encode_with_offsets(self, text: str, add_special_tokens: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
         """Token ids and each token's (start, end) character span in `text`."""

@@ -1,21 +1,18 @@
 """Rendering a prompt file with variables and few-shot examples.
 
-Jinja runs with StrictUndefined: a missing variable is an error naming the file and
-the variable, never a silently empty slot in a prompt sent to a model."""
+Jinja runs with StrictUndefined (prompts/jinja_env.py): a missing variable is an error
+naming the file and the variable, never a silently empty slot in a prompt sent to a model."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import jinja2
-import jinja2.meta
 
 from tunelab.prompts.errors import PromptError
+from tunelab.prompts.jinja_env import compile_template
 from tunelab.prompts.placeholders import find_placeholders, to_jinja
 from tunelab.prompts.prompt_file import PromptFile
-
-_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
-
 
 MISSING_HINT = "pass it with --var {name}=..."   # `tunelab prompt render`'s way to give a variable
 
@@ -84,10 +81,10 @@ def _insert_before_last_paragraph(template: str, block: str, separator: str) -> 
 def _render_text(text: str, values: dict[str, Any], path: str, first_line: int, missing_hint: str = MISSING_HINT) -> str:
     source = to_jinja(text)
     try:
-        parsed = _ENV.parse(source)
+        template, variables = compile_template(source)
     except jinja2.TemplateSyntaxError as exc:
         raise PromptError(f"template syntax error: {exc.message}", path=path, line=first_line + (exc.lineno or 1) - 1) from exc
-    missing = sorted(jinja2.meta.find_undeclared_variables(parsed) - set(values))
+    missing = sorted(variables - set(values))
     if missing:
         name = missing[0]
         line = first_line
@@ -98,6 +95,6 @@ def _render_text(text: str, values: dict[str, Any], path: str, first_line: int, 
         others = f" (also missing: {', '.join(missing[1:])})" if len(missing) > 1 else ""
         raise PromptError(f"variable '{name}' is undefined; {missing_hint.format(name=name)}{others}", path=path, line=line)
     try:
-        return _ENV.from_string(source).render(**values)
+        return template.render(**values)
     except jinja2.UndefinedError as exc:
         raise PromptError(f"undefined value while rendering: {exc.message}", path=path, line=first_line) from exc

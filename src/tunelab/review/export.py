@@ -13,11 +13,9 @@ CR; OWASP's list) get a leading apostrophe.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from datetime import datetime, timezone
 
+from tunelab.io.records import csv_text, jsonl_text
 from tunelab.review.errors import ReviewError
 from tunelab.review.longformat import COLUMNS as LONG_COLUMNS
 from tunelab.review.store import ReviewStore
@@ -33,15 +31,10 @@ def export_rows(store: ReviewStore, task: str, history: bool = False) -> list[di
 
 def dumps(rows: list[dict], fmt: str) -> str:
     if fmt == "jsonl":
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        return jsonl_text(rows)
     if fmt == "csv":
-        buf = io.StringIO()
         # CRLF rows (RFC 4180): the writer then quotes any cell holding a bare CR or LF.
-        w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\r\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _cell(v) for k, v in r.items()})
-        return buf.getvalue()
+        return csv_text(rows, COLUMNS, cell=_cell, lineterminator="\r\n")
     raise ReviewError(f"--format: expected csv or jsonl, got {fmt!r}")
 
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from tunelab.io.records import records
 from tunelab.review.errors import ReviewError
 from tunelab.review.levels import EXPLAIN, BootConfig, Design, Draws, correlate, human_ceilings
-from tunelab.review.longformat import _records
 from tunelab.review.store import Rating
 
 ITEM_FIELDS = ("id", "input_id", "system", "output")
@@ -51,7 +51,7 @@ class Study:
 def load_items(path: str | Path) -> list[ImportedItem]:
     path = Path(path)
     out, seen = [], {}
-    for n, obj in _records(path, "items", required_columns=set(ITEM_FIELDS)):
+    for n, obj in records(path, ReviewError, "items", required_columns=set(ITEM_FIELDS)):
         where = f"{path}:{n}"
         for key in ITEM_FIELDS:
             if obj.get(key) in (None, "") and not (key == "output" and obj.get(key) == ""):
@@ -75,7 +75,7 @@ def load_ratings(path: str | Path, items: list[ImportedItem]) -> list[Rating]:
     path = Path(path)
     known = {it.id for it in items}
     out = []
-    for n, obj in _records(path, "ratings", required_columns={"item_id", "dimension", "rater", "score"}):
+    for n, obj in records(path, ReviewError, "ratings", required_columns={"item_id", "dimension", "rater", "score"}):
         where = f"{path}:{n}"
         for key in ("item_id", "dimension", "rater", "score"):
             if obj.get(key) in (None, ""):
@@ -99,12 +99,12 @@ def score_with_metrics(items: list[ImportedItem], names: list[str], *, multi_ref
     """Per-item values of tunelab metrics (NaN where a metric does not apply), cached in `db` when given."""
     from tunelab.evals.config import MetricConfig
     from tunelab.evals.errors import EvalError
-    from tunelab.evals.metrics import MULTI_REFERENCE_DEFAULT, Metric, MetricInput, check_metric
+    from tunelab.evals.metrics import Metric, MetricInput, check_metric, is_reference_based
 
     metrics = []
     for k, spec in enumerate(names):
         name, options = parse_metric(spec)
-        if multi_reference and name in MULTI_REFERENCE_DEFAULT:
+        if multi_reference and is_reference_based(name):
             options.setdefault("multi_reference", multi_reference)
         cfg = MetricConfig(name=name, id=spec, options=options)
         try:

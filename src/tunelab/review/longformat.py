@@ -8,13 +8,11 @@ timestamps are ISO 8601 UTC on the way out, ISO or epoch seconds on the way in.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tunelab.io.records import csv_text, jsonl_text, records as read_records
 from tunelab.review.errors import ReviewError
 from tunelab.review.store import Rating
 
@@ -25,48 +23,18 @@ PREFERENCES = ("A", "B", "tie")
 def dumps(ratings: list[Rating], fmt: str) -> str:
     rows = [_row(r) for r in ratings]
     if fmt == "jsonl":
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        return jsonl_text(rows)
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: "" if v is None else v for k, v in r.items()})
-        return buf.getvalue()
+        return csv_text(rows, COLUMNS)
     raise ReviewError(f"--format: expected csv or jsonl, got {fmt!r}")
 
 
 def load(path: str | Path) -> list[Rating]:
     """Read a long-format CSV or JSONL file (chosen by extension; .jsonl/.json else CSV)."""
     path = Path(path)
-    records = _records(path, "ratings", required_columns={"item_id", "rater", "dimension"})
+    records = read_records(path, ReviewError, "ratings", required_columns={"item_id", "rater", "dimension"})
     # A review export also holds skips, flags and replaced answers (column `state`): only `rated` rows are judgements.
     return [_rating(path, n, obj) for n, obj in records if obj.get("state") in (None, "", "rated")]
-
-
-def _records(path: Path, what: str, required_columns: set[str] = frozenset()) -> list[tuple[int, dict]]:
-    """(line number, row) pairs of a JSONL file (by extension) or a CSV file with a header."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ReviewError(f"{path}: cannot read {what}: {exc.strerror}") from exc
-    if path.suffix.lower() not in (".jsonl", ".json", ".ndjson"):
-        reader = csv.DictReader(io.StringIO(text))
-        missing = required_columns - set(reader.fieldnames or [])
-        if missing:
-            raise ReviewError(f"{path}:1: CSV header lacks column(s) {', '.join(sorted(missing))}")
-        return list(enumerate(reader, 2))
-    records = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ReviewError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise ReviewError(f"{path}:{n}: expected a JSON object per line")
-            records.append((n, obj))
-    return records
 
 
 def _row(r: Rating) -> dict:
@@ -121,7 +89,7 @@ def load_scores(path: str | Path):
     from tunelab.review.agreement import AutoScore
 
     path = Path(path)
-    records = _records(path, "scores")
+    records = read_records(path, ReviewError, "scores")
     out = []
     for n, obj in records:
         for key in ("item_id", "metric", "value"):

@@ -9,12 +9,13 @@ agrees with people on which dimension, at which level.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from tunelab.io.records import jsonl_records
+from tunelab.review.errors import ReviewError
 from tunelab.review.imported import ImportedItem, Study, load_items, load_ratings, score_with_metrics, validate
 from tunelab.review.levels import BootConfig
 
@@ -49,7 +50,7 @@ def shipped_study(protocol: str = "multi") -> tuple[list[ImportedItem], list]:
     """
     items = load_items(DATA / "items.jsonl")
     ratings = load_ratings(DATA / "ratings.jsonl", items)
-    texts = {x["input_id"]: x for x in map(json.loads, (DATA / "inputs.jsonl").read_text("utf-8").splitlines())}
+    texts = {x["input_id"]: x for _, x in jsonl_records(DATA / "inputs.jsonl", ReviewError, "inputs")}
     for it in items:   # the dialogue and its knowledge snippet, for judges
         it.vars.update(dialogue=texts[it.input_id]["dialogue"], fact=texts[it.input_id]["fact"])
     if protocol == "multi":

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunelab.evals.errors import EvalError
+from tunelab.evals.store import Store
 from tunelab.review.agreement import AutoScore
 from tunelab.review.errors import ReviewError
 from tunelab.review.store import Item, Task
@@ -82,11 +84,6 @@ def scores_from_run(db: str | Path, run_id: str, task: Task | None = None,
 
 
 def _results(db, run_id):
-    try:
-        from tunelab.evals.errors import EvalError
-        from tunelab.evals.store import Store
-    except ImportError as exc:  # pragma: no cover - the evals package ships with tunelab
-        raise ReviewError(f"--run needs tunelab.evals: {exc}") from exc
     if not Path(db).exists():
         raise ReviewError(f"{db}: no such database; run `tunelab eval` first or pass --db")
     try:

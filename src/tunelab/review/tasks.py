@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import random
 import secrets
 import time
@@ -21,6 +20,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunelab.io.records import jsonl_records
 from tunelab.review.errors import ReviewError
 from tunelab.review.store import Item, ReviewStore, Task
 
@@ -213,20 +213,8 @@ def load_items_jsonl(path: str | Path) -> list[Item]:
     `output`, or `output_a` and `output_b` (optional `variant_a`, `variant_b`, and `input_b` when
     B answered a different prompt). Optional `gold`: {dimension: known answer} makes it a calibration item."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ReviewError(f"{path}: cannot read items: {exc.strerror}") from exc
     items = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ReviewError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise ReviewError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+    for n, obj in jsonl_records(path, ReviewError, "items"):
         for key in ("id", "input"):
             if key not in obj:
                 raise ReviewError(f"{path}:{n}: missing field {key!r}")

@@ -1,80 +1,64 @@
 """The FastAPI app: OpenAI's /v1/models, /v1/completions and /v1/chat/completions, plus /health and /metrics.
 
 The request's `model` field picks the LoRA adapter, as in vLLM: the base model's name runs the base model, an
-adapter's name runs that adapter. Every failure becomes OpenAI's error body with the right status (400 invalid
-parameters, 401 API key, 404 model, 429 queue full, 500 anything else), so no request can take the server down.
+adapter's name runs that adapter. A request is validated completely before it reaches the engine
+(request_body.py); tokenising and template rendering run in worker threads; each choice of `n` is its own engine
+request. Every failure is OpenAI's error body with the right status (400 invalid, 401 API key, 404 model or route,
+405 method, 413 body too large, 415 encoding, 429 queue full, 500 a request that failed inside the engine), and a
+client that leaves, streaming or not, aborts its requests and frees their KV blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunelab.engine import AsyncLLM, EngineError, EngineFailure, QueueFull, RequestOutput
-from tunelab.models import ModelError
+from tunelab.engine import AsyncLLM, EngineError, RequestOutput, SamplingParams
+from tunelab.engine.sampling_params import MAX_LOGPROBS, SEED_MAX
 from tunelab.serve import metrics
-from tunelab.serve.protocol import ChatCompletionRequest, CompletionRequest, error_body
+from tunelab.serve.protocol import ApiError, ChatCompletionRequest, CompletionRequest, error_body
+from tunelab.serve.request_body import Limits, check_limits, logit_bias, parse, read_json
+from tunelab.serve.responses import (ChoiceView, TokenText, chat_choice, chat_deltas, completion_choice,
+                                     completion_delta, usage)
+from tunelab.serve.streams import finals, merged, sse, start_all
+from tunelab.serve.tools import template_messages, template_renders_tools, tool_grammar
 
 DEFAULT_MAX_TOKENS = 256
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-
-
-def create_app(engine: AsyncLLM, model_name: str, api_key: str | None = None) -> FastAPI:
+def create_app(engine: AsyncLLM, model_name: str, api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
     app = FastAPI(title="tunelab", version="1")
+    limits = limits or Limits()
     http_status: Counter = Counter()
     created = int(time.time())
     llm = engine.llm
+    tokens = TokenText(llm)
+    renders_tools: list[bool] = []  # computed once, on the first request with tools
 
-    @app.middleware("http")
-    async def auth_and_count(request: Request, call_next):
-        if api_key is not None and request.url.path.startswith("/v1"):
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
-                response = JSONResponse(error_body("Incorrect API key provided.", "invalid_request_error",
-                                                   code="invalid_api_key"), status_code=401)
-                http_status[401] += 1
-                return response
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # nothing a request does may take the server down
-            response = JSONResponse(error_body(f"internal error: {type(exc).__name__}: {exc}", "server_error"),
-                                    status_code=500)
-        http_status[response.status_code] += 1
-        return response
+    app.add_middleware(_AuthAndCount, api_key=api_key, http_status=http_status)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
-        return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+        return JSONResponse(error_body(message.get(exc.status_code, str(exc.detail)), kind), status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        if first.get("type") == "json_invalid":
-            message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}"
-            param = None
-        else:
-            loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-            param = ".".join(loc) or None
-            message = f"{param or 'body'}: {first.get('msg', 'invalid value')}"
-        return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
-
-    @app.exception_handler(Exception)
-    async def crashed(request: Request, exc: Exception):
-        return JSONResponse(error_body(f"internal error: {type(exc).__name__}: {exc}", "server_error"),
-                            status_code=500)
+        return JSONResponse(error_body(f"invalid request: {exc.errors()[:1]}", "invalid_request_error"), 400)
 
     @app.get("/health")
     async def health():
@@ -100,155 +84,175 @@ def create_app(engine: AsyncLLM, model_name: str, api_key: str | None = None) ->
         raise ApiError(404, f"The model `{model}` does not exist; this server has {[model_name, *sorted(llm.adapters)]}",
                        param="model", code="model_not_found")
 
-    def check_common(body) -> None:
-        if body.n != 1:
-            raise ApiError(400, "n: only n=1 is supported", param="n")
-        if body.logprobs not in (None, False, 0):
-            raise ApiError(400, "logprobs: not supported by tunelab", param="logprobs")
-
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request):
+    async def completions(request: Request):
+        body = parse(CompletionRequest, await read_json(request, limits))
+        check_limits(body, limits)
         adapter = adapter_for(body.model)
-        check_common(body)
-        params = _params(body, body.max_tokens)
+        if body.echo and body.logprobs is not None:
+            raise ApiError(400, "echo with logprobs needs the prompt's logprobs, which tunelab does not compute; "
+                           "drop one of them", param="echo")
         prompts = body.prompt
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
-        if not prompts:
+        if not prompts or any(len(p) == 0 for p in prompts):
             raise ApiError(400, "prompt: empty", param="prompt")
+        params = _params(body, body.max_tokens, logprobs=body.logprobs)
+        prefixes = [""] * len(prompts)
+        if body.echo:
+            prefixes = [p if isinstance(p, str) else await asyncio.to_thread(llm.tokenizer.decode, p) for p in prompts]
+        jobs = [(p, _choice_params(params, j)) for p in prompts for j in range(body.n)]
+        views = [ChoiceView(i, prefix=prefixes[i // body.n]) for i in range(len(jobs))]
         rid = f"cmpl-{uuid.uuid4().hex}"
+        streams = await start_all(engine, jobs, adapter, rid)
+        head = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": body.model}
         if body.stream:
-            if len(prompts) != 1:
-                raise ApiError(400, "prompt: streaming takes one prompt per request", param="prompt")
-            stream = await _start(engine, prompts[0], params, adapter, rid)
-            return _sse(_completion_chunks(stream, rid, body.model, body))
-        outs = await asyncio.gather(*[_final(engine, p, params, adapter, f"{rid}-{i}") for i, p in enumerate(prompts)])
-        choices = [{"index": i, "text": (p if body.echo and isinstance(p, str) else "") + o.text, "logprobs": None,
-                    "finish_reason": o.finish_reason} for i, (p, o) in enumerate(zip(prompts, outs))]
-        return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": body.model,
-                "choices": choices, "usage": _usage(outs)}
+            async def chunks():
+                last = {}
+                async for i, out in merged(streams):
+                    last[i] = out
+                    choice = completion_delta(out, views[i], tokens, body.logprobs)
+                    if choice is not None:
+                        yield {**head, "choices": [choice]}
+                if body.stream_options and body.stream_options.include_usage:
+                    yield {**head, "choices": [], "usage": _usage(prompts, body.n, [last[i] for i in sorted(last)])}
+
+            return sse(chunks())
+        outs = await finals(streams, request)
+        return {**head, "choices": [completion_choice(o, v, tokens, body.logprobs) for o, v in zip(outs, views)],
+                "usage": _usage(prompts, body.n, outs)}
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatCompletionRequest, request: Request):
+    async def chat(request: Request):
+        body = parse(ChatCompletionRequest, await read_json(request, limits))
+        check_limits(body, limits)
         adapter = adapter_for(body.model)
-        check_common(body)
+        if body.max_tokens is not None and body.max_completion_tokens not in (None, body.max_tokens):
+            raise ApiError(400, "max_tokens and max_completion_tokens disagree; send one", param="max_tokens")
+        if body.top_logprobs is not None and not body.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        if body.top_logprobs is not None and not 0 <= body.top_logprobs <= MAX_LOGPROBS:
+            raise ApiError(400, f"top_logprobs: expected an integer in [0, {MAX_LOGPROBS}]", param="top_logprobs")
+        tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
+        if tools and not renders_tools:
+            renders_tools.append(await asyncio.to_thread(template_renders_tools, llm.tokenizer))
+        if tools and not renders_tools[0]:
+            raise ApiError(400, f"tools: the chat template of `{model_name}` does not render tools, so the model "
+                           "would never see them; use a model whose template supports tool calling", param="tools")
+        grammar = tool_grammar(body)
+        schema = _response_schema(body)
+        if grammar is not None and schema is not None:
+            raise ApiError(400, "response_format: a JSON response format and tool calls cannot constrain the same "
+                           "output; use tool_choice: none or response_format text", param="response_format")
         try:
-            text = llm.tokenizer.apply_chat_template([m.as_template_input() for m in body.messages])
-        except Exception as exc:  # a template's raise_exception, a missing template
+            prompt = await asyncio.to_thread(_render, llm.tokenizer, template_messages(body), tools)
+        except Exception as exc:  # noqa: BLE001 - a template's raise_exception, a missing template
             raise ApiError(400, f"messages: {exc}", param="messages") from None
-        # The template already holds the special tokens it wants (BOS...), as transformers does it.
-        prompt = llm.tokenizer.encode(text, add_special_tokens=False)
-        params = _params(body, body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens)
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        top = (body.top_logprobs or 0) if body.logprobs else None
+        params = _params(body, max_tokens, logprobs=top, json_schema=schema, grammar=grammar)
+        jobs = [(prompt, _choice_params(params, j)) for j in range(body.n)]
+        views = [ChoiceView(i, tools=grammar is not None) for i in range(body.n)]
         rid = f"chatcmpl-{uuid.uuid4().hex}"
+        streams = await start_all(engine, jobs, adapter, rid)
+        created_at = int(time.time())
         if body.stream:
-            stream = await _start(engine, prompt, params, adapter, rid)
-            return _sse(_chat_chunks(stream, rid, body.model, body))
-        out = await _final(engine, prompt, params, adapter, rid)
-        return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": body.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
-                             "logprobs": None, "finish_reason": out.finish_reason}],
-                "usage": _usage([out])}
+            head = {"id": rid, "object": "chat.completion.chunk", "created": created_at, "model": body.model}
+
+            async def chunks():
+                last = {}
+                async for i, out in merged(streams):
+                    last[i] = out
+                    for choice in chat_deltas(out, views[i], tokens, top):
+                        yield {**head, "choices": [choice]}
+                if body.stream_options and body.stream_options.include_usage:
+                    yield {**head, "choices": [], "usage": _usage([prompt], body.n, [last[i] for i in sorted(last)])}
+
+            return sse(chunks())
+        outs = await finals(streams, request)
+        return {"id": rid, "object": "chat.completion", "created": created_at, "model": body.model,
+                "choices": [chat_choice(o, v, tokens, top) for o, v in zip(outs, views)],
+                "usage": _usage([prompt], body.n, outs)}
 
     return app
 
 
 # ---------------------------------------------------------------------- helpers
-def _params(body, max_tokens):
-    body.max_tokens = max_tokens
+class _AuthAndCount:
+    """ASGI middleware (not BaseHTTPMiddleware, which hides client disconnects from the routes): the API key on /v1,
+    responses counted by status, and a last-resort 500 in OpenAI's shape."""
+
+    def __init__(self, app, api_key: str | None, http_status: Counter):
+        self.app, self.api_key, self.http_status = app, api_key, http_status
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.api_key is not None and scope["path"].startswith("/v1"):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, f"Bearer {self.api_key}".encode()):  # constant time: no timing oracle
+                body = error_body("Incorrect API key provided.", "invalid_request_error", code="invalid_api_key")
+                return await self._send_json(send, 401, body)
+        started = False
+
+        async def counting_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                self.http_status[message["status"]] += 1
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        except Exception as exc:  # noqa: BLE001 - nothing a request does may take the server down
+            if not started:
+                await self._send_json(send, 500, error_body(f"internal error: {type(exc).__name__}: {exc}",
+                                                            "server_error"))
+
+    async def _send_json(self, send, status: int, body: dict) -> None:
+        self.http_status[status] += 1
+        data = json.dumps(body).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+
+def _render(tokenizer, messages, tools) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tools=tools)
+    # The template already holds the special tokens it wants (BOS...), as transformers does it.
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def _response_schema(body: ChatCompletionRequest) -> dict | None:
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "object"}
+    return fmt.json_schema.schema_
+
+
+def _params(body, max_tokens, **extra) -> SamplingParams:
     try:
-        return body.sampling_params(DEFAULT_MAX_TOKENS)
+        return SamplingParams(
+            max_tokens=DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens, temperature=body.temperature,
+            top_p=body.top_p, top_k=body.top_k, stop=body.stops, seed=body.seed,
+            presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+            ignore_eos=body.ignore_eos, logit_bias=logit_bias(body), **extra)
     except EngineError as exc:
         raise ApiError(400, str(exc), param=str(exc).split(":")[0]) from None
 
 
-async def _start(engine: AsyncLLM, prompt, params, adapter, rid) -> AsyncIterator[RequestOutput]:
-    """Start a request and wait for its first output, so a bad request fails with a status code, not mid-stream."""
-    stream = engine.generate(prompt, params, adapter, rid)
-    try:
-        first = await stream.__anext__()
-    except QueueFull as exc:
-        raise ApiError(429, str(exc), "rate_limit_error", code="queue_full") from None
-    except (EngineError, ModelError) as exc:
-        raise ApiError(400, str(exc), param=str(exc).split(":")[0]) from None
-    except EngineFailure as exc:
-        raise ApiError(500, str(exc), "server_error") from None
-
-    async def chained():
-        try:
-            yield first
-            if not first.finished:
-                async for out in stream:
-                    yield out
-        finally:
-            await stream.aclose()  # a client that left aborts the request and frees its blocks
-
-    return chained()
+def _choice_params(params: SamplingParams, j: int) -> SamplingParams:
+    """Choice j of n: its own seed (seed + j, wrapped into torch's range), so the choices differ but repeat."""
+    if j == 0 or params.seed is None:
+        return params
+    seed = params.seed + j
+    if seed > SEED_MAX:
+        seed -= 1 << 64
+    return SamplingParams(**{**params.to_dict(), "seed": seed})
 
 
-async def _final(engine: AsyncLLM, prompt, params, adapter, rid) -> RequestOutput:
-    stream = await _start(engine, prompt, params, adapter, rid)
-    last = None
-    async for out in stream:
-        last = out
-    return last
-
-
-def _usage(outs: list[RequestOutput]) -> dict:
-    prompt = sum(o.prompt_tokens for o in outs)
-    completion = sum(o.completion_tokens for o in outs)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
-    async def body():
-        try:
-            async for chunk in chunks:
-                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-        except Exception as exc:  # the status line is sent already: report the failure as an error event
-            yield f"data: {json.dumps(error_body(str(exc), 'server_error'))}\n\n"
-        else:
-            yield "data: [DONE]\n\n"
-        finally:
-            await chunks.aclose()  # close the chain down to the engine now, not whenever it is collected
-
-    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-async def _completion_chunks(stream, rid, model, body):
-    created = int(time.time())
-    last = None
-    try:
-        async for out in stream:
-            last = out
-            if out.delta or out.finished:
-                yield {"id": rid, "object": "text_completion", "created": created, "model": model,
-                       "choices": [{"index": 0, "text": out.delta, "logprobs": None,
-                                    "finish_reason": out.finish_reason}]}
-    finally:
-        await stream.aclose()
-    if body.stream_options and body.stream_options.include_usage and last is not None:
-        yield {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": [],
-               "usage": _usage([last])}
-
-
-async def _chat_chunks(stream, rid, model, body):
-    created = int(time.time())
-
-    def chunk(delta, finish=None):
-        return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-
-    yield chunk({"role": "assistant", "content": ""})
-    last = None
-    try:
-        async for out in stream:
-            last = out
-            if out.delta:
-                yield chunk({"content": out.delta})
-            if out.finished:
-                yield chunk({}, out.finish_reason)
-    finally:
-        await stream.aclose()
-    if body.stream_options and body.stream_options.include_usage and last is not None:
-        yield {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
-               "usage": _usage([last])}
+def _usage(prompts, n: int, outs: list[RequestOutput]) -> dict:
+    """Each prompt counted once however many choices it has."""
+    return usage(sum(outs[i * n].prompt_tokens for i in range(len(prompts)) if i * n < len(outs)), outs)

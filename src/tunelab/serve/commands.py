@@ -26,6 +26,11 @@ def serve_command(
     device: str | None = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     served_model_name: str | None = typer.Option(None, "--served-model-name",
                                                  help="Name clients pass as `model` (default: the directory name)."),
+    max_body_bytes: int = typer.Option(2 << 20, "--max-body-bytes", min=1, help="Larger request bodies get 413."),
+    max_json_depth: int = typer.Option(64, "--max-json-depth", min=1, help="Deeper JSON bodies get 400."),
+    max_messages: int = typer.Option(1024, "--max-messages", min=1, help="Messages per chat request."),
+    max_stop: int = typer.Option(4, "--max-stop", min=0, help="Stop strings per request (OpenAI allows 4)."),
+    max_n: int = typer.Option(16, "--max-n", min=1, help="Choices per request (`n`)."),
 ) -> None:
     """Serve a model (and LoRA adapters chosen by the request's `model`) over OpenAI's HTTP API."""
     import uvicorn
@@ -33,6 +38,7 @@ def serve_command(
     from tunelab.engine import LLM, AsyncLLM, EngineError
     from tunelab.models import ModelError
     from tunelab.serve import create_app
+    from tunelab.serve.request_body import Limits
 
     adapters = {}
     for item in adapter:
@@ -49,4 +55,6 @@ def serve_command(
     name = served_model_name or Path(model_path).name
     engine = AsyncLLM(llm, max_queue=max_queue)
     typer.echo(f"serving {name} (adapters: {', '.join(adapters) or 'none'}) on http://{host}:{port}/v1")
-    uvicorn.run(create_app(engine, name, api_key=api_key), host=host, port=port, log_level="info")
+    limits = Limits(max_body_bytes=max_body_bytes, max_json_depth=max_json_depth, max_messages=max_messages,
+                    max_stop=max_stop, max_n=max_n)
+    uvicorn.run(create_app(engine, name, api_key=api_key, limits=limits), host=host, port=port, log_level="info")

@@ -13,6 +13,8 @@ def render(engine: AsyncLLM, http_status: Counter) -> str:
         ("tunelab_requests_total", "counter", "Requests accepted by the engine.", llm.stats["requests"]),
         ("tunelab_requests_finished_total", "counter", "Requests finished (stop or length).", llm.stats["finished"]),
         ("tunelab_requests_aborted_total", "counter", "Requests aborted (client gone).", llm.stats["aborted"]),
+        ("tunelab_requests_failed_total", "counter", "Requests that failed alone inside the engine.",
+         llm.stats["failed"]),
         ("tunelab_prompt_tokens_total", "counter", "Prompt tokens accepted.", llm.stats["prompt_tokens"]),
         ("tunelab_generation_tokens_total", "counter", "Tokens generated.", llm.stats["generation_tokens"]),
         ("tunelab_preemptions_total", "counter", "Sequences preempted for KV space.", llm.scheduler.num_preemptions),

@@ -14,12 +14,12 @@ Every row is validated before training starts; a bad one names file and line.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from tunelab.io.records import jsonl_records
 from tunelab.train.config import TrainError
 
 IGNORE = -100
@@ -46,16 +46,7 @@ def load_examples(path: str | Path, tokenizer, max_seq_len: int, overflow: str =
     path = Path(path)
     if not path.is_file():
         raise TrainError(f"{path}: training data file not found")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TrainError(f"{path}:{lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
-            rows.append((lineno, _validate(row, path, lineno)))
+    rows = [(lineno, _validate(row, path, lineno)) for lineno, row in jsonl_records(path, TrainError, "training data")]
     if not rows:
         raise TrainError(f"{path}: no rows")
     stats = DataStats(rows=len(rows))

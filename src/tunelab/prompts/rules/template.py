@@ -9,18 +9,16 @@ import jinja2
 import jinja2.meta
 
 from tunelab.prompts.finding import Finding
+from tunelab.prompts.jinja_env import ENV
 from tunelab.prompts.placeholders import find_placeholders, to_jinja
 from tunelab.prompts.rules.base import LintContext, Rule
-
-_ENV = jinja2.Environment()
-
 
 def template_rule(ctx: LintContext) -> list[Finding]:
     findings = []
     for seg, segment in enumerate(ctx.reading.segments):
         text = segment.text
         try:
-            _ENV.parse(to_jinja(text))
+            ENV.parse(to_jinja(text))
         except jinja2.TemplateSyntaxError as exc:
             index = max(0, (exc.lineno or 1) - 1)
             start = sum(len(line) + 1 for line in text.split("\n")[:index])
@@ -79,7 +77,7 @@ def _variables(ctx: LintContext) -> list[Finding]:
         names = {p.name: p for p in reversed(find_placeholders(segment.text))}  # first use of each
         try:
             # Jinja's own analysis also sees names used only in tags, e.g. `{% for d in docs %}`.
-            names_in_tags = jinja2.meta.find_undeclared_variables(_ENV.parse(to_jinja(segment.text)))
+            names_in_tags = jinja2.meta.find_undeclared_variables(ENV.parse(to_jinja(segment.text)))
         except jinja2.TemplateSyntaxError:
             names_in_tags = set()
         for name in sorted(set(names) | names_in_tags, key=lambda n: names[n].start if n in names else 0):
