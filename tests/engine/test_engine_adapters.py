@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-peft = pytest.importorskip("peft")
+import peft  # noqa: E402  (a test dependency: missing, it must fail loudly, not skip)
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from tunelab.engine import LLM, SamplingParams  # noqa: E402

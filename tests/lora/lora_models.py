@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
+import transformers
 
-transformers = pytest.importorskip("transformers")
 
 
 def tiny_llama(seed: int = 0):

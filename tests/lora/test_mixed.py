@@ -141,3 +141,32 @@ def test_uniform_batch_restores_the_active_adapters_without_set_active(llama):
     with pytest.raises(LoraError, match="unknown adapter"):
         with per_row_adapters(llama, ["nope", "nope"]):
             pass
+
+
+def test_routing_is_a_forward_argument_and_leaves_layers_unchanged(llama):
+    """A layer mixes from the `routing` it is given; per_row_adapters writes nothing into the layers."""
+    from tunelab.lora import Routing, lora_layers
+
+    _three_adapters(llama, ["q_proj", "embed_tokens"], ["q_proj"], ["v_proj"])
+    set_active(llama, "b")
+    path, layer = next((p, m) for p, m in lora_layers(llama) if p.endswith("q_proj"))
+    x = torch.randn(3, 9, layer.in_features, generator=torch.Generator().manual_seed(2))
+    rows = ["a", None, "b"]
+    direct = layer(x, routing=Routing.per_row(rows))
+    expected = []
+    for i, name in enumerate(rows):
+        if name is None:
+            with disabled(llama):
+                expected.append(layer(x[i:i + 1]))
+        else:
+            set_active(llama, name)
+            expected.append(layer(x[i:i + 1]))
+    assert torch.allclose(direct, torch.cat(expected), atol=1e-5)
+    set_active(llama, "b")
+    before = {p: (dict(vars(m)), list(m._forward_pre_hooks)) for p, m in lora_layers(llama)}
+    with per_row_adapters(llama, rows):
+        assert torch.equal(layer(x), direct)
+        inside = {p: dict(vars(m)) for p, m in lora_layers(llama)}
+    assert inside == {p: d for p, (d, _) in before.items()}  # no attribute set from outside
+    assert {p: (dict(vars(m)), list(m._forward_pre_hooks)) for p, m in lora_layers(llama)} == before
+    assert layer.active_adapters == ["b"] and not layer.disabled

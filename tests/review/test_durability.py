@@ -22,7 +22,7 @@ def free_port():
 
 def start_server(db, port):
     env = dict(os.environ, TUNELAB_REVIEW_ADMIN_TOKEN=ADMIN)
-    proc = subprocess.Popen([sys.executable, "-m", "tunelab.review", "review", "serve", "--db", str(db),
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "review", "serve", "--db", str(db),
                              "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 60
     while time.time() < deadline:

@@ -59,3 +59,46 @@ def test_a_v1_database_is_migrated_and_keeps_working(tmp_path):
     assert [r["state"] for r in export_rows(store, "t", history=True)] == ["replaced", "skipped", "rated"]
     store.close()
     assert ReviewStore(db).ratings("t")[0].score == 2.0  # reopening does not migrate twice
+
+
+def test_a_v2_database_moves_its_version_to_tunelab_schema(tmp_path):
+    """Files from before the shared scheme kept the version in review_meta: they open without re-migrating, record
+    it in tunelab_schema, and leave review_meta saying 3 so an older tunelab refuses them with its own message."""
+    import sqlite3
+
+    from tunelab.review.schema import MIGRATE_V2, SCHEMA_V1, SCHEMA_VERSION
+    from tunelab.storage.sqlite import schema_version, statements
+
+    db = tmp_path / "v2.db"
+    con = sqlite3.connect(db)
+    con.executescript(SCHEMA_V1)
+    for stmt in statements(MIGRATE_V2):
+        con.execute(stmt)
+    con.execute("INSERT INTO review_meta VALUES ('schema_version', '2')")
+    con.execute("INSERT INTO review_tasks (name, mode, dimensions, scale_min, scale_max, raters_per_item, source, "
+                "salt, created_at, guidelines) VALUES ('t', 'single', '[\"overall\"]', 1, 5, 1, 'file:x', 's', 0, 'g')")
+    con.commit()
+    con.close()
+    ReviewStore(db).close()  # would fail on MIGRATE_V2's ALTERs if it ran them again
+    ReviewStore(db).close()
+    con = sqlite3.connect(db)
+    assert SCHEMA_VERSION == 3 and schema_version(con, "review") == 3
+    assert con.execute("SELECT value FROM review_meta").fetchall() == [("3",)]
+    assert con.execute("SELECT guidelines FROM review_tasks").fetchall() == [("g",)]
+
+
+def test_a_database_from_a_newer_tunelab_is_refused(tmp_path):
+    import sqlite3
+
+    import pytest
+
+    from tunelab.review.errors import ReviewError
+
+    db = tmp_path / "new.db"
+    ReviewStore(db).close()
+    con = sqlite3.connect(db)
+    con.execute("UPDATE tunelab_schema SET version = 9 WHERE component = 'review'")
+    con.commit()
+    con.close()
+    with pytest.raises(ReviewError, match=r"new\.db: review schema version 9, this tunelab understands 3"):
+        ReviewStore(db)

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -40,25 +39,44 @@ def test_resume_is_bit_identical(tiny_checkpoint, qa_data, tmp_path):
     assert any(full[k].abs().sum() > 0 for k in full if "lora_B" in k)  # B moved away from zero
 
 
+# The killed run stops itself at step 12, before writing that checkpoint, and waits there to be killed: the kill
+# cannot race the end of the run, and step-10 is the last checkpoint on disk when it lands.
+_HOLD_AT_STEP_12 = """
+import sys, time, runpy
+import tunelab.train.trainer as trainer
+real = trainer.save_checkpoint
+def held(out, step, *args):
+    if step == 12:
+        print("holding before step-12", flush=True)
+        time.sleep(3600)
+    return real(out, step, *args)
+trainer.save_checkpoint = held
+sys.argv = ["tunelab", *sys.argv[1:]]
+runpy.run_module("tunelab", run_name="__main__")
+"""
+
+
 def test_resume_after_sigkill_is_bit_identical(tiny_checkpoint, qa_data, tmp_path):
     _run(tiny_checkpoint, qa_data, tmp_path / "full", steps=20)
     out = tmp_path / "killed"
-    args = [sys.executable, "-m", "tunelab", "tune", "--model", str(tiny_checkpoint("llama")), "--data", str(qa_data),
+    args = ["tune", "--model", str(tiny_checkpoint("llama")), "--data", str(qa_data),
             "--out", str(out), "--steps", "20", "--batch-size", "4", "--lr", "5e-3", "--warmup-steps", "2",
             "--rank", "4", "--alpha", "8", "--dropout", "0.1", "--seed", "3", "--max-seq-len", "64",
             "--targets", "q_proj,v_proj,down_proj", "--save-every", "2", "--no-progress"]  # fmt: skip
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while not (out / "checkpoints" / "step-10").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_AT_STEP_12, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # blocks until the run holds at step 12, or exits (then "")
+        assert line.strip() == "holding before step-12", line + proc.stderr.read()
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     assert not (out / "adapter_model.safetensors").exists()
-    done = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {f"step-{n}" for n in range(2, 11, 2)}
+    done = subprocess.run([sys.executable, "-m", "tunelab", *args, "--resume"], capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "resumed from" in done.stdout
+    assert "resumed from" in done.stdout and "(step 10)" in done.stdout, done.stdout
     full, resumed = _adapter(tmp_path / "full"), _adapter(out)
     for key in full:
         assert torch.equal(full[key], resumed[key]), key

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 from tunelab.evals.errors import EvalError
 from tunelab.evals.liveness import owner_alive, this_process
+from tunelab.storage.sqlite import retry_locked, statements as _statements
 
 # Each entry upgrades the schema by one version; PRAGMA user_version records how
 # many have been applied. Never edit an entry once released: append a new one.
@@ -445,27 +446,6 @@ def _status(r: sqlite3.Row) -> str:
     if r["status"] == "running" and not owner_alive(r["owner"], r["heartbeat_at"]):
         return "interrupted"
     return r["status"]
-
-
-def retry_locked(action, timeout_s: float):
-    """Run `action`, retrying with backoff while SQLite says the database is locked or busy."""
-    deadline = time.monotonic() + timeout_s
-    delay = 0.005
-    while True:
-        try:
-            return action()
-        except sqlite3.OperationalError as exc:
-            message = str(exc).lower()
-            if ("locked" not in message and "busy" not in message) or time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.25)
-
-
-def _statements(script: str) -> list[str]:
-    # executescript() would COMMIT our transaction; split instead (the schema has no ';' in strings).
-    lines = [line.split("--", 1)[0] for line in script.splitlines()]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
 def _verdict_dict(v: sqlite3.Row) -> dict[str, Any]:

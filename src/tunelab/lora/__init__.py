@@ -1,7 +1,7 @@
 """LoRA (Hu et al. 2021) for any PyTorch model: h = W0 x + scaling * B A x, with W0 frozen.
 
 Adapters live inside the linear/embedding layers they adapt (`layers.py`); `injection.py` decides where and which are
-active, `merging.py` folds them into W0, `mixed.py` runs a different adapter per row in one batch, and
+active, `merging.py` folds them into W0, `mixed.py` runs a different adapter per row in one batch (the layers take a `Routing`, `routing.py`), and
 `peft_format.py` reads and writes PEFT's adapter files.
 """
 
@@ -17,7 +17,10 @@ _EXPORTS = {
     "inject": "injection",
     "set_active": "injection",
     "trainable_parameters": "injection",
+    "adapter_modules": "injection",
+    "lora_layers": "injection",
     "LoraEmbedding": "layers",
+    "LoraLayer": "layers",
     "LoraLinear": "layers",
     "ModulesToSave": "layers",
     "merge": "merging",
@@ -25,6 +28,8 @@ _EXPORTS = {
     "unmerge": "merging",
     "per_row_adapters": "mixed",
     "per_token_adapters": "mixed",
+    "routed": "mixed",
+    "Routing": "routing",
     "load_adapter": "peft_format",
     "save_adapter": "peft_format",
 }

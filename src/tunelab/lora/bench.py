@@ -45,10 +45,7 @@ class BenchResult:
 
 def run(size: str = "default", iters: int = 5, warmup: int = 2, rank: int = 16, adapters: int = 8,
         device: str | None = None, seed: int = 0) -> BenchResult:
-    import peft
     import transformers
-
-    from tunelab.lora import add, inject, merge_and_unload, per_row_adapters, set_active
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     hidden, inter, layers, heads, vocab, batch, seq = SIZES[size]
@@ -60,8 +57,21 @@ def run(size: str = "default", iters: int = 5, warmup: int = 2, rank: int = 16, 
     result = BenchResult(size=size, device=device, params=sum(p.numel() for p in base.parameters()))
     ids = torch.randint(0, vocab, (batch, seq), device=device)
     config = LoraConfig(r=rank, alpha=2 * rank, target_modules="all-linear")
+    _bench_training(base, ids, config, result, iters, warmup, device)
+    _bench_mixed(base, ids, config, result, adapters, iters, warmup, device)
+    result.notes.append(f"Llama-style {layers} layers, hidden {hidden}, {result.params / 1e6:.1f}M params, "
+                        f"batch {batch} x {seq} tokens, LoRA r={rank} on all linear layers, {adapters} adapters, "
+                        f"median of {iters} after {warmup} warm-up, torch threads {torch.get_num_threads()}")
+    return result
 
-    # --- 1. training step ------------------------------------------------------------------------------------
+
+def _bench_training(base, ids, config: LoraConfig, result: BenchResult, iters: int, warmup: int, device) -> None:
+    """One training step (forward, loss, backward) of tunelab's LoRA against PEFT's: time and peak memory."""
+    import peft
+
+    from tunelab.lora import inject
+
+    rank = config.r
     ours = inject(copy.deepcopy(base).train(), config)
     theirs = peft.get_peft_model(copy.deepcopy(base).train(),
                                  peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear"))
@@ -76,9 +86,18 @@ def run(size: str = "default", iters: int = 5, warmup: int = 2, rank: int = 16, 
     result.train_ratio = _paired_ratio(times["tunelab"], times["peft"])
     for name, model in (("tunelab", ours), ("peft", theirs)):
         result.train_memory_mb[name], result.memory_kind = _step_memory(model, ids, device)
-    del ours, theirs
 
-    # --- 2. mixed-adapter batch vs one merged adapter -------------------------------------------------------
+
+def _bench_mixed(base, ids, config: LoraConfig, result: BenchResult, adapters: int, iters: int, warmup: int,
+                 device) -> None:
+    """A batch whose rows use different adapters, against the same batch through one merged adapter and PEFT's
+    mixed batch (`adapter_names`)."""
+    import peft
+
+    from tunelab.lora import add, inject, merge_and_unload, per_row_adapters, set_active
+    from tunelab.lora.injection import lora_layers
+
+    rank, (batch, seq) = config.r, ids.shape
     names = [f"a{i}" for i in range(adapters)]
     rows = [names[i % adapters] for i in range(batch)]
     mixed = copy.deepcopy(base).eval()
@@ -103,9 +122,8 @@ def run(size: str = "default", iters: int = 5, warmup: int = 2, rank: int = 16, 
             mixed(input_ids=ids)
 
     def mixed_cold():
-        for module in mixed.modules():
-            if hasattr(module, "_mixed_cache"):
-                module._mixed_cache = None
+        for _, layer in lora_layers(mixed):
+            layer.clear_mixed_cache()
         mixed_forward()
 
     with torch.no_grad():
@@ -117,10 +135,6 @@ def run(size: str = "default", iters: int = 5, warmup: int = 2, rank: int = 16, 
         }, iters, warmup, device)
     result.infer_tok_s = {k: batch * seq / statistics.median(v) for k, v in times.items()}
     result.infer_ratio = {k: _paired_ratio(times["merged"], v) for k, v in times.items()}
-    result.notes.append(f"Llama-style {layers} layers, hidden {hidden}, {result.params / 1e6:.1f}M params, "
-                        f"batch {batch} x {seq} tokens, LoRA r={rank} on all linear layers, {adapters} adapters, "
-                        f"median of {iters} after {warmup} warm-up, torch threads {torch.get_num_threads()}")
-    return result
 
 
 def _interleaved(fns: dict, iters: int, warmup: int, device: str) -> dict[str, list[float]]:

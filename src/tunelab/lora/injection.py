@@ -11,7 +11,7 @@ from torch import nn
 
 from tunelab.lora.config import LoraConfig
 from tunelab.lora.errors import LoraError
-from tunelab.lora.layers import LoraEmbedding, LoraLinear, ModulesToSave, _LoraBase
+from tunelab.lora.layers import LoraEmbedding, LoraLinear, ModulesToSave, LoraLayer
 from tunelab.lora.targets import find_modules_to_save, find_targets
 
 _STATE_ATTR = "_tunelab_lora"
@@ -52,7 +52,7 @@ def add(model: nn.Module, config: LoraConfig, adapter_name: str) -> None:
     state = adapter_state(model, create=True)
     for path in paths:
         module = model.get_submodule(path)
-        if not isinstance(module, _LoraBase):
+        if not isinstance(module, LoraLayer):
             module = LoraEmbedding(module) if isinstance(module, nn.Embedding) else LoraLinear(module)
             _replace(model, path, module)
         module.add_adapter(adapter_name, config)
@@ -75,7 +75,7 @@ def set_active(model: nn.Module, adapter_names: str | list[str]) -> None:
     if unknown:
         raise LoraError(f"unknown adapter(s) {unknown}; this model has {list(state.configs)}")
     state.active = names
-    for module in _wrappers(model):
+    for module in adapter_modules(model):
         module.active_adapters = [n for n in names if n in module.adapters]
     _refresh_trainable(model)
 
@@ -86,12 +86,12 @@ def delete(model: nn.Module, adapter_name: str) -> None:
     if adapter_name not in state.configs:
         raise LoraError(f"unknown adapter {adapter_name!r}; this model has {list(state.configs)}")
     for path, module in list(model.named_modules()):
-        if isinstance(module, (_LoraBase, ModulesToSave)) and adapter_name in module.adapters:
+        if isinstance(module, (LoraLayer, ModulesToSave)) and adapter_name in module.adapters:
             module.delete_adapter(adapter_name)
             if not module.adapters:
-                if isinstance(module, _LoraBase) and module.merged_adapters:
+                if isinstance(module, LoraLayer) and module.merged_adapters:
                     continue
-                _replace(model, path, module.base_layer if isinstance(module, _LoraBase) else module.original_module)
+                _replace(model, path, module.base_layer if isinstance(module, LoraLayer) else module.original_module)
     del state.configs[adapter_name]
     del state.targets[adapter_name]
     state.active = [a for a in state.active if a != adapter_name]
@@ -103,8 +103,8 @@ def delete(model: nn.Module, adapter_name: str) -> None:
 @contextlib.contextmanager
 def disabled(model: nn.Module) -> Iterator[nn.Module]:
     """Run the base model: every adapter and `modules_to_save` copy is bypassed inside the block."""
-    wrappers = list(_wrappers(model))
-    merged = sorted({a for m in wrappers if isinstance(m, _LoraBase) for a in m.merged_adapters})
+    wrappers = list(adapter_modules(model))
+    merged = sorted({a for m in wrappers if isinstance(m, LoraLayer) for a in m.merged_adapters})
     if merged:
         raise LoraError(f"adapters {merged} are merged into the base weights, so the base model is not available; "
                         "call unmerge(model) first")
@@ -156,15 +156,16 @@ def adapter_state(model: nn.Module, create: bool = False) -> AdapterState:
     return state
 
 
-def lora_layers(model: nn.Module) -> Iterator[tuple[str, _LoraBase]]:
+def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
     for path, module in model.named_modules():
-        if isinstance(module, _LoraBase):
+        if isinstance(module, LoraLayer):
             yield path, module
 
 
-def _wrappers(model: nn.Module) -> Iterator[_LoraBase | ModulesToSave]:
+def adapter_modules(model: nn.Module) -> Iterator[LoraLayer | ModulesToSave]:
+    """Every adapter layer of `model` (LoRA wrappers and modules_to_save copies), in model order."""
     for module in model.modules():
-        if isinstance(module, (_LoraBase, ModulesToSave)):
+        if isinstance(module, (LoraLayer, ModulesToSave)):
             yield module
 
 
@@ -176,7 +177,7 @@ def _refresh_trainable(model: nn.Module) -> None:
     if state is None:
         return
     for path, module in model.named_modules():
-        if isinstance(module, _LoraBase):
+        if isinstance(module, LoraLayer):
             for name in module.active_adapters:
                 for p in module.lora_parameters(name):
                     p.requires_grad_(True)

@@ -3,6 +3,11 @@
 Each wrapper keeps the frozen layer as `base_layer` and one (A, B) pair per named adapter, so that the module tree and
 state-dict keys look like PEFT's (`<path>.lora_A.<adapter>.weight`, `<path>.lora_embedding_A.<adapter>`). The output is
 h = base(x) + sum over active adapters of scaling * B(A(dropout(x))).
+
+The public protocol (as torchtune's `AdapterModule`): every adapter layer (`LoraLayer`'s subclasses and
+`ModulesToSave`) owns its adapters (`adapters`, `add_adapter`, `delete_adapter`), which of them run
+(`active_adapters`, `disabled`), and takes a `routing` argument in `forward` that picks the adapter per row or per
+token for one pass (`routing.py`); nothing else writes into it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from torch import nn
 
 from tunelab.lora.config import LoraConfig
 from tunelab.lora.errors import LoraError
+from tunelab.lora.routing import AdapterStack, Routing, mixed_embedding_delta, mixed_linear
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -36,8 +42,8 @@ def is_lora_target_type(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, nn.Embedding)) or is_conv1d(module)
 
 
-class _LoraBase(nn.Module):
-    """What both wrappers share: adapter bookkeeping, activation, merge/unmerge."""
+class LoraLayer(nn.Module):
+    """What both LoRA wrappers share: adapter bookkeeping, activation, merge/unmerge, stacking for mixed batches."""
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
@@ -48,12 +54,10 @@ class _LoraBase(nn.Module):
         self.active_adapters: list[str] = []
         self.merged_adapters: list[str] = []
         self.disabled = False
-        # Set by tunelab.lora.mixed while a mixed-adapter batch runs; None otherwise.
-        self.routing = None
         # PiSSA keeps its initial (A, B) so a trained adapter can be exported as a plain LoRA delta.
         self.pissa_init: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        # Stacked adapters for mixed batches, kept between batches by tunelab.lora.mixed.
-        self._mixed_cache = None
+        # Stacked adapters for mixed batches (`stacked`), kept between batches while the same adapters are mixed.
+        self._mixed_cache: tuple[tuple, AdapterStack] | None = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -128,13 +132,47 @@ class _LoraBase(nn.Module):
                 )
             weight.copy_(total.to(weight.dtype))
 
-    def _lora_forward_ok(self) -> list[str]:
+    def running(self, routing: Routing | None) -> list[str]:
+        """The adapters this layer's plain (unmixed) forward adds: the active ones, or the one a uniform routing
+        names (which overrides `disabled` and `active_adapters` for that pass)."""
+        if routing is not None:
+            return [n for n in routing.names if n in self.r]
         if self.disabled:
             return []
         return [a for a in self.active_adapters if a in self.r and a not in self.merged_adapters]
 
+    def stacked(self, names: tuple[str, ...]) -> AdapterStack:
+        """The adapters `names` stacked for mixing (slot 0 the base, zero), reused across batches while the same
+        adapters are mixed (every decode step of a server). The key holds each factor's identity and `_version`,
+        which in-place updates (optimizer steps, load_adapter's copy_) bump, so a changed adapter is never stale."""
+        factors = [(n, *self.factors(n)) for n in names if n in self.r]
+        key = (tuple(names), tuple((n, id(a), a._version, id(b), b._version, self.scaling[n]) for n, a, b in factors))
+        if self._mixed_cache is None or self._mixed_cache[0] != key:
+            self._mixed_cache = (key, AdapterStack(*self._stack_adapters(names)))
+        return self._mixed_cache[1]
 
-class LoraLinear(_LoraBase):
+    def clear_mixed_cache(self) -> None:
+        self._mixed_cache = None
+
+    @torch.no_grad()
+    def _stack_adapters(self, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        present = [n for n in names if n in self.r]
+        r_max = max((self.r[n] for n in present), default=1)
+        ref = self.factors(present[0])[0] if present else self.base_layer.weight
+        dtype = ref.dtype if present else adapter_dtype(ref)
+        a_all = torch.zeros(len(names) + 1, *self._stacked_a_shape(r_max), dtype=dtype, device=ref.device)
+        b_all = torch.zeros(len(names) + 1, self.out_features, r_max, dtype=dtype, device=ref.device)
+        for i, name in enumerate(names, start=1):
+            if name not in self.r:
+                continue  # this adapter does not touch this layer: its slot stays zero, like the base slot
+            a, b = self.factors(name)
+            r = self.r[name]
+            self._place_a(a_all[i], a, r)
+            b_all[i, :, :r] = b * self.scaling[name]
+        return a_all, b_all
+
+
+class LoraLinear(LoraLayer):
     """LoRA around `nn.Linear` or GPT-2's `Conv1D` (fan_in_fan_out: weight stored as [in, out])."""
 
     def __init__(self, base_layer: nn.Module) -> None:
@@ -192,11 +230,18 @@ class LoraLinear(_LoraBase):
 
     _as_base_layout = _as_out_in  # the transpose is its own inverse
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _stacked_a_shape(self, r_max: int) -> tuple[int, int]:
+        return r_max, self.in_features
+
+    @staticmethod
+    def _place_a(slot: torch.Tensor, a: torch.Tensor, r: int) -> None:
+        slot[:r] = a
+
+    def forward(self, x: torch.Tensor, routing: Routing | None = None) -> torch.Tensor:
         result = self.base_layer(x)
-        if self.routing is not None and not self.disabled:
-            return self.routing.linear_forward(self, x, result)
-        for name in self._lora_forward_ok():
+        if routing is not None and routing.mixed:
+            return result if self.disabled else mixed_linear(self.stacked(routing.names), routing, x, result)
+        for name in self.running(routing):
             a, b = self.lora_A[name], self.lora_B[name]
             h = self.lora_dropout[name](x.to(a.weight.dtype))
             result = result + (b(a(h)) * self.scaling[name]).to(result.dtype)
@@ -206,7 +251,7 @@ class LoraLinear(_LoraBase):
         return f"in={self.in_features}, out={self.out_features}, r={self.r}, fan_in_fan_out={self.fan_in_fan_out}"
 
 
-class LoraEmbedding(_LoraBase):
+class LoraEmbedding(LoraLayer):
     """LoRA around `nn.Embedding`. As in loralib and PEFT, A is [r, num_embeddings] (looked up by token id) and B is
     [embedding_dim, r]; A starts at zero and B normal, so the adapted model starts equal to the base."""
 
@@ -240,11 +285,20 @@ class LoraEmbedding(_LoraBase):
         return F.embedding(ids, table, padding_idx=base.padding_idx, max_norm=base.max_norm,
                            norm_type=base.norm_type, scale_grad_by_freq=base.scale_grad_by_freq, sparse=base.sparse)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def _stacked_a_shape(self, r_max: int) -> tuple[int, int]:
+        return self.in_features, r_max  # A transposed, so a row of the stacked table is one token's [r]
+
+    @staticmethod
+    def _place_a(slot: torch.Tensor, a: torch.Tensor, r: int) -> None:
+        slot[:, :r] = a.T
+
+    def forward(self, ids: torch.Tensor, routing: Routing | None = None) -> torch.Tensor:
         result = self.base_layer(ids)
-        if self.routing is not None and not self.disabled:
-            return result + self.routing.embedding_delta(self, ids).to(result.dtype)
-        for name in self._lora_forward_ok():
+        if routing is not None and routing.mixed:
+            if self.disabled:
+                return result
+            return result + mixed_embedding_delta(self.stacked(routing.names), routing, ids, self.embed).to(result.dtype)
+        for name in self.running(routing):
             a, b = self.factors(name)
             # Dropout on token ids makes no sense; like PEFT, embeddings take no LoRA dropout.
             result = result + ((self.embed(ids, a.T) @ b.T) * self.scaling[name]).to(result.dtype)
@@ -263,7 +317,6 @@ class ModulesToSave(nn.Module):
         self.modules_to_save = nn.ModuleDict()
         self.active_adapters: list[str] = []
         self.disabled = False
-        self.routing = None
 
     @property
     def adapters(self) -> list[str]:
@@ -282,11 +335,14 @@ class ModulesToSave(nn.Module):
             del self.modules_to_save[name]
         self.active_adapters = [a for a in self.active_adapters if a != name]
 
-    def forward(self, *args, **kwargs):
-        # In a mixed-adapter batch (routing set) rows share one module; mixed.py refuses batches where an adapter
-        # in use has its own copy, so the original is right here.
-        if not self.disabled and self.routing is None:
-            for name in self.active_adapters:
-                if name in self.modules_to_save:
-                    return self.modules_to_save[name](*args, **kwargs)
+    def forward(self, *args, routing: Routing | None = None, **kwargs):
+        # In a mixed-adapter batch rows share one module; mixed.py refuses batches where an adapter in use has its
+        # own copy, so the original is right there.
+        if routing is None:
+            names = [] if self.disabled else self.active_adapters
+        else:
+            names = [] if routing.mixed else list(routing.names)
+        for name in names:
+            if name in self.modules_to_save:
+                return self.modules_to_save[name](*args, **kwargs)
         return self.original_module(*args, **kwargs)

@@ -21,7 +21,7 @@ from torch import nn
 from tunelab.lora.config import ALL_LINEAR, LoraConfig
 from tunelab.lora.errors import LoraError
 from tunelab.lora.injection import _STATE_ATTR, adapter_state, add, delete, lora_layers, set_active
-from tunelab.lora.layers import LoraEmbedding, ModulesToSave, _LoraBase, is_lora_target_type
+from tunelab.lora.layers import LoraEmbedding, ModulesToSave, LoraLayer, is_lora_target_type
 from tunelab.lora.targets import _inside_wrapper, checkpoint_name, layer_index, matches
 
 CONFIG_FILE = "adapter_config.json"
@@ -115,7 +115,7 @@ def _adapter_tensors(model: nn.Module, adapter_name: str, config: LoraConfig) ->
                 out[f"{key}.{name}"] = tensor
     if config.bias == "all":
         for path, module in model.named_modules():
-            if _inside_wrapper(path, model) or isinstance(module, (_LoraBase, ModulesToSave)) or path in wrapped:
+            if _inside_wrapper(path, model) or isinstance(module, (LoraLayer, ModulesToSave)) or path in wrapped:
                 continue
             bias = module._parameters.get("bias")
             if bias is not None:
@@ -146,7 +146,7 @@ def _peft_selection(model: nn.Module, adapter_name: str, config: LoraConfig) -> 
     "all-linear" the same way), else a regex of the exact names."""
     wanted = {checkpoint_name(model, p) for p, layer in lora_layers(model) if adapter_name in layer.adapters}
     candidates = [checkpoint_name(model, p) for p, m in model.named_modules()
-                  if p and not _inside_wrapper(p, model) and (isinstance(m, _LoraBase) or is_lora_target_type(m))]
+                  if p and not _inside_wrapper(p, model) and (isinstance(m, LoraLayer) or is_lora_target_type(m))]
     options = []
     if isinstance(config.target_modules, str) and config.target_modules != ALL_LINEAR:
         options.append((config.target_modules, config.exclude_modules, None))
@@ -165,9 +165,10 @@ def _checkpoint_uses_conv1d(model: nn.Module, adapter_name: str) -> bool:
     for _, layer in lora_layers(model):
         if adapter_name in layer.adapters and getattr(layer, "fan_in_fan_out", False):
             return True
-    cfg = getattr(model, "config", None)
-    # tunelab's GPT-2 transposes Conv1D into nn.Linear at load time, but the checkpoint (and PEFT) still see Conv1D.
-    return callable(getattr(model, "checkpoint_name", None)) and getattr(cfg, "model_type", None) == "gpt2" and any(
+    # A model that renames its modules may also load [in, out] checkpoint weights into nn.Linear (tunelab's GPT-2
+    # transposes Conv1D at load time); it says so through this hook, and the checkpoint (and PEFT) still see Conv1D.
+    hook = getattr(model, "checkpoint_fan_in_fan_out", None)
+    return callable(hook) and hook() and any(
         not isinstance(layer, LoraEmbedding) for _, layer in lora_layers(model) if adapter_name in layer.adapters)
 
 
@@ -224,7 +225,7 @@ def _resolve(model, modules, name, adapter_name, source, key):
     for suffix, which in _LORA_SUFFIXES.items():
         if name.endswith(suffix):
             path, module = modules.get(name[: -len(suffix)], (None, None))
-            if not isinstance(module, _LoraBase) or adapter_name not in module.adapters:
+            if not isinstance(module, LoraLayer) or adapter_name not in module.adapters:
                 raise LoraError(f"{source}: key {key!r} names module {name[: -len(suffix)]!r}, which is not a LoRA "
                                 f"target in this model (check target_modules in adapter_config.json and the base model)")
             if ("embedding" in suffix) != isinstance(module, LoraEmbedding):
@@ -235,7 +236,7 @@ def _resolve(model, modules, name, adapter_name, source, key):
     owner, _, param = name.rpartition(".")
     if owner.endswith(".base_layer") or owner == "base_layer":
         path, module = modules.get(owner[: -len(".base_layer")] if owner != "base_layer" else "", (None, None))
-        if isinstance(module, _LoraBase) and param in module.base_layer._parameters:
+        if isinstance(module, LoraLayer) and param in module.base_layer._parameters:
             return module.base_layer._parameters[param], None
     # A modules_to_save copy: "<module>.<param path inside it>"; find the longest module prefix.
     parts = name.split(".")

@@ -14,7 +14,7 @@ from torch import nn
 
 from tunelab.lora.config import ALL_LINEAR, LoraConfig
 from tunelab.lora.errors import LoraError
-from tunelab.lora.layers import ModulesToSave, _LoraBase, is_conv1d, is_lora_target_type
+from tunelab.lora.layers import ModulesToSave, LoraLayer, is_conv1d, is_lora_target_type
 
 # PEFT's layer-index rule: the number after the last "<name>." segment that is followed by more path.
 _LAYER_INDEX = re.compile(r".*\.[^.]*\.(\d+)\.")
@@ -38,7 +38,7 @@ def find_targets(model: nn.Module, config: LoraConfig) -> list[str]:
     for path, module in model.named_modules():
         if not path or isinstance(module, ModulesToSave) or _inside_wrapper(path, model):
             continue
-        if isinstance(module, _LoraBase):
+        if isinstance(module, LoraLayer):
             base = module.base_layer
         elif is_lora_target_type(module):
             base = module
@@ -67,7 +67,7 @@ def find_modules_to_save(model: nn.Module, names: Iterable[str]) -> list[str]:
     wanted = list(names)
     found = []
     for path, module in model.named_modules():
-        if not path or _inside_wrapper(path, model) or isinstance(module, _LoraBase):
+        if not path or _inside_wrapper(path, model) or isinstance(module, LoraLayer):
             continue
         if any(matches(wanted, n) for n in _names(model, path)):
             found.append(path)

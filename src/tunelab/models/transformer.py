@@ -104,6 +104,10 @@ class Transformer(nn.Module):
         """The Hugging Face checkpoint's name for one of this model's modules."""
         return _rename(module_path, _TO_HF[self.config.model_type == "gpt2"])
 
+    def checkpoint_fan_in_fan_out(self) -> bool:
+        """Whether the checkpoint stores projections as [in, out] (GPT-2's Conv1D; PEFT's `fan_in_fan_out`)."""
+        return self.config.model_type == "gpt2"
+
     def module_name(self, checkpoint_path: str) -> str:
         """Inverse of `checkpoint_name`."""
         return _rename(checkpoint_path, _FROM_HF[self.config.model_type == "gpt2"])

@@ -6,6 +6,7 @@ a finding inside a YAML block scalar points at the right line and column."""
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,87 +120,110 @@ def parse_yaml_prompt(source: str, path: str) -> PromptFile:
         raise PromptError("a YAML prompt file must be a mapping with 'template:' or 'messages:'", path=path, line=1)
     nodes = {k.value: (k, v) for k, v in root.value}
     pf = PromptFile(path=path, source=source)
-
-    def fail(message: str, key: str, node: yaml.Node | None = None) -> PromptError:
-        if node is not None:
-            line = node.start_mark.line + 1
-        elif key in pf.key_positions:
-            line = pf.key_positions[key][0]
-        else:
-            line = nodes[key][0].start_mark.line + 1 if key in nodes else None
-        return PromptError(message, path=path, line=line, field=key)
+    fail = functools.partial(_field_error, pf, nodes)
 
     for key in data:
         if key not in TOP_KEYS:
             raise fail(f"unknown key; expected one of {', '.join(TOP_KEYS)}", str(key))
     if ("template" in data) == ("messages" in data):
         raise PromptError("give exactly one of 'template:' or 'messages:'", path=path, line=1)
-
     if "template" in data:
-        if not isinstance(data["template"], str):
-            raise fail("expected a string (use a '|' block for multi-line text)", "template")
-        pf.template = data["template"]
-        pf.segments.append(_segment(source, nodes["template"][1], None))
+        _read_template(pf, data, nodes, fail)
     else:
-        node = nodes["messages"][1]
-        if not isinstance(data["messages"], list) or not data["messages"]:
-            raise fail("expected a non-empty list of {role, content}", "messages")
-        pf.messages = []
-        for i, (item, item_node) in enumerate(zip(data["messages"], node.value)):
-            where = f"messages[{i}]"
-            if not isinstance(item, dict) or set(item) != {"role", "content"}:
-                raise fail("expected a mapping with exactly 'role' and 'content'", where, item_node)
-            if item["role"] not in ROLES:
-                raise fail(f"role must be one of {', '.join(ROLES)}, got {item['role']!r}", where + ".role", item_node)
-            if not isinstance(item["content"], str):
-                raise fail("content must be a string", where + ".content", item_node)
-            pf.messages.append({"role": item["role"], "content": item["content"]})
-            content_node = next(v for k, v in item_node.value if k.value == "content")
-            pf.segments.append(_segment(source, content_node, item["role"]))
-
-    if "params" in data:
-        params = data["params"]
-        if not isinstance(params, dict):
-            raise fail("expected a mapping of model, temperature, max_tokens, stop", "params")
-        pf.key_positions["params"] = (nodes["params"][0].start_mark.line + 1, nodes["params"][0].start_mark.column + 1)
-        for k, v in nodes["params"][1].value:
-            if k.value not in PARAM_KEYS:
-                raise fail(f"unknown parameter; expected one of {', '.join(PARAM_KEYS)}", f"params.{k.value}", k)
-            pf.key_positions[f"params.{k.value}"] = (k.start_mark.line + 1, k.start_mark.column + 1)
-        _check_params(params, fail)
-        pf.params = dict(params)
-
-    if "task" in data:
-        if data["task"] not in TASKS:
-            raise fail(f"task must be one of {', '.join(TASKS)}, got {data['task']!r}", "task")
-        pf.task = data["task"]
-
-    if "variables" in data:
-        declared = data["variables"]
-        if isinstance(declared, list) and all(isinstance(v, str) for v in declared):
-            pf.variables = {v: None for v in declared}
-        elif isinstance(declared, dict):
-            pf.variables = dict(declared)
-        else:
-            raise fail("expected a list of names or a mapping of name: default", "variables")
-        vnode = nodes["variables"][1]
-        items = vnode.value if isinstance(vnode, yaml.SequenceNode) else [k for k, _ in vnode.value]
-        for item in items:
-            pf.key_positions[f"variables.{item.value}"] = (item.start_mark.line + 1, item.start_mark.column + 1)
-
-    if "examples" in data:
-        examples = data["examples"]
-        if not isinstance(examples, list) or not all(isinstance(e, dict) and e for e in examples):
-            raise fail("expected a list of mappings such as {input: ..., output: ...}", "examples")
-        pf.examples = examples
-        for i, item in enumerate(nodes["examples"][1].value):
-            pf.key_positions[f"examples.{i}"] = (item.start_mark.line + 1, item.start_mark.column + 1)
-
-    if "example_separator" in data:
-        if not isinstance(data["example_separator"], str):
-            raise fail("expected a string", "example_separator")
-        pf.example_separator = data["example_separator"]
+        _read_messages(pf, data, nodes, fail)
+    for key, read in _OPTIONAL_FIELDS.items():
+        if key in data:
+            read(pf, data, nodes, fail)
     return pf
+
+
+def _field_error(pf: PromptFile, nodes: dict, message: str, key: str, node: yaml.Node | None = None) -> PromptError:
+    """The error for one field, at the line of `node`, else of the key as recorded, else of the top-level key."""
+    if node is not None:
+        line = node.start_mark.line + 1
+    elif key in pf.key_positions:
+        line = pf.key_positions[key][0]
+    else:
+        line = nodes[key][0].start_mark.line + 1 if key in nodes else None
+    return PromptError(message, path=pf.path, line=line, field=key)
+
+
+def _read_template(pf: PromptFile, data: dict, nodes: dict, fail) -> None:
+    if not isinstance(data["template"], str):
+        raise fail("expected a string (use a '|' block for multi-line text)", "template")
+    pf.template = data["template"]
+    pf.segments.append(_segment(pf.source, nodes["template"][1], None))
+
+
+def _read_messages(pf: PromptFile, data: dict, nodes: dict, fail) -> None:
+    node = nodes["messages"][1]
+    if not isinstance(data["messages"], list) or not data["messages"]:
+        raise fail("expected a non-empty list of {role, content}", "messages")
+    pf.messages = []
+    for i, (item, item_node) in enumerate(zip(data["messages"], node.value)):
+        where = f"messages[{i}]"
+        if not isinstance(item, dict) or set(item) != {"role", "content"}:
+            raise fail("expected a mapping with exactly 'role' and 'content'", where, item_node)
+        if item["role"] not in ROLES:
+            raise fail(f"role must be one of {', '.join(ROLES)}, got {item['role']!r}", where + ".role", item_node)
+        if not isinstance(item["content"], str):
+            raise fail("content must be a string", where + ".content", item_node)
+        pf.messages.append({"role": item["role"], "content": item["content"]})
+        content_node = next(v for k, v in item_node.value if k.value == "content")
+        pf.segments.append(_segment(pf.source, content_node, item["role"]))
+
+
+def _read_params(pf: PromptFile, data: dict, nodes: dict, fail) -> None:
+    params = data["params"]
+    if not isinstance(params, dict):
+        raise fail("expected a mapping of model, temperature, max_tokens, stop", "params")
+    pf.key_positions["params"] = (nodes["params"][0].start_mark.line + 1, nodes["params"][0].start_mark.column + 1)
+    for k, v in nodes["params"][1].value:
+        if k.value not in PARAM_KEYS:
+            raise fail(f"unknown parameter; expected one of {', '.join(PARAM_KEYS)}", f"params.{k.value}", k)
+        pf.key_positions[f"params.{k.value}"] = (k.start_mark.line + 1, k.start_mark.column + 1)
+    _check_params(params, fail)
+    pf.params = dict(params)
+
+
+def _read_task(pf: PromptFile, data: dict, nodes: dict, fail) -> None:
+    if data["task"] not in TASKS:
+        raise fail(f"task must be one of {', '.join(TASKS)}, got {data['task']!r}", "task")
+    pf.task = data["task"]
+
+
+def _read_variables(pf: PromptFile, data: dict, nodes: dict, fail) -> None:
+    declared = data["variables"]
+    if isinstance(declared, list) and all(isinstance(v, str) for v in declared):
+        pf.variables = {v: None for v in declared}
+    elif isinstance(declared, dict):
+        pf.variables = dict(declared)
+    else:
+        raise fail("expected a list of names or a mapping of name: default", "variables")
+    vnode = nodes["variables"][1]
+    items = vnode.value if isinstance(vnode, yaml.SequenceNode) else [k for k, _ in vnode.value]
+    for item in items:
+        pf.key_positions[f"variables.{item.value}"] = (item.start_mark.line + 1, item.start_mark.column + 1)
+
+
+def _read_examples(pf: PromptFile, data: dict, nodes: dict, fail) -> None:
+    examples = data["examples"]
+    if not isinstance(examples, list) or not all(isinstance(e, dict) and e for e in examples):
+        raise fail("expected a list of mappings such as {input: ..., output: ...}", "examples")
+    pf.examples = examples
+    for i, item in enumerate(nodes["examples"][1].value):
+        pf.key_positions[f"examples.{i}"] = (item.start_mark.line + 1, item.start_mark.column + 1)
+
+
+def _read_separator(pf: PromptFile, data: dict, nodes: dict, fail) -> None:
+    if not isinstance(data["example_separator"], str):
+        raise fail("expected a string", "example_separator")
+    pf.example_separator = data["example_separator"]
+
+
+# In this order: an error names the first bad field as before.
+_OPTIONAL_FIELDS = {"params": _read_params, "task": _read_task, "variables": _read_variables,
+                    "examples": _read_examples, "example_separator": _read_separator}
 
 
 def _check_params(params: dict, fail) -> None:

@@ -1,11 +1,13 @@
 """The review tables in the shared SQLite file, and the upgrade of files written by older tunelab.
 
-The schema version lives in `review_meta` (PRAGMA user_version belongs to the evaluation store).
-Version 1 is kept verbatim: a new file is created as v1 and then upgraded, so new and old
-files take the same path and the upgrade is exercised on every fresh database.
+The version is the "review" component's in `tunelab_schema` (tunelab.storage.sqlite); files from before v3 kept it
+in `review_meta`, read once by `legacy_version`. Version 1 is kept verbatim: a new file is created as v1 and then
+upgraded, so new and old files take the same path and the upgrade is exercised on every fresh database.
 """
 
-SCHEMA_VERSION = 2
+import sqlite3
+
+from tunelab.storage.sqlite import table_exists
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS review_meta (
@@ -138,7 +140,21 @@ INSERT INTO review_log (task, item_id, rater, action, timestamp)
 """
 
 
-def statements(script: str) -> list[str]:
-    """Split a schema script into statements: executescript() would commit the open transaction."""
-    body = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
-    return [s.strip() for s in body.split(";") if s.strip()]
+# v2 -> v3: the version moves to tunelab_schema. review_meta stays, saying 3, so that a tunelab from before the move
+# refuses the file with its own clear message ("export the ratings with the tunelab that wrote them") rather than
+# taking it for a new file and migrating it again.
+MIGRATE_V3 = """
+DELETE FROM review_meta;
+INSERT INTO review_meta VALUES ('schema_version', '3');
+"""
+
+MIGRATIONS = (SCHEMA_V1, MIGRATE_V2, MIGRATE_V3)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def legacy_version(conn: sqlite3.Connection) -> int:
+    """The version a file from before v3 recorded in review_meta (0: no review tables yet)."""
+    if not table_exists(conn, "review_meta"):
+        return 0
+    row = conn.execute("SELECT value FROM review_meta WHERE key = 'schema_version'").fetchone()
+    return 0 if row is None else int(row[0])

@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab.evals.store import retry_locked
 from tunelab.review.errors import ReviewError
-from tunelab.review.schema import MIGRATE_V2, SCHEMA_V1, SCHEMA_VERSION, statements
+from tunelab.review.schema import MIGRATIONS, legacy_version
+from tunelab.storage.sqlite import connect, immediate, migrate
 
 FLAG_REASONS = {"broken": "Broken input", "cant_judge": "Can't judge", "offensive": "Offensive"}
 
@@ -95,51 +95,24 @@ class ReviewStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._lock = threading.RLock()
-        try:
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30,
-                                       isolation_level=None)  # transactions are explicit (see _tx)
-        except sqlite3.Error as exc:
-            raise ReviewError(f"{self.path}: cannot open the review database: {exc}") from exc
-        self._db.row_factory = sqlite3.Row
         with self._lock:
-            # A new file's switch to WAL fails at once ("database is locked") while another
-            # connection does the same, without waiting on the timeout: retry it.
-            retry_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"), 30.0)
-            # FULL sync: a committed rating must survive power loss, not just a process kill.
-            self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                # FULL sync: a committed rating must survive power loss, not just a process kill.
+                self._db = connect(self.path, timeout_s=30.0, synchronous="FULL")
+            except sqlite3.Error as exc:
+                raise ReviewError(f"{self.path}: cannot open the review database: {exc}") from exc
             self._db.execute("PRAGMA foreign_keys=ON")
-            retry_locked(self._migrate, 30.0)
+            migrate(self._db, "review", MIGRATIONS, legacy=legacy_version, timeout_s=30.0, too_new=self._too_new)
 
-    def _migrate(self) -> None:
-        with self._tx():
-            for stmt in statements(SCHEMA_V1):
-                self._db.execute(stmt)
-            # Inside one IMMEDIATE transaction, so two processes opening a new or old file migrate it once.
-            fresh = self._db.execute("SELECT 1 FROM review_meta WHERE key='schema_version'").fetchone() is None
-            if fresh:
-                self._db.execute("INSERT INTO review_meta VALUES ('schema_version', '1')")
-            version = int(self._db.execute("SELECT value FROM review_meta WHERE key='schema_version'").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise ReviewError(
-                    f"{self.path}: review schema version {version}, this tunelab understands "
-                    f"{SCHEMA_VERSION}; export the ratings with the tunelab that wrote them"
-                )
-            if version == 1:
-                for stmt in statements(MIGRATE_V2):
-                    self._db.execute(stmt)
-                self._db.execute("UPDATE review_meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+    def _too_new(self, version: int, known: int) -> ReviewError:
+        return ReviewError(f"{self.path}: review schema version {version}, this tunelab understands {known}; "
+                           "export the ratings with the tunelab that wrote them")
 
     @contextmanager
     def _tx(self):
         """One IMMEDIATE transaction under the lock: committed before returning, rolled back on error."""
-        with self._lock:
-            retry_locked(lambda: self._db.execute("BEGIN IMMEDIATE"), 30.0)
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, immediate(self._db, 30.0) as db:
+            yield db
 
     def _q(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:

@@ -58,39 +58,15 @@ def tune(config: TuneConfig, progress: bool = True, console=None) -> TuneResult:
     main = rank == 0
     if main:
         out.mkdir(parents=True, exist_ok=True)
-
-    # Model and adapter. W0 stays frozen; only A and B (and nothing else) train.
-    model, tokenizer = load_pretrained(config.model, dtype=config.dtype, device=device)
-    lora = LoraConfig(r=config.rank, alpha=config.alpha, dropout=config.dropout, target_modules=config.targets,
-                      base_model_name_or_path=str(config.model))  # fmt: skip
-    inject(model, lora)
-    model.gradient_checkpointing = config.gradient_checkpointing
-    model.train()
-
-    # Data, validated in full before the first step.
-    examples, stats = load_examples(config.data, tokenizer, config.max_seq_len, config.overflow)
-    if config.val:
-        train_set, (val_set, _) = examples, load_examples(config.val, tokenizer, config.max_seq_len, config.overflow)
-    else:
-        train_set, val_set = split_validation(examples, config.val_fraction, config.seed)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    batches = Batches(train_set, config.batch_size, config.seed, pad_id, config.packing, config.max_seq_len, rank, world)
-    total_steps = config.steps or max(1, math.ceil((config.epochs or 1) * batches.per_epoch / config.grad_accum))
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total_steps))
+    model, tokenizer = _adapted_model(config, device)
+    data = _data(config, tokenizer, rank, world)
+    params, optimizer, scheduler = _optimizer(model, config, data.total_steps)
 
     step = 0
     if config.resume:
         found = latest_checkpoint(out)
         if found is not None:
-            step = restore_checkpoint(found, model, optimizer, scheduler, batches)
+            step = restore_checkpoint(found, model, optimizer, scheduler, data.batches)
             _log(main, console, f"resumed from {found} (step {step})")
 
     runner = _LossModule(model, config.loss_chunk)
@@ -100,27 +76,12 @@ def tune(config: TuneConfig, progress: bool = True, console=None) -> TuneResult:
 
     log_path = out / "train_log.jsonl"
     tokens_seen, t_start, last_loss, val_loss = 0, time.perf_counter(), None, None
-    bar = _progress(main and progress, total_steps, step, console)
+    bar = _progress(main and progress, data.total_steps, step, console)
     try:
-        while step < total_steps:
+        while step < data.total_steps:
             t0 = time.perf_counter()
-            micro = [_to(batches.next(), device) for _ in range(config.grad_accum)]
-            targets = torch.tensor(float(sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro)), device=device)
-            n_tokens = torch.tensor(float(sum(m["input_ids"].numel() for m in micro)), device=device)
-            if world > 1:
-                dist.all_reduce(targets)
-                dist.all_reduce(n_tokens)
-            loss_sum = torch.zeros((), device=device)
-            for i, batch in enumerate(micro):
-                sync = contextlib.nullcontext() if (world == 1 or i == len(micro) - 1) else runner.no_sync()
-                with sync, autocast:
-                    total, _ = runner(batch)
-                    # DDP averages gradients over ranks; scale so the result is sum / global targets.
-                    (total * world / targets.clamp(min=1)).backward()
-                loss_sum += total.detach()
-            if world > 1:
-                dist.all_reduce(loss_sum)
-            loss = float(loss_sum / targets.clamp(min=1))
+            micro = [_to(data.batches.next(), device) for _ in range(config.grad_accum)]
+            loss, n_tokens = _accumulate(runner, micro, world, device, autocast)
             if not math.isfinite(loss):
                 good = latest_checkpoint(out)
                 raise TrainError(
@@ -132,39 +93,110 @@ def tune(config: TuneConfig, progress: bool = True, console=None) -> TuneResult:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            tokens_seen += int(n_tokens)
+            tokens_seen += n_tokens
             last_loss = loss
             dt = time.perf_counter() - t0
             record = {"step": step, "loss": round(loss, 6), "lr": scheduler.get_last_lr()[0],
-                      "tokens_per_s": round(int(n_tokens) / dt, 1), "peak_memory_mb": round(_peak_memory(device) / 2**20, 1)}  # fmt: skip
-            if config.eval_every and val_set and (step % config.eval_every == 0 or step == total_steps):
-                val_loss = evaluate(model, val_set, config, pad_id, device)
+                      "tokens_per_s": round(n_tokens / dt, 1), "peak_memory_mb": round(_peak_memory(device) / 2**20, 1)}  # fmt: skip
+            if config.eval_every and data.val_set and (step % config.eval_every == 0 or step == data.total_steps):
+                val_loss = evaluate(model, data.val_set, config, data.pad_id, device)
                 record["val_loss"] = round(val_loss, 6)
             if main:
                 with log_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
             bar.update(step, loss, record["tokens_per_s"])
             if config.save_every and step % config.save_every == 0 and main:
-                save_checkpoint(out, step, model, optimizer, scheduler, batches)
+                save_checkpoint(out, step, model, optimizer, scheduler, data.batches)
             if config.stop_after and step >= config.stop_after:
                 break
     finally:
         bar.close()
-    if val_set and val_loss is None:
-        val_loss = evaluate(model, val_set, config, pad_id, device)
+    if data.val_set and val_loss is None:
+        val_loss = evaluate(model, data.val_set, config, data.pad_id, device)
     counts = trainable_parameters(model)
-    if main:
-        save_adapter(model, out)
     result = TuneResult(out, step, counts.trainable, counts.total, tokens_seen, time.perf_counter() - t_start,
-                        _peak_memory(device), last_loss, val_loss, len(train_set), len(val_set))  # fmt: skip
+                        _peak_memory(device), last_loss, val_loss, data.train_rows, len(data.val_set))  # fmt: skip
     if main:
-        summary = {**result.__dict__, "out": str(out), "rows_read": stats.rows, "truncated": stats.truncated,
-                   "dropped": stats.dropped, "trainable_percent": 100 * counts.trainable / counts.total}  # fmt: skip
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        _write_outputs(model, result, data.stats, counts)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return result
+
+
+def _adapted_model(config: TuneConfig, device):
+    """The model with a fresh adapter. W0 stays frozen; only A and B (and nothing else) train."""
+    model, tokenizer = load_pretrained(config.model, dtype=config.dtype, device=device)
+    lora = LoraConfig(r=config.rank, alpha=config.alpha, dropout=config.dropout, target_modules=config.targets,
+                      base_model_name_or_path=str(config.model))  # fmt: skip
+    inject(model, lora)
+    model.gradient_checkpointing = config.gradient_checkpointing
+    model.train()
+    return model, tokenizer
+
+
+@dataclass
+class _Data:
+    batches: Batches
+    train_rows: int
+    val_set: list
+    stats: object
+    pad_id: int
+    total_steps: int
+
+
+def _data(config: TuneConfig, tokenizer, rank: int, world: int) -> _Data:
+    """Training batches and the validation set, validated in full before the first step."""
+    examples, stats = load_examples(config.data, tokenizer, config.max_seq_len, config.overflow)
+    if config.val:
+        train_set, (val_set, _) = examples, load_examples(config.val, tokenizer, config.max_seq_len, config.overflow)
+    else:
+        train_set, val_set = split_validation(examples, config.val_fraction, config.seed)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    batches = Batches(train_set, config.batch_size, config.seed, pad_id, config.packing, config.max_seq_len, rank, world)
+    total_steps = config.steps or max(1, math.ceil((config.epochs or 1) * batches.per_epoch / config.grad_accum))
+    return _Data(batches, len(train_set), val_set, stats, pad_id, total_steps)
+
+
+def _optimizer(model, config: TuneConfig, total_steps: int):
+    """AdamW over the trainable parameters (no weight decay on vectors) and the warmup/decay schedule."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, total_steps))
+    return params, optimizer, scheduler
+
+
+def _accumulate(runner, micro: list[dict], world: int, device, autocast) -> tuple[float, int]:
+    """Gradients of one optimizer step over its micro-batches (and ranks), as one big batch would give them:
+    (the step's loss per target token, the tokens it saw)."""
+    targets = torch.tensor(float(sum(int((m["labels"][:, 1:] != -100).sum()) for m in micro)), device=device)
+    n_tokens = torch.tensor(float(sum(m["input_ids"].numel() for m in micro)), device=device)
+    if world > 1:
+        dist.all_reduce(targets)
+        dist.all_reduce(n_tokens)
+    loss_sum = torch.zeros((), device=device)
+    for i, batch in enumerate(micro):
+        sync = contextlib.nullcontext() if (world == 1 or i == len(micro) - 1) else runner.no_sync()
+        with sync, autocast:
+            total, _ = runner(batch)
+            # DDP averages gradients over ranks; scale so the result is sum / global targets.
+            (total * world / targets.clamp(min=1)).backward()
+        loss_sum += total.detach()
+    if world > 1:
+        dist.all_reduce(loss_sum)
+    return float(loss_sum / targets.clamp(min=1)), int(n_tokens)
+
+
+def _write_outputs(model, result: TuneResult, stats, counts) -> None:
+    save_adapter(model, result.out)
+    summary = {**result.__dict__, "out": str(result.out), "rows_read": stats.rows, "truncated": stats.truncated,
+               "dropped": stats.dropped, "trainable_percent": 100 * counts.trainable / counts.total}  # fmt: skip
+    (result.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 @torch.no_grad()
