@@ -26,7 +26,9 @@ test: install
 	bash scripts/ensure-browser.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The demo's data is WordNet 3.0 from Debian's wordnet-base (installed when missing); its files go to demo/.
 demo: install
+	bash scripts/ensure-wordnet.sh
 	$(BIN)/python -m tunelab.demo
 
 clean:

@@ -32,7 +32,9 @@ def _serve(path):
                 return proc, f"http://127.0.0.1:{port}/v1"
         except httpx.TransportError:
             pass
-        assert time.time() < deadline, "tunelab serve did not come up"
+        if time.time() >= deadline:
+            proc.kill()  # a failed start must not leave the server running after the test
+            raise AssertionError("tunelab serve did not come up")
         time.sleep(0.2)
 
 

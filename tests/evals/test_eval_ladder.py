@@ -2,7 +2,7 @@
 
 import pytest
 
-from tunelab.evals.ladder import good_enough, ladder
+from tunelab.evals.ladder import good_enough, ladder, machine_cost_per_1k
 from tunelab.evals.store import ResultRow
 
 
@@ -78,3 +78,31 @@ def test_ladder_command_on_a_real_run(tmp_path, server, dataset):
 def test_unknown_variant_is_named():
     with pytest.raises(ValueError, match="rung 'x': no results for variant 'nope@base'"):
         ladder([_row("zero@base", 0, True, 1, None)], {"x": "nope@base"}, "exact_match")
+
+
+def test_throughput_and_the_two_costs():
+    """Little's law: with 4 requests always in flight at 0.5 s each, 8 items/s. At $3.60/h a second costs $0.001,
+    so 1,000 items (125 s) cost $0.125; a hosted API charges the same tokens at its list price."""
+    from tunelab.evals.ladder import HostedPrice, hosted_cost_per_1k, machine_cost_per_1k
+
+    rows = [_row("zero@base", i, True, 100, None, latency=0.5) for i in range(6)]
+    (rung,) = ladder(rows, {"zero-shot": "zero@base"}, "exact_match", concurrency=4)
+    assert rung.items_per_s == pytest.approx(8.0)
+    assert machine_cost_per_1k(rung, 3.6) == pytest.approx(0.125)
+    price = HostedPrice("hosted", input_per_1m=1.0, output_per_1m=4.0, as_of="2024-01-01")
+    assert hosted_cost_per_1k(rung, price) == pytest.approx(1000 * (100 * 1.0 + 2 * 4.0) / 1e6)
+    (no_rate,) = ladder(rows, {"zero-shot": "zero@base"}, "exact_match")
+    assert no_rate.items_per_s is None and machine_cost_per_1k(no_rate, 3.6) is None
+
+
+def test_latency_percentiles_and_verdict_by_a_given_cost():
+    latencies = [0.01 * (i + 1) for i in range(20)]
+    rows = [_row("zero@base", i, True, 80, 1e-5, latency=latency) for i, latency in enumerate(latencies)]
+    rows += [_row("few@base", i, True, 260, 1e-6, latency=1.0) for i in range(20)]
+    rungs = ladder(rows, {"zero-shot": "zero@base", "few-shot": "few@base"}, "exact_match", concurrency=2)
+    import numpy as np
+
+    assert rungs[0].latency_p95_s == pytest.approx(float(np.percentile(latencies, 95)))
+    assert good_enough(rungs, 0.9).name == "few-shot"  # the provider's price per token says few-shot is cheaper
+    # ...but on this machine's time, few-shot's slower requests cost more.
+    assert good_enough(rungs, 0.9, cost=lambda r: machine_cost_per_1k(r, 1.0)).name == "zero-shot"

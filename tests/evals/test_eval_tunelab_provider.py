@@ -110,3 +110,27 @@ def test_local_model_and_adapter_paths_are_relative_to_the_config(tmp_path):
                                source="eval.yaml", base_dir=tmp_path)
     assert cfg.providers[0].model == str(tmp_path / "m")
     assert cfg.providers[0].adapter == "missing" and cfg.providers[1].model == "org/name"
+
+
+def test_each_request_records_its_own_latency(tiny_checkpoint):
+    """Two requests in flight together: the one that stops after one token reports a shorter latency than the one
+    that decodes forty (the old provider gave every request its whole batch's wall time)."""
+    import asyncio
+
+    from tunelab.evals.config import ProviderConfig
+    from tunelab.evals.providers import TunelabProvider
+
+    provider = TunelabProvider(ProviderConfig(id="local", type="tunelab", model=str(tiny_checkpoint("llama")),
+                                              chat=False))
+    messages = [{"role": "user", "content": "The quick brown fox"}]
+
+    async def both():
+        try:
+            return await asyncio.gather(provider.complete(messages, {"max_tokens": 1}),
+                                        provider.complete(messages, {"max_tokens": 40}))
+        finally:
+            await provider.aclose()
+
+    short, long = asyncio.run(both())
+    assert (short.completion_tokens, long.completion_tokens) == (1, 40)
+    assert short.latency_s < long.latency_s

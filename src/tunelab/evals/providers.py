@@ -5,8 +5,8 @@
 refused connections ourselves with exponential backoff from the config, so tests
 can make backoff tiny and every failure ends up recorded with its text.
 
-`tunelab`: a model run in this process. Model code is imported lazily so an
-eval that only uses HTTP providers never imports torch.
+`tunelab`: a model run in this process by the engine's loop. Model code is imported
+lazily so an eval that only uses HTTP providers never imports torch.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -142,107 +140,63 @@ class OpenAIProvider:
 
 
 class TunelabProvider:
-    """In-process generation with `tunelab.engine.LLM` (paged KV cache, continuous
-    batching, LoRA adapters via `adapter:`). Concurrent requests are gathered into
-    one `LLM.generate` batch per step, so `concurrency:` sets the batch size.
-    Without the engine package it falls back to `tunelab.models.generation`, one
-    request at a time (no adapters)."""
+    """In-process generation with `tunelab.engine` (paged KV cache, continuous batching, LoRA adapters via
+    `adapter:`). Each request goes to the engine's loop (`AsyncLLM`) as it arrives and leaves when it finishes,
+    so `concurrency:` is the number of requests in flight and `latency_s` is that request's own time from
+    submission to its last token, as a client of a server would see it."""
 
     _PARAMS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "presence_penalty",
                "frequency_penalty", "json_schema")
 
     def __init__(self, cfg: ProviderConfig) -> None:
         self.config = cfg
-        self._llm: Any = None
-        self._fallback: Any = None   # (model, tokenizer) when the engine is unavailable
-        self._pending: list[tuple[list[dict[str, str]], dict[str, Any], asyncio.Future[Completion]]] = []
-        self._worker: asyncio.Task[None] | None = None
-        self._load_lock = threading.Lock()
+        self._engine: Any = None
+        self._load_error: ProviderError | None = None
+        self._load_lock = asyncio.Lock()
         field = engine_structured_field()
         self.structured_output = field is not None if cfg.structured_output is None else cfg.structured_output
 
     async def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
-        future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
-        self._pending.append((messages, params, future))
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._drain())
-        return await future
+        from tunelab.engine import SamplingParams
+
+        engine = await self._loaded()
+        adapter = "adapter" if self.config.adapter else None
+        start = time.perf_counter()
+        try:
+            sampling = SamplingParams(**_engine_params(params, self._PARAMS))
+            final = None
+            async for final in engine.generate(self._prompt_ids(messages), sampling, adapter=adapter):
+                pass
+        except ProviderError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded on the item; one bad prompt must not fail the rest
+            raise ProviderError(f"{self.config.id}: generation failed: {type(exc).__name__}: {exc}") from None
+        return Completion(final.text, final.prompt_tokens, final.completion_tokens, time.perf_counter() - start,
+                          final.finish_reason)
 
     async def aclose(self) -> None:
-        self._llm = self._fallback = None
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None
 
-    async def _drain(self) -> None:
-        await asyncio.sleep(0)  # let every coroutine that is ready enqueue before the first batch
-        while self._pending:
-            batch, self._pending = self._pending, []
-            start = time.perf_counter()
-            try:
-                results = await asyncio.to_thread(self._generate, [(m, p) for m, p, _ in batch])
-            except Exception:  # noqa: BLE001 - find which request failed: one bad prompt must not fail the rest
-                if len(batch) == 1:
-                    self._fail(batch[0][2], *sys.exc_info()[:2])
-                    continue
-                for messages, params, fut in batch:
-                    one_start = time.perf_counter()
-                    try:
-                        ((text, pt, ct, reason),) = await asyncio.to_thread(self._generate, [(messages, params)])
-                    except Exception as exc:  # noqa: BLE001 - recorded on the item, the run goes on
-                        self._fail(fut, type(exc), exc)
-                        continue
-                    fut.set_result(Completion(text, pt, ct, time.perf_counter() - one_start, reason))
-                continue
-            latency = time.perf_counter() - start
-            for (_, _, fut), (text, pt, ct, reason) in zip(batch, results):
-                fut.set_result(Completion(text, pt, ct, latency, reason))
+    async def _loaded(self) -> Any:
+        # Loading is not part of any request's latency: every request waits here, then starts its clock.
+        async with self._load_lock:
+            if self._load_error is not None:
+                raise ProviderError(str(self._load_error))  # once is enough: the other items record the same reason at once
+            if self._engine is None:
+                from tunelab.engine import LLM, AsyncLLM
 
-    def _fail(self, fut: asyncio.Future[Completion], kind: type[BaseException] | None, exc: BaseException | None) -> None:
-        if isinstance(exc, ProviderError):
-            fut.set_exception(ProviderError(str(exc)))
-        else:
-            fut.set_exception(ProviderError(f"{self.config.id}: generation failed: {kind.__name__ if kind else ''}: {exc}"))
-
-    def _generate(self, requests: list[tuple[list[dict[str, str]], dict[str, Any]]]) -> list[tuple[str, int, int, str]]:
-        with self._load_lock:
-            self._load()
-        if self._llm is not None:
-            from tunelab.engine import SamplingParams
-
-            prompts = [self._prompt_ids(m) for m, _ in requests]
-            params = [SamplingParams(**_engine_params(p, self._PARAMS)) for _, p in requests]
-            adapter = "adapter" if self.config.adapter else None
-            outs = self._llm.generate(prompts, params, adapter=adapter)
-            return [(o.text, o.prompt_tokens, o.completion_tokens, o.finish_reason) for o in outs]
-        from tunelab.models.generation import generate
-
-        model, tok = self._fallback
-        out = []
-        for messages, p in requests:
-            kwargs = {{"max_tokens": "max_new_tokens"}.get(k, k): v for k, v in p.items()
-                      if k in ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop")}
-            if isinstance(kwargs.get("stop"), str):
-                kwargs["stop"] = [kwargs["stop"]]
-            g = generate(model, tok, self._prompt_ids(messages), **kwargs)
-            out.append((g.text, g.prompt_tokens, g.completion_tokens, g.finish_reason))
-        return out
-
-    def _load(self) -> None:
-        if self._llm is not None or self._fallback is not None:
-            return
-        try:
-            from tunelab.engine import LLM
-        except ImportError:
-            LLM = None  # noqa: N806
-        if LLM is not None:
-            adapters = {"adapter": self.config.adapter} if self.config.adapter else None
-            self._llm = LLM(self.config.model, adapters=adapters)
-            self._tokenizer = self._llm.tokenizer
-            return
-        if self.config.adapter:
-            raise ProviderError(f"{self.config.id}: `adapter:` needs the tunelab engine, which is not installed")
-        from tunelab.models import load_pretrained
-
-        self._fallback = load_pretrained(self.config.model)
-        self._tokenizer = self._fallback[1]
+                adapters = {"adapter": self.config.adapter} if self.config.adapter else None
+                try:
+                    llm = await asyncio.to_thread(LLM, self.config.model, adapters=adapters)
+                except Exception as exc:  # noqa: BLE001 - every item records why
+                    self._load_error = ProviderError(f"{self.config.id}: cannot load {self.config.model}: "
+                                                     f"{type(exc).__name__}: {exc}")
+                    raise self._load_error from None
+                self._tokenizer = llm.tokenizer
+                self._engine = AsyncLLM(llm)
+        return self._engine
 
     def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         tok = self._tokenizer
