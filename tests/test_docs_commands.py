@@ -1,9 +1,10 @@
 """Every shell command in README.md and docs/*.md is either run here on a tiny model, run by its page's own test,
 or listed below with the reason it is not run; a command added to the docs without a decision fails the test.
 
-Run here (offline, a tiny random llama in `demo/tiny-llama` as `make demo` leaves one, ~20 s on 2 cores):
-README's `info` and both `generate` lines, and tuning.md's `tune tune.yaml` (the page's own tune.yaml and data,
-steps cut to 10 for time) followed by its `generate --adapter`.
+Run here (offline, ~35 s of CPU): README's `info` and both `generate` lines, and tuning.md's `tune tune.yaml` (the
+page's own tune.yaml and data, steps cut to 10 for time) followed by its `generate --adapter`. Where a page names
+the built-in model it is replaced by a tiny random llama (`BUILTIN` -> `TINY`): the 135M-parameter model would take
+minutes to tune on a CPU, and tests/models/test_docs_models.py already runs `info` and `generate` on the real one.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import pytest
 from doc_commands import PAGES, ROOT, commands, files, run
 from tiny_models import make_checkpoint
 
+BUILTIN, TINY = "smollm2-135m-instruct", "tiny-llama"
 RUN = {
-    ("README.md", "tunelab info demo/tiny-llama"),
-    ("README.md", 'tunelab generate --model demo/tiny-llama --prompt "The capital of Japan is" --max-tokens 16'),
+    ("README.md", f"tunelab info {BUILTIN}"),
+    ("README.md", f'tunelab generate --model {BUILTIN} --prompt "What is the capital of France?" --chat'),
     ("README.md", 'tunelab generate --model ./my-llama --prompt "Hi" --chat --temperature 0.7 --top-p 0.9 --seed 1'),
     ("tuning.md", "tunelab tune tune.yaml"),
-    ("tuning.md", 'tunelab generate --model demo/tiny-llama --adapter capitals-lora --prompt "The capital of Kenya is" '
+    ("tuning.md", f'tunelab generate --model {BUILTIN} --adapter capitals-lora --prompt "The capital of Kenya is" '
                   "--max-tokens 8"),
 }
 ELSEWHERE = {  # (page, command prefix): the test that runs it
@@ -50,7 +52,7 @@ NOT_RUN = {  # (page, command prefix): why not
     ("README.md", "tunelab review add-rater capitals"): "needs the task created from an eval run",
     ("README.md", "tunelab review serve"): "starts a server",
     ("README.md", "tunelab agree capitals"): "needs an eval run and ratings",
-    ("README.md", "tunelab tune --model demo/tiny-llama --data train.jsonl"): "the page does not show train.jsonl; "
+    ("README.md", f"tunelab tune --model {BUILTIN} --data train.jsonl"): "the page does not show train.jsonl; "
                                                                             "tuning.md's tune runs the same path",
     ("README.md", "tunelab serve"): "starts a server",
     ("README.md", "curl "): "needs the server above",
@@ -93,10 +95,10 @@ def test_every_command_in_the_docs_has_a_decision():
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_the_runnable_commands_run(tmp_path):
-    make_checkpoint("llama", tmp_path / "demo" / "tiny-llama")
-    shutil.copytree(tmp_path / "demo" / "tiny-llama", tmp_path / "my-llama")
+    make_checkpoint("llama", tmp_path / TINY)
+    shutil.copytree(tmp_path / TINY, tmp_path / "my-llama")
     tuning = ROOT / "docs" / "tuning.md"
-    tune_yaml = files(tuning)["tune.yaml"].replace("steps: 60 ", "steps: 10 ")  # time, not behaviour
+    tune_yaml = files(tuning)["tune.yaml"].replace("steps: 60 ", "steps: 10 ").replace(BUILTIN, TINY)
     assert "steps: 10 " in tune_yaml
     (tmp_path / "tune.yaml").write_text(tune_yaml.replace("save_every: 20", "save_every: 10")
                                         .replace("eval_every: 20", "eval_every: 10"))
@@ -104,7 +106,7 @@ def test_the_runnable_commands_run(tmp_path):
     (tmp_path / "capitals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows * 10))
     ordered = [(page.name, c) for page in PAGES for c in commands(page) if (page.name, c) in RUN]
     for page, command in ordered:
-        out = run(command, tmp_path)
+        out = run(command.replace(BUILTIN, TINY), tmp_path)
         assert out.returncode == 0, f"{page}: {command}\n{out.stdout}\n{out.stderr}"
         if "generate" in command:
             assert "completion tokens" in out.stdout + out.stderr, command
