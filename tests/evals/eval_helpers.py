@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from tunelab.evals.config import EvalConfig
 from tunelab.evals.fake_server import FakeOpenAI
@@ -54,3 +61,25 @@ def make_config(tmp_path: Path, server: FakeOpenAI, **overrides: Any) -> EvalCon
     }
     data.update(overrides)
     return EvalConfig.from_dict(data, source=str(tmp_path / "eval.yaml"), base_dir=tmp_path)
+
+
+def serve_subprocess(path):
+    """`tunelab serve PATH` on a free loopback port -> (process, base_url); the caller terminates it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", str(path), "--port", str(port),
+                             "--served-model-name", "tiny"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ})  # fmt: skip
+    deadline = time.time() + 90
+    while True:
+        assert proc.poll() is None, proc.stdout.read().decode()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                return proc, f"http://127.0.0.1:{port}/v1"
+        except httpx.TransportError:
+            pass
+        if time.time() >= deadline:
+            proc.kill()  # a failed start must not leave the server running after the test
+            raise AssertionError("tunelab serve did not come up")
+        time.sleep(0.2)

@@ -4,38 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 
-import httpx
+from eval_helpers import serve_subprocess as _serve
 
 from tunelab.evals.config import EvalConfig
 from tunelab.evals.runner import run_eval
 from tunelab.evals.store import Store
-
-
-def _serve(path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "serve", str(path), "--port", str(port),
-                             "--served-model-name", "tiny"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ})  # fmt: skip
-    deadline = time.time() + 90
-    while True:
-        assert proc.poll() is None, proc.stdout.read().decode()
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                return proc, f"http://127.0.0.1:{port}/v1"
-        except httpx.TransportError:
-            pass
-        if time.time() >= deadline:
-            proc.kill()  # a failed start must not leave the server running after the test
-            raise AssertionError("tunelab serve did not come up")
-        time.sleep(0.2)
 
 
 def test_served_and_in_process_outputs_agree(tmp_path, tiny_checkpoint):

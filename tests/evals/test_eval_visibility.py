@@ -91,23 +91,22 @@ def test_structured_output_is_asked_for_and_falls_back_when_refused(tmp_path, da
     assert stats.structured_judges == {"quality": False}
 
 
-def test_tunelab_engine_capability_flag(monkeypatch):
-    """The in-process provider asks for structured output exactly when the engine's SamplingParams can take it."""
-    import dataclasses
-
+def test_tunelab_provider_asks_for_structured_output_unless_told_not_to():
+    """The engine constrains decoding to a JSON schema, so the in-process provider takes response_format
+    (as the engine's json_schema) unless the config says `structured_output: false`."""
+    from tunelab.engine import SamplingParams
     from tunelab.evals import providers
     from tunelab.evals.config import ProviderConfig
 
-    monkeypatch.setattr(providers, "engine_structured_field", lambda: None)
-    assert providers.TunelabProvider(ProviderConfig(id="t", type="tunelab", model="x")).structured_output is False
-    monkeypatch.setattr(providers, "engine_structured_field", lambda: "response_format")
     assert providers.TunelabProvider(ProviderConfig(id="t", type="tunelab", model="x")).structured_output is True
+    off = ProviderConfig(id="t", type="tunelab", model="x", structured_output=False)
+    assert providers.TunelabProvider(off).structured_output is False
     fmt = {"type": "json_schema", "json_schema": {"name": "v", "schema": {"type": "object"}}}
-    assert providers._engine_params({"max_tokens": 5, "response_format": fmt, "bogus": 1}, ("max_tokens",)) == \
-        {"max_tokens": 5, "response_format": fmt}
-    monkeypatch.setattr(providers, "engine_structured_field", lambda: "json_schema")
-    assert providers._engine_params({"response_format": fmt}, ()) == {"json_schema": {"type": "object"}}
-    assert dataclasses.is_dataclass(providers.Completion)
+    got = providers._engine_params({"max_tokens": 5, "response_format": fmt, "bogus": 1}, ("max_tokens",))
+    assert got == {"max_tokens": 5, "json_schema": {"type": "object"}}
+    assert SamplingParams(**got).constrained
+    lp = providers._engine_params({"logprobs": True, "top_logprobs": 7}, ())
+    assert lp == {"logprobs": 7} and SamplingParams(**lp).logprobs == 7
 
 
 def test_progress_lines_without_a_terminal(tmp_path, dataset, cli):

@@ -69,8 +69,9 @@ def eval_command(
                              progress=LineProgress(progress_every, lambda line: typer.echo(line, err=True)))
         _print_summary(store, stats.run_id)
         judged = ", ".join(f"{j}: {stats.verdicts_computed[j]} new, {stats.verdicts_cached[j]} cached, "
-                           f"{stats.verdicts_resumed[j]} resumed" + ("" if stats.structured_judges[j] else
-                                                                      " (plain-text replies)")
+                           f"{stats.verdicts_resumed[j]} resumed"
+                           + (f" (G-Eval: {_methods(stats.geval_methods[j])})" if j in stats.geval_methods
+                              else "" if stats.structured_judges[j] else " (plain-text replies)")
                            for j in stats.verdicts_computed)
         console.print(f"provider calls: {stats.provider_calls} (cached {stats.cached_responses}, "
                       f"resumed {stats.resumed}), judge calls: {stats.judge_calls}, errors: {stats.errors}"
@@ -78,6 +79,10 @@ def eval_command(
         for message in stats.metric_errors[:10] + stats.warnings:
             console.print(f"[yellow]warning:[/] {message}", highlight=False)
         typer.echo(stats.run_id)
+
+
+def _methods(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} by {m}" for m, n in sorted(counts.items()))
 
 
 class LineProgress:

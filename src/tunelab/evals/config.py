@@ -76,7 +76,7 @@ class MetricConfig:
 @dataclass
 class JudgeConfig:
     id: str
-    type: str                        # rubric | pairwise
+    type: str                        # rubric | pairwise | geval
     provider: str
     rubric: str = "Is the answer correct, complete and concise?"
     scale: tuple[int, int] = (1, 10)
@@ -86,6 +86,11 @@ class JudgeConfig:
     variants: list[str] | None = None  # glob patterns over variant ids ("*@lora"); None: every variant
     # More unparseable verdicts than this share flags the judge loudly (CLI, report, ladder).
     max_parse_failure_rate: float = 0.2
+    # geval (Liu et al. 2023): `rubric` is the criterion, these the evaluation steps; the score is
+    # Σ s·p(s) over the top_logprobs at the score position, or the mean of n_samples without logprobs.
+    steps: list[str] | None = None
+    top_logprobs: int = 20
+    n_samples: int = 20
 
 
 @dataclass
@@ -143,7 +148,9 @@ class EvalConfig:
             out["judges"].append(_drop_none({"id": j.id, "type": j.type, "provider": j.provider, "rubric": j.rubric,
                                              "scale": list(j.scale), "threshold": j.threshold, "compare": j.compare,
                                              "params": j.params, "variants": j.variants,
-                                             "max_parse_failure_rate": j.max_parse_failure_rate}))
+                                             "max_parse_failure_rate": j.max_parse_failure_rate,
+                                             **({"steps": j.steps, "top_logprobs": j.top_logprobs,
+                                                 "n_samples": j.n_samples} if j.type == "geval" else {})}))
         return _drop_none(out)
 
     def resolve(self, path: str) -> Path:
@@ -258,8 +265,13 @@ def validate(cfg: EvalConfig) -> None:
             for name in j.compare:
                 if name not in names and "@" not in name:
                     raise EvalError(f"{src}: judges[{i}].compare: {name!r} is neither a prompt nor a provider id")
+        elif j.type == "geval":
+            if not j.steps:
+                raise EvalError(f"{src}: judges[{i}].steps: a geval judge needs its evaluation steps (a list)")
+            if not 1 <= j.top_logprobs <= 20 or j.n_samples < 1:
+                raise EvalError(f"{src}: judges[{i}]: top_logprobs must be in [1, 20] and n_samples >= 1")
         elif j.type != "rubric":
-            raise EvalError(f"{src}: judges[{i}].type: expected 'rubric' or 'pairwise', got {j.type!r}")
+            raise EvalError(f"{src}: judges[{i}].type: expected 'rubric', 'pairwise' or 'geval', got {j.type!r}")
     selected = cfg.selected_variants()
     for i, j in enumerate(cfg.judges):
         if j.variants is not None:
@@ -333,7 +345,7 @@ def _metric(d: Any, src: str, where: str) -> MetricConfig:
 def _judge(d: Any, src: str, where: str) -> JudgeConfig:
     d = _mapping(d, src, where, "{id, type, provider, ...}")
     _no_unknown(d, {"id", "type", "provider", "rubric", "scale", "threshold", "compare", "params", "variants",
-                    "max_parse_failure_rate"}, src, where + ".")
+                    "max_parse_failure_rate", "steps", "top_logprobs", "n_samples"}, src, where + ".")
     j = JudgeConfig(id=str(_required(d, "id", src, where)), type=str(_required(d, "type", src, where)),
                     provider=str(_required(d, "provider", src, where)))
     if "rubric" in d:
@@ -352,6 +364,15 @@ def _judge(d: Any, src: str, where: str) -> JudgeConfig:
     j.variants = _patterns(d, "variants", src, where + ".")
     if d.get("max_parse_failure_rate") is not None:
         j.max_parse_failure_rate = float(_number(d, "max_parse_failure_rate", src, where + "."))
+    if "steps" in d:
+        if not (isinstance(d["steps"], list) and all(isinstance(x, str) for x in d["steps"])):
+            raise EvalError(f"{src}: {where}.steps: expected a list of strings, got {d['steps']!r}")
+        j.steps = list(d["steps"])
+    for key in ("top_logprobs", "n_samples"):
+        if key in d:
+            if not isinstance(d[key], int) or isinstance(d[key], bool):
+                raise EvalError(f"{src}: {where}.{key}: expected an integer, got {d[key]!r}")
+            setattr(j, key, d[key])
     return j
 
 

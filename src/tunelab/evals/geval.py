@@ -22,7 +22,11 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
+
+from tunelab.evals.config import JudgeConfig
+from tunelab.evals.judges import Verdict
+from tunelab.evals.providers import Completion, ProviderError, openai_logprobs
 
 VERSION = 1
 
@@ -87,39 +91,47 @@ def cache_key(cfg: GEvalConfig, input_text: str, output: str, reference: Any | N
                                      default=str).encode()).hexdigest()
 
 
+# ask(messages, params) -> the choices (Completions) of one call; params may carry `n`.
+Ask = Callable[[list[dict], dict[str, Any]], Awaitable[list[Completion]]]
+
+
 async def judge_geval(cfg: GEvalConfig, client, input_text: str, output: str,
                       reference: Any | None = None) -> GEvalVerdict:
     """One output's G-Eval score; `client` is an `openai.AsyncOpenAI`."""
-    messages = geval_messages(cfg, input_text, output, reference)
+    async def ask(messages: list[dict], params: dict[str, Any]) -> list[Completion]:
+        resp = await client.chat.completions.create(model=cfg.model, messages=messages, **params)
+        return [Completion(ch.message.content or "", None, None, 0.0, ch.finish_reason, openai_logprobs(ch))
+                for ch in resp.choices]
+    return await geval_verdict(cfg, ask, geval_messages(cfg, input_text, output, reference))
+
+
+async def geval_verdict(cfg: GEvalConfig, ask: Ask, messages: list[dict]) -> GEvalVerdict:
+    """Greedy answer with `top_logprobs` -> Σ s·p(s); without logprobs, the n-sample mean."""
     try:
-        resp = await client.chat.completions.create(model=cfg.model, messages=messages, max_tokens=5, temperature=0,
-                                                    logprobs=True, top_logprobs=cfg.top_logprobs)
+        (choice,) = (await ask(messages, {"max_tokens": 5, "temperature": 0, "logprobs": True,
+                                          "top_logprobs": cfg.top_logprobs}))[:1]
     except Exception as exc:  # noqa: BLE001 - one failed call is recorded on its item, never fatal
         return GEvalVerdict(None, "error", error=f"judge call failed: {exc}")
-    choice = resp.choices[0]
-    content = getattr(choice.logprobs, "content", None) if choice.logprobs is not None else None
-    if content:
-        for position in content:   # the first position that offers a score token is the form's answer
-            got = score_from_top_logprobs([(t.token, t.logprob) for t in position.top_logprobs or []], cfg.scale)
-            if got is not None:
-                return GEvalVerdict(got[0], "logprobs", probs=got[1])
-    return await _sampled(cfg, client, messages)
+    for position in choice.logprobs or []:   # the first position that offers a score token is the form's answer
+        got = score_from_top_logprobs(position, cfg.scale)
+        if got is not None:
+            return GEvalVerdict(got[0], "logprobs", probs=got[1])
+    return await _sampled(cfg, ask, messages)
 
 
-async def _sampled(cfg: GEvalConfig, client, messages: list[dict]) -> GEvalVerdict:
+async def _sampled(cfg: GEvalConfig, ask: Ask, messages: list[dict]) -> GEvalVerdict:
     lo, hi = cfg.scale
     found: list[int] = []
     tries = 0
     while len(found) < cfg.n_samples and tries < cfg.n_samples * 2:
         want = cfg.n_samples - len(found)
         try:
-            resp = await client.chat.completions.create(model=cfg.model, messages=messages, max_tokens=5,
-                                                        temperature=1.0, n=want)
+            choices = await ask(messages, {"max_tokens": 5, "temperature": 1.0, "n": want})
         except Exception as exc:  # noqa: BLE001
             return GEvalVerdict(None, "error", error=f"judge call failed: {exc}")
-        tries += len(resp.choices) or 1
-        for ch in resp.choices:
-            m = re.search(r"\d+", ch.message.content or "")
+        tries += len(choices) or 1
+        for ch in choices:
+            m = re.search(r"\d+", ch.text or "")
             if m and lo <= int(m.group()) <= hi:
                 found.append(int(m.group()))
     method = f"samples (n={len(found)}): the provider returned no logprobs"
@@ -162,3 +174,45 @@ def methods_used(verdicts: list[GEvalVerdict]) -> str:
     for v in verdicts:
         counts[v.method] = counts.get(v.method, 0) + 1
     return "; ".join(f"{n} × {m}" for m, n in sorted(counts.items()))
+
+
+# ---- as an eval judge (`judges: - type: geval` in eval YAML) ---------------
+
+def config_for(judge: JudgeConfig, model: str) -> GEvalConfig:
+    """The eval YAML's geval judge: `rubric` is the criterion, `steps` the evaluation steps."""
+    return GEvalConfig(id=judge.id, base_url="", model=model, criteria=judge.rubric, steps=list(judge.steps or []),
+                       scale=tuple(judge.scale), task="a question and an assistant's answer to it",
+                       top_logprobs=judge.top_logprobs, n_samples=judge.n_samples)
+
+
+async def judge_eval_output(judge: JudgeConfig, model: str, complete: Callable[..., Awaitable[Completion]],
+                            question: str, answer: str, reference: Any | None) -> Verdict:
+    """One eval output's G-Eval verdict through a provider's `complete(messages, params)` (one choice per
+    call, so the fallback's n samples are n calls)."""
+    cfg = config_for(judge, model)
+    spent: list[Completion] = []
+
+    async def ask(messages: list[dict], params: dict[str, Any]) -> list[Completion]:
+        n = params.pop("n", 1)
+        got = list(await asyncio.gather(*(complete(messages, dict(params)) for _ in range(n))))
+        spent.extend(got)
+        return got
+    g = await geval_verdict(cfg, ask, geval_messages(cfg, question, answer, reference))
+    if g.method == "error":
+        raise ProviderError(g.error or "judge call failed")
+    v = Verdict(score=g.score, reasoning=_explained(g), raw=[c.text for c in spent],
+                prompt_tokens=sum(c.prompt_tokens or 0 for c in spent),
+                completion_tokens=sum(c.completion_tokens or 0 for c in spent))
+    if g.score is None:
+        v.parse_error = g.error or "no score token in the judge's answer"
+    elif judge.threshold is not None:
+        v.passed = g.score >= judge.threshold
+    return v
+
+
+def _explained(g: GEvalVerdict) -> str:
+    if g.probs:
+        return f"{g.method}: " + ", ".join(f"p({s})={p:.3f}" for s, p in g.probs.items())
+    if g.samples:
+        return f"{g.method}: " + " ".join(map(str, g.samples))
+    return g.method

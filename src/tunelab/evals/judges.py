@@ -58,6 +58,8 @@ def judge_key(cfg: JudgeConfig, *inputs: Any, structured: bool = False) -> str:
     whether it asked for structured output, and what it reads."""
     conf = {"type": cfg.type, "provider": cfg.provider, "rubric": cfg.rubric, "scale": list(cfg.scale),
             "threshold": cfg.threshold, "params": cfg.params, "structured": structured}
+    if cfg.type == "geval":   # G-Eval's own fields; other judges' keys stay as they were
+        conf.update(steps=cfg.steps, top_logprobs=cfg.top_logprobs, n_samples=cfg.n_samples)
     return hashlib.sha256(json.dumps([conf, VERSION, inputs], sort_keys=True, default=str).encode()).hexdigest()
 
 

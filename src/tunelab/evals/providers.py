@@ -28,6 +28,9 @@ class Completion:
     completion_tokens: int | None
     latency_s: float
     finish_reason: str | None = None
+    # Per generated position, the most likely tokens as (token text, logprob), when the call asked for
+    # `top_logprobs` and the provider returned them (G-Eval reads the score position's).
+    logprobs: list[list[tuple[str, float]]] | None = None
 
 
 class ProviderError(Exception):
@@ -107,7 +110,8 @@ class OpenAIProvider:
             try:
                 if self.config.chat is False:
                     resp = await self.client.completions.create(model=self.config.model,
-                                                                prompt=completion_text(messages), **params)
+                                                                prompt=completion_text(messages),
+                                                                **_completions_params(params))
                 else:
                     resp = await self.client.chat.completions.create(model=self.config.model, messages=messages,
                                                                      **params)
@@ -130,7 +134,7 @@ class OpenAIProvider:
                 text=text or "",
                 prompt_tokens=usage.prompt_tokens if usage else None,
                 completion_tokens=usage.completion_tokens if usage else None,
-                latency_s=latency, finish_reason=choice.finish_reason,
+                latency_s=latency, finish_reason=choice.finish_reason, logprobs=openai_logprobs(choice),
             )
         raise ProviderError(f"{self.config.id}: failed after {self.retry.max_retries + 1} attempts: "
                             f"{type(last).__name__}: {_short(last)}")
@@ -153,8 +157,9 @@ class TunelabProvider:
         self._engine: Any = None
         self._load_error: ProviderError | None = None
         self._load_lock = asyncio.Lock()
-        field = engine_structured_field()
-        self.structured_output = field is not None if cfg.structured_output is None else cfg.structured_output
+        # The engine constrains decoding to a JSON schema (SamplingParams.json_schema), so judges on
+        # this provider ask for structured output unless the config turns it off.
+        self.structured_output = cfg.structured_output is not False
 
     async def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
         from tunelab.engine import SamplingParams
@@ -172,7 +177,14 @@ class TunelabProvider:
         except Exception as exc:  # noqa: BLE001 - recorded on the item; one bad prompt must not fail the rest
             raise ProviderError(f"{self.config.id}: generation failed: {type(exc).__name__}: {exc}") from None
         return Completion(final.text, final.prompt_tokens, final.completion_tokens, time.perf_counter() - start,
-                          final.finish_reason)
+                          final.finish_reason, self._top_logprobs(final.logprobs))
+
+    def _top_logprobs(self, logprobs: list[Any] | None) -> list[list[tuple[str, float]]] | None:
+        """The engine's per-token alternatives (token id, logprob) as (token text, logprob)."""
+        if logprobs is None:
+            return None
+        decode = self._tokenizer.decode
+        return [[(decode([tid]), lp) for tid, lp in position.top] for position in logprobs]
 
     async def aclose(self) -> None:
         if self._engine is not None:
@@ -210,30 +222,33 @@ class TunelabProvider:
         return tok.encode(completion_text(messages))
 
 
-def engine_structured_field() -> str | None:
-    """The `SamplingParams` field through which tunelab's engine constrains output to a JSON
-    schema, or None while the engine has none. Structured judging turns on by itself once it lands."""
-    try:
-        from tunelab.engine.sampling_params import SamplingParams
-    except ImportError:
-        return None
-    import dataclasses
-    import inspect
-
-    names = ({f.name for f in dataclasses.fields(SamplingParams)} if dataclasses.is_dataclass(SamplingParams)
-             else set(inspect.signature(SamplingParams).parameters))
-    return next((n for n in ("response_format", "json_schema") if n in names), None)
-
-
 def _engine_params(params: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
     out = {k: v for k, v in params.items() if k in allowed}
-    field = engine_structured_field()
     fmt = params.get("response_format")
-    if fmt is not None and field == "response_format":
-        out["response_format"] = fmt
-    elif fmt is not None and field == "json_schema":
-        out["json_schema"] = fmt.get("json_schema", {}).get("schema", fmt)
+    if fmt is not None:   # OpenAI's {"type": "json_schema", "json_schema": {"schema": ...}} -> the schema itself
+        out["json_schema"] = fmt.get("json_schema", {}).get("schema", {})
+    if params.get("logprobs"):   # OpenAI's logprobs=True, top_logprobs=k -> the engine's logprobs=k
+        out["logprobs"] = int(params.get("top_logprobs") or 0)
     return out
+
+
+def _completions_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The completions endpoint takes `logprobs` as the number of alternatives, not a flag."""
+    if not params.get("logprobs"):
+        return params
+    rest = {k: v for k, v in params.items() if k not in ("logprobs", "top_logprobs")}
+    return {**rest, "logprobs": int(params.get("top_logprobs") or 0)}
+
+
+def openai_logprobs(choice: Any) -> list[list[tuple[str, float]]] | None:
+    lp = getattr(choice, "logprobs", None)
+    if lp is None:
+        return None
+    if getattr(lp, "content", None):   # chat: one entry per position, each with its top_logprobs
+        return [[(t.token, t.logprob) for t in pos.top_logprobs or []] for pos in lp.content]
+    if getattr(lp, "top_logprobs", None):   # completions: one {token: logprob} per position
+        return [sorted((d or {}).items(), key=lambda kv: -kv[1]) for d in lp.top_logprobs]
+    return None
 
 
 def completion_text(messages: list[dict[str, str]]) -> str:

@@ -173,7 +173,7 @@ def _flags(cells: Any) -> tuple[bool, bool, bool]:
         for j, v in r.judges.items():
             if v.get("passed") is not None:
                 values.setdefault(j, set()).add(v["passed"])
-            elif v.get("score") is not None and v.get("kind") == "rubric":
+            elif v.get("score") is not None and v.get("kind") != "pairwise":
                 values.setdefault(j, set()).add(v["score"])
     return any(len(vs) > 1 for vs in values.values()), fail, error
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from tunelab.evals import geval
 from tunelab.evals.cache import response_key
 from tunelab.evals.config import EvalConfig, JudgeConfig, load_config, validate, variant_id
 from tunelab.evals.dataset import Row, load_dataset
@@ -54,6 +55,7 @@ class RunStats:
     verdicts_cached: dict[str, int] = field(default_factory=dict)
     verdicts_resumed: dict[str, int] = field(default_factory=dict)
     structured_judges: dict[str, bool] = field(default_factory=dict)   # judge id -> asked for JSON schema output
+    geval_methods: dict[str, dict[str, int]] = field(default_factory=dict)  # judge id -> how its scores were had
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -275,7 +277,7 @@ class _Run:
         have = self.store.existing_verdicts(self.run_id)
         jobs = []
         for judge in self.cfg.judges:
-            structured = self._provider(judge.provider).structured_output
+            structured = self._structured(judge)
             self.stats.structured_judges[judge.id] = structured
             for counter in (self.stats.verdicts_computed, self.stats.verdicts_cached, self.stats.verdicts_resumed):
                 counter[judge.id] = 0
@@ -301,8 +303,7 @@ class _Run:
         async def one(judge: JudgeConfig, row: Row, variant: str, other_variant: str, rep: int,
                       o: Any, other: Any, question: str, texts: tuple[Any, ...]) -> None:
             nonlocal done
-            provider = self._provider(judge.provider)
-            structured = provider.structured_output
+            structured = self._structured(judge)
             key = judge_key(judge, question, *texts, structured=structured)
             cached = self.store.cache_get_results([key]).get(key) if self.use_cache else None
             error = None
@@ -320,6 +321,10 @@ class _Run:
                 except ProviderError as exc:
                     v, error = Verdict(), f"judge call failed: {exc}"
                 self.stats.verdicts_computed[judge.id] += 1
+                if judge.type == "geval" and error is None:
+                    method = (v.reasoning or "no score").split(":")[0]
+                    counts = self.stats.geval_methods.setdefault(judge.id, {})
+                    counts[method] = counts.get(method, 0) + 1
             winner = {"A": variant, "B": other_variant, "tie": "tie", None: None}[v.winner]
             verdict = dict(judge_id=judge.id, kind=judge.type, item_id=row.id, variant=variant,
                            other_variant=other_variant, repeat=rep, score=v.score,
@@ -336,9 +341,17 @@ class _Run:
         self.progress("judges", 0, total)
         await asyncio.gather(*(one(*j) for j in jobs))
         self._flush()
+        for judge_id, methods in self.stats.geval_methods.items():
+            sampled = sum(n for m, n in methods.items() if m.startswith("samples"))
+            if sampled:   # Liu et al.'s fallback, said in the run: a mean of n samples is coarser than Σ s·p(s)
+                self.stats.warnings.append(f"judge {judge_id!r}: {sampled} of {sum(methods.values())} G-Eval "
+                                           "scores are means of sampled answers: the provider returned no logprobs")
 
     async def _verdict(self, judge: JudgeConfig, question: str, o: Any, other: Any, row: Row,
                        structured: bool) -> Verdict:
+        if judge.type == "geval":
+            return await geval.judge_eval_output(judge, self.cfg.provider(judge.provider).model,
+                                                 self._geval_complete(judge), question, o["output"], row.reference)
         call = self._judge_call(judge)
         if judge.type == "rubric":
             return await judge_rubric(judge, call, question, o["output"], row.reference, structured=structured)
@@ -350,7 +363,7 @@ class _Run:
         restrict a rubric judge to the matching variants and a pairwise one to pairs whose
         two variants both match."""
         chosen = set(matching(judge.variants, self.variants, f"{self.cfg.source}: judges {judge.id!r}.variants"))
-        if judge.type == "rubric":
+        if judge.type in ("rubric", "geval"):
             return [(v, "") for v in self.variants if v in chosen]
         evaluated = [p.id for p in self.cfg.providers if not p.judge_only]
         prompts = [p.id for p in self.cfg.prompts]
@@ -365,6 +378,19 @@ class _Run:
             raise EvalError(f"{self.cfg.source}: judges {judge.id!r}.compare: {judge.compare} must be two prompt ids, "
                             "two evaluated provider ids, or two variant ids 'prompt@provider'")
         return [(x, y) for x, y in pairs if x in chosen and y in chosen]
+
+    def _structured(self, judge: JudgeConfig) -> bool:
+        # G-Eval reads the score token's probabilities: a schema would only get in the way.
+        return judge.type != "geval" and self._provider(judge.provider).structured_output
+
+    def _geval_complete(self, judge: JudgeConfig) -> Callable[..., Any]:
+        """G-Eval's calls: not through the response cache, which keeps text but not logprobs (its
+        verdicts are cached whole, like every judge's)."""
+        async def complete(messages: list[dict[str, str]], params: dict[str, Any]) -> Completion:
+            async with self.sem:
+                self.stats.judge_calls += 1
+                return await self._provider(judge.provider).complete(messages, {**judge.params, **params})
+        return complete
 
     def _judge_call(self, judge: JudgeConfig) -> Callable[..., Any]:
         prov_cfg = self.cfg.provider(judge.provider)
