@@ -1,51 +1,53 @@
 """Incremental, UTF-8-safe detokenization with stop strings.
 
 Byte-level BPE tokens can end inside a multi-byte character, so decoding one token at a time would emit U+FFFD.
-We decode a short window ending at the newest token (the tokens since the last emitted boundary, plus a few before
-for context, as vLLM and TGI do) and emit only once the window decodes to text without a trailing replacement
-character. Stop strings are found in the accumulated text; the text streamed out is held back by the length of the
-longest stop string minus one, so a stop string is never half-streamed and then retracted.
+`tokenizers`' `DecodeStream` (Rust) keeps the few tokens of context this needs and hands out text only once it forms
+whole characters. On top of it we find stop strings in the accumulated text, and hold the text streamed out back by
+the length of the longest stop string minus one, so a stop string is never half-streamed and then retracted.
 """
 
 from __future__ import annotations
 
+from tokenizers.decoders import DecodeStream
+
+FLUSH_CONTEXT = 5  # tokens of context when flushing bytes that never formed a character (as vLLM and TGI do)
+
 
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer, stop: list[str] | None = None, context_tokens: int = 5):
+    def __init__(self, tokenizer, stop: list[str] | None = None):
         self.tokenizer = tokenizer
         self.stop = list(stop or [])
         self.holdback = max((len(s) for s in self.stop), default=1) - 1
-        self.context_tokens = context_tokens
+        self._stream = DecodeStream(skip_special_tokens=True)  # as Tokenizer.decode does
         self.ids: list[int] = []
         self.text = ""  # everything decoded so far (stop string and after removed once hit)
-        self.prefix_offset = 0  # window start (context only, already emitted)
-        self.read_offset = 0  # first token not yet turned into text
+        self.read_offset = 0  # first token whose text is not yet in `text`
         self.streamed = 0  # characters of `text` already handed out as deltas
         self.stop_hit: str | None = None
 
     def add(self, token_id: int) -> None:
         """Append one generated token; afterwards `stop_hit` says whether a stop string appeared."""
         self.ids.append(token_id)
-        prefix = self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset])
-        full = self.tokenizer.decode(self.ids[self.prefix_offset :])
-        if len(full) <= len(prefix) or full.endswith("\ufffd"):
+        new = self._stream.step(self.tokenizer.backend, token_id)
+        if not new:
             return  # an incomplete character (or a token that decodes to nothing yet): wait for more bytes
-        new = full[len(prefix) :]
         before = len(self.text)
         self.text += new
         self.read_offset = len(self.ids)
-        self.prefix_offset = max(0, self.read_offset - self.context_tokens)
         if self.stop:
-            # Only a stop string overlapping the new text can be new.
-            start = max(0, before - max(len(s) for s in self.stop) + 1)
-            best = None
-            for s in self.stop:
-                i = self.text.find(s, start)
-                if i != -1 and (best is None or i < best[0]):
-                    best = (i, s)
-            if best is not None:
-                self.text = self.text[: best[0]]
-                self.stop_hit = best[1]
+            self._find_stop(before)
+
+    def _find_stop(self, before: int) -> None:
+        # Only a stop string overlapping the new text can be new.
+        start = max(0, before - max(len(s) for s in self.stop) + 1)
+        best = None
+        for s in self.stop:
+            i = self.text.find(s, start)
+            if i != -1 and (best is None or i < best[0]):
+                best = (i, s)
+        if best is not None:
+            self.text = self.text[: best[0]]
+            self.stop_hit = best[1]
 
     def delta(self, final: bool) -> str:
         """Text not yet handed out; while running, keep back what could still become a stop string."""
@@ -57,8 +59,9 @@ class IncrementalDetokenizer:
     def final_text(self) -> str:
         """At the end, flush tokens that never formed a complete character (decode them as they are)."""
         if self.stop_hit is None and self.read_offset < len(self.ids):
-            prefix = self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset])
-            full = self.tokenizer.decode(self.ids[self.prefix_offset :])
+            start = max(0, self.read_offset - FLUSH_CONTEXT)
+            prefix = self.tokenizer.decode(self.ids[start : self.read_offset])
+            full = self.tokenizer.decode(self.ids[start:])
             self.text += full[len(prefix) :]
             self.read_offset = len(self.ids)
         return self.text

@@ -1,4 +1,5 @@
-"""The engine's one error type."""
+"""The engine's base error type: `async_engine` derives `QueueFull` from it; `EngineFailure`
+(a failed step, not a bad request) is deliberately a `RuntimeError` instead."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The one error type of the evals package: every message names the file, line
-or field at fault and what was expected."""
+"""The evals package's error for bad input: every message names the file, line
+or field at fault and what was expected. (Provider failures are `providers.ProviderError`,
+judge-reply parsing failures `judges.ParseError`.)"""
 
 
 class EvalError(Exception):

@@ -38,6 +38,7 @@ def generate_command(
     """Generate text from a prompt with a KV cache."""
     from tunelab.lora import LoraError
     from tunelab.models import ModelError, generate, load_pretrained
+    from tunelab.models.chat import encode_chat
 
     try:
         m, tok = load_pretrained(model, dtype=dtype)
@@ -45,8 +46,7 @@ def generate_command(
             from tunelab.lora import load_adapter
 
             load_adapter(m, adapter)
-        text = tok.apply_chat_template([{"role": "user", "content": prompt}]) if chat else prompt
-        ids = tok.encode(text, add_special_tokens=not chat)
+        ids = encode_chat(tok, [{"role": "user", "content": prompt}]) if chat else tok.encode(prompt)
         out = generate(m, tok, ids, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                        seed=seed, stop=stop)
     except (ModelError, LoraError) as e:

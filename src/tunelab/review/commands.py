@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import typer
@@ -26,118 +27,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     review.command("status")(status_command)
     review.command("export")(export_command)
     review.command("import")(import_command)
-    _register_agree(app)
-
-
-def _register_agree(app: typer.Typer) -> None:
-    # `agree` is still a closure: it moves to a module-level `agree_command` once no other branch edits its body.
-    @app.command("agree")
-    def agree(
-        source: Optional[str] = typer.Argument(None, help="A review task name, or a long-format ratings file "
-                                                          "(CSV/JSONL). Omit with --items/--ratings."),
-        run: Optional[str] = typer.Option(None, "--run", help="Eval run whose metrics and judges to validate."),
-        scores: Optional[Path] = typer.Option(None, "--scores", help="Automated scores file: item_id, metric, value."),
-        items: Optional[Path] = typer.Option(None, "--items", help="Imported judgments: ITEMS.jsonl with id, input_id, "
-                                                                   "system, output, reference(s)."),
-        ratings: Optional[Path] = typer.Option(None, "--ratings", help="Imported judgments: RATINGS.jsonl with "
-                                                                       "item_id, dimension, rater, score."),
-        metric: Optional[list[str]] = typer.Option(None, "--metric", help="A tunelab metric to compute on the items "
-                                                                          "(repeatable), e.g. rouge_l, embedding."),
-        level: Optional[list[str]] = typer.Option(None, "--level", help="item, input or system (repeatable; "
-                                                                        "default: all three)."),
-        references: Optional[str] = typer.Option(None, "--references", help="How reference-based metrics combine "
-                                                                             "several references: mean or max."),
-        judge_url: Optional[str] = typer.Option(None, "--judge-url", help="With --items: an OpenAI-compatible "
-                                                "endpoint; adds a G-Eval and a rubric judge per dimension."),
-        judge_model: str = typer.Option("", "--judge-model", help="Model name for --judge-url."),
-        judge_key_env: Optional[str] = typer.Option(None, "--judge-key-env", help="Environment variable holding "
-                                                                                  "the judge's API key."),
-        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-        output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write an HTML report with plots."),
-        n_boot: Optional[int] = typer.Option(None, "--bootstrap", help="Bootstrap resamples for the 95% intervals "
-                                                                       "(default 1000 with --items, else 500)."),
-        seed: int = typer.Option(0, "--seed"),
-        pass_threshold: Optional[float] = typer.Option(None, "--pass-threshold",
-                                                       help="Human mean >= this counts as a pass (default: scale midpoint)."),
-        db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
-    ) -> None:
-        """Inter-rater agreement, and how well each automated metric agrees with the humans."""
-        from tunelab.review import agreement_report, longformat
-        from tunelab.review.agreement import AgreementConfig, agreement, plot_data
-        from tunelab.review.runs import scores_from_run
-        from tunelab.review.store import ReviewStore
-
-        def imported():
-            from tunelab.review.imported import validate_files
-            from tunelab.review.levels import LEVELS, BootConfig
-
-            if source is not None or run is not None:
-                raise ReviewError("--items/--ratings take no task name and no --run")
-            if items is None or ratings is None:
-                raise ReviewError("give both --items ITEMS.jsonl and --ratings RATINGS.jsonl")
-            for lvl in level or []:
-                if lvl not in LEVELS:
-                    raise ReviewError(f"--level: expected item, input or system, got {lvl!r}")
-            config = BootConfig(n_boot=n_boot or 1000, seed=seed, levels=tuple(level or LEVELS))
-            judge = None
-            if judge_url:
-                judge = (judge_url, judge_model, os.environ.get(judge_key_env, "") if judge_key_env else "EMPTY")
-            report = validate_files(items, ratings, metric or [], scores, config, references=references, db=db,
-                                    judge=judge)
-            if as_json:
-                typer.echo(agreement_report.to_json(report))
-            else:
-                agreement_report.print_levels(report)
-            if output is not None:
-                agreement_report.write_levels_html(report, output)
-                if not as_json:
-                    typer.echo(f"wrote {output}")
-
-        def go():
-            if items is not None or ratings is not None:
-                return imported()
-            if source is None:
-                raise ReviewError("give a review task or ratings file, or --items and --ratings")
-            if metric or level or references or judge_url:
-                raise ReviewError("--metric, --level, --references and --judge-url go with --items/--ratings")
-            task = items_ = None
-            if Path(source).is_file():
-                ratings_ = longformat.load(source)
-            else:
-                store = ReviewStore(db)
-                task = store.task(source)
-                items_ = store.items(source)
-                ratings_ = store.ratings(source)
-            auto = []
-            if scores is not None:
-                auto += longformat.load_scores(scores)
-            if run is not None:
-                auto += scores_from_run(db, run, task, items_)
-            config = AgreementConfig(n_boot=n_boot or 500, seed=seed, pass_threshold=pass_threshold,
-                                     scale=(task.scale_min, task.scale_max) if task and not task.pairwise else None)
-            report = agreement(ratings_, auto, config)
-            levels = None
-            if task is not None and not task.pairwise:   # run-based tasks know each item's input and variant
-                from tunelab.review.imported import validate_review_task
-                from tunelab.review.levels import BootConfig
-
-                levels = validate_review_task(items_, ratings_, auto, BootConfig(n_boot=n_boot or 500, seed=seed))
-                for dim, r in report.items():
-                    r["levels"] = [x for x in (levels or {}).get("correlations", []) if x["dimension"] == dim]
-            if as_json:
-                typer.echo(agreement_report.to_json(report))
-            else:
-                agreement_report.print_tables(report)
-                if levels:
-                    agreement_report.print_levels(levels)
-            if output is not None:
-                dims, vectors = plot_data(ratings_, auto, config)
-                agreement_report.write_html(report, output, dims, vectors)
-                if not as_json:
-                    typer.echo(f"wrote {output}")
-
-        _run(go)
-
+    app.command("agree")(agree_command)
 
 
 def create_command(
@@ -339,6 +229,125 @@ def import_command(
         typer.echo(f"imported {len(rows)} ratings into {name!r}")
 
     _run(go)
+
+def agree_command(
+    source: Optional[str] = typer.Argument(None, help="A review task name, or a long-format ratings file "
+                                                      "(CSV/JSONL). Omit with --items/--ratings."),
+    run: Optional[str] = typer.Option(None, "--run", help="Eval run whose metrics and judges to validate."),
+    scores: Optional[Path] = typer.Option(None, "--scores", help="Automated scores file: item_id, metric, value."),
+    items: Optional[Path] = typer.Option(None, "--items", help="Imported judgments: ITEMS.jsonl with id, input_id, "
+                                                               "system, output, reference(s)."),
+    ratings: Optional[Path] = typer.Option(None, "--ratings", help="Imported judgments: RATINGS.jsonl with "
+                                                                   "item_id, dimension, rater, score."),
+    metric: Optional[list[str]] = typer.Option(None, "--metric", help="A tunelab metric to compute on the items "
+                                                                      "(repeatable), e.g. rouge_l, embedding."),
+    level: Optional[list[str]] = typer.Option(None, "--level", help="item, input or system (repeatable; "
+                                                                    "default: all three)."),
+    references: Optional[str] = typer.Option(None, "--references", help="How reference-based metrics combine "
+                                                                         "several references: mean or max."),
+    judge_url: Optional[str] = typer.Option(None, "--judge-url", help="With --items: an OpenAI-compatible "
+                                            "endpoint; adds a G-Eval and a rubric judge per dimension."),
+    judge_model: str = typer.Option("", "--judge-model", help="Model name for --judge-url."),
+    judge_key_env: Optional[str] = typer.Option(None, "--judge-key-env", help="Environment variable holding "
+                                                                              "the judge's API key."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write an HTML report with plots."),
+    n_boot: Optional[int] = typer.Option(None, "--bootstrap", help="Bootstrap resamples for the 95% intervals "
+                                                                   "(default 1000 with --items, else 500)."),
+    seed: int = typer.Option(0, "--seed"),
+    pass_threshold: Optional[float] = typer.Option(None, "--pass-threshold",
+                                                   help="Human mean >= this counts as a pass (default: scale midpoint)."),
+    db: Path = typer.Option(Path("tunelab.db"), "--db", help=DB_HELP),
+) -> None:
+    """Inter-rater agreement, and how well each automated metric agrees with the humans."""
+    args = SimpleNamespace(**locals())
+    _run(lambda: _agree_imported(args) if items is not None or ratings is not None else _agree_task(args))
+
+
+def _agree_imported(a: SimpleNamespace) -> None:
+    """`--items/--ratings`: imported judgments validated at item, input and system level."""
+    from tunelab.review import agreement_report
+    from tunelab.review.imported import validate_files
+    from tunelab.review.levels import LEVELS, BootConfig
+
+    if a.source is not None or a.run is not None:
+        raise ReviewError("--items/--ratings take no task name and no --run")
+    if a.items is None or a.ratings is None:
+        raise ReviewError("give both --items ITEMS.jsonl and --ratings RATINGS.jsonl")
+    for lvl in a.level or []:
+        if lvl not in LEVELS:
+            raise ReviewError(f"--level: expected item, input or system, got {lvl!r}")
+    config = BootConfig(n_boot=a.n_boot or 1000, seed=a.seed, levels=tuple(a.level or LEVELS))
+    judge = None
+    if a.judge_url:
+        judge = (a.judge_url, a.judge_model, os.environ.get(a.judge_key_env, "") if a.judge_key_env else "EMPTY")
+    report = validate_files(a.items, a.ratings, a.metric or [], a.scores, config, references=a.references, db=a.db,
+                            judge=judge)
+    if a.as_json:
+        typer.echo(agreement_report.to_json(report))
+    else:
+        agreement_report.print_levels(report)
+    if a.output is not None:
+        agreement_report.write_levels_html(report, a.output)
+        if not a.as_json:
+            typer.echo(f"wrote {a.output}")
+
+
+def _agree_task(a: SimpleNamespace) -> None:
+    """A review task or a long-format ratings file: rater agreement, then each metric against the humans."""
+    from tunelab.review import agreement_report
+    from tunelab.review.agreement import AgreementConfig, agreement, plot_data
+
+    if a.source is None:
+        raise ReviewError("give a review task or ratings file, or --items and --ratings")
+    if a.metric or a.level or a.references or a.judge_url:
+        raise ReviewError("--metric, --level, --references and --judge-url go with --items/--ratings")
+    task, items, ratings, auto = _agree_inputs(a)
+    config = AgreementConfig(n_boot=a.n_boot or 500, seed=a.seed, pass_threshold=a.pass_threshold,
+                             scale=(task.scale_min, task.scale_max) if task and not task.pairwise else None)
+    report = agreement(ratings, auto, config)
+    levels = None
+    if task is not None and not task.pairwise:   # run-based tasks know each item's input and variant
+        from tunelab.review.imported import validate_review_task
+        from tunelab.review.levels import BootConfig
+
+        levels = validate_review_task(items, ratings, auto, BootConfig(n_boot=a.n_boot or 500, seed=a.seed))
+        for dim, r in report.items():
+            r["levels"] = [x for x in (levels or {}).get("correlations", []) if x["dimension"] == dim]
+    if a.as_json:
+        typer.echo(agreement_report.to_json(report))
+    else:
+        agreement_report.print_tables(report)
+        if levels:
+            agreement_report.print_levels(levels)
+    if a.output is not None:
+        dims, vectors = plot_data(ratings, auto, config)
+        agreement_report.write_html(report, a.output, dims, vectors)
+        if not a.as_json:
+            typer.echo(f"wrote {a.output}")
+
+
+def _agree_inputs(a: SimpleNamespace) -> tuple:
+    """(task or None, items or None, human ratings, automated scores) from a task name or a ratings file."""
+    from tunelab.review import longformat
+    from tunelab.review.runs import scores_from_run
+    from tunelab.review.store import ReviewStore
+
+    task = items = None
+    if Path(a.source).is_file():
+        ratings = longformat.load(a.source)
+    else:
+        store = ReviewStore(a.db)
+        task = store.task(a.source)
+        items = store.items(a.source)
+        ratings = store.ratings(a.source)
+    auto = []
+    if a.scores is not None:
+        auto += longformat.load_scores(a.scores)
+    if a.run is not None:
+        auto += scores_from_run(a.db, a.run, task, items)
+    return task, items, ratings, auto
+
 
 def _guidelines_text(path: Path | None) -> str:
     if path is None:

@@ -15,21 +15,12 @@ from tunelab.review.app import page
 from tunelab.review.auth import ADMIN_COOKIE, Principal, same
 from tunelab.review.dashboard import dashboard
 from tunelab.review.export import dumps, export_rows
+from tunelab.review.guards import require_owner, require_reader
 from tunelab.review.rater_pages import rater_view
 from tunelab.review.store import ReviewStore
 from tunelab.review.tasks import progress, rebalance
 
 router = APIRouter()
-
-
-def owner(request: Request) -> Principal:
-    auth = request.app.state.auth
-    p = auth.admin(request)
-    if p is not None:
-        return p
-    if auth.rater(request, None) is not None or any(k.startswith("tunelab_review_s_") for k in request.cookies):
-        raise HTTPException(403, "Not yours to see.")
-    raise HTTPException(401, "Sign in with your personal link first.")
 
 
 async def checked_form(request: Request, p: Principal) -> dict:
@@ -41,7 +32,7 @@ async def checked_form(request: Request, p: Principal) -> dict:
 
 
 @router.get("/admin")
-def admin_page(request: Request, p: Principal = Depends(owner)):
+def admin_page(request: Request, p: Principal = Depends(require_owner)):
     store: ReviewStore = request.app.state.store
     tasks = [{"name": t, "url": f"/admin/tasks/{quote(t, safe='')}", "raters": progress(store, t),
               "n_items": len(store.items(t))} for t in store.task_names()]
@@ -49,13 +40,13 @@ def admin_page(request: Request, p: Principal = Depends(owner)):
 
 
 @router.get("/admin/tasks/{task}")
-def task_dashboard(task: str, request: Request, p: Principal = Depends(owner)):
+def task_dashboard(task: str, request: Request, p: Principal = Depends(require_owner)):
     d = dashboard(request.app.state.store, task)
     return page(request, "dashboard.html", {**d, "csrf": p.csrf, "base": f"/admin/tasks/{quote(task, safe='')}"})
 
 
 @router.get("/admin/tasks/{task}/export.{fmt}")
-def export(task: str, fmt: str, request: Request, history: int = 0, p: Principal = Depends(owner)):
+def export(task: str, fmt: str, request: Request, history: int = 0, p: Principal = Depends(require_owner)):
     text = dumps(export_rows(request.app.state.store, task, bool(history)), fmt)
     name = f"{task}-{'history' if history else 'latest'}.{fmt}".replace('"', "")
     media = "text/csv" if fmt == "csv" else "application/x-ndjson"
@@ -64,7 +55,7 @@ def export(task: str, fmt: str, request: Request, history: int = 0, p: Principal
 
 
 @router.post("/admin/tasks/{task}/remove-rater")
-async def remove_rater(task: str, request: Request, p: Principal = Depends(owner)):
+async def remove_rater(task: str, request: Request, p: Principal = Depends(require_owner)):
     form = await checked_form(request, p)
     store: ReviewStore = request.app.state.store
     store.remove_rater(task, str(form.get("rater", "")))
@@ -73,7 +64,7 @@ async def remove_rater(task: str, request: Request, p: Principal = Depends(owner
 
 
 @router.post("/admin/logout")
-async def logout(request: Request, p: Principal = Depends(owner)):
+async def logout(request: Request, p: Principal = Depends(require_owner)):
     await checked_form(request, p)
     request.app.state.store.end_session(p.session)
     resp = page(request, "error.html", {"message": "Signed out."})
@@ -82,11 +73,7 @@ async def logout(request: Request, p: Principal = Depends(owner)):
 
 
 @router.get("/api/tasks/{task}/raters/{rater}")
-def api_rater(task: str, rater: str, request: Request):
-    auth = request.app.state.auth
-    p = auth.admin(request) or auth.rater(request, task)
-    if p is None:
-        raise HTTPException(401, "Sign in with your personal link first.")
+def api_rater(task: str, rater: str, request: Request, p: Principal = Depends(require_reader)):
     if not p.may_read(task, rater):
         raise HTTPException(403, "Not yours to see.")
     store: ReviewStore = request.app.state.store
@@ -100,18 +87,18 @@ def api_rater(task: str, rater: str, request: Request):
 
 
 @router.get("/api/tasks/{task}/status")
-def api_status(task: str, request: Request, p: Principal = Depends(owner)):
+def api_status(task: str, request: Request, p: Principal = Depends(require_owner)):
     return {"task": task, "raters": progress(request.app.state.store, task)}
 
 
 @router.get("/api/tasks/{task}/ratings")
-def api_ratings(task: str, request: Request, p: Principal = Depends(owner)):
+def api_ratings(task: str, request: Request, p: Principal = Depends(require_owner)):
     store: ReviewStore = request.app.state.store
     store.task(task)
     return [r.__dict__ for r in store.ratings(task)]
 
 
 @router.get("/api/tasks/{task}/dashboard")
-def api_dashboard(task: str, request: Request, p: Principal = Depends(owner)):
+def api_dashboard(task: str, request: Request, p: Principal = Depends(require_owner)):
     d = dashboard(request.app.state.store, task)
     return {**d, "task": d["task"].name}

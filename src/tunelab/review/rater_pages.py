@@ -20,6 +20,7 @@ from fastapi.responses import RedirectResponse
 from tunelab.review.app import page
 from tunelab.review.auth import Principal, same, session_cookie
 from tunelab.review.errors import ReviewError
+from tunelab.review.guards import require_any_rater, require_rater
 from tunelab.review.store import FLAG_REASONS, Rating, ReviewStore, Task
 from tunelab.review.tasks import anchors, handle, rater_order, swapped
 
@@ -27,15 +28,8 @@ MAX_COMMENT = 5000
 router = APIRouter()
 
 
-def rater(task: str, request: Request) -> Principal:
-    p = request.app.state.auth.rater(request, task)
-    if p is None:
-        raise HTTPException(401, "Sign in with your personal link first.")
-    return p
-
-
 @router.get("/rate/{task}")
-def next_item(task: str, request: Request, begin: int = 0, p: Principal = Depends(rater)):
+def next_item(task: str, request: Request, begin: int = 0, p: Principal = Depends(require_rater)):
     store: ReviewStore = request.app.state.store
     t = store.task(task)
     if not begin and not any(r == p.rater for _, r in store.started_pairs(task)):
@@ -48,20 +42,20 @@ def next_item(task: str, request: Request, begin: int = 0, p: Principal = Depend
 
 
 @router.get("/rate/{task}/guidelines")
-def guidelines(task: str, request: Request, p: Principal = Depends(rater)):
+def guidelines(task: str, request: Request, p: Principal = Depends(require_rater)):
     t = request.app.state.store.task(task)
     return page(request, "guidelines.html", {**_frame(t, p), "options": _options(t)})
 
 
 @router.get("/rate/{task}/queue")
-def queue(task: str, request: Request, p: Principal = Depends(rater)):
+def queue(task: str, request: Request, p: Principal = Depends(require_rater)):
     store: ReviewStore = request.app.state.store
     t = store.task(task)
     return page(request, "queue.html", {**_frame(t, p), **_queue(store, t, p)})
 
 
 @router.post("/rate/{task}/logout")
-async def logout(task: str, request: Request, p: Principal = Depends(rater)):
+async def logout(task: str, request: Request, p: Principal = Depends(require_rater)):
     form = await request.form()
     if not same(str(form.get("csrf", "")), p.csrf):
         raise HTTPException(403, "The form expired or did not come from this site; reload.")
@@ -72,7 +66,7 @@ async def logout(task: str, request: Request, p: Principal = Depends(rater)):
 
 
 @router.get("/rate/{task}/{h}")
-def rate_page(task: str, h: str, request: Request, p: Principal = Depends(rater)):
+def rate_page(task: str, h: str, request: Request, p: Principal = Depends(require_rater)):
     store: ReviewStore = request.app.state.store
     t = store.task(task)
     item_id = _item_of(store, t, p, h)
@@ -81,7 +75,7 @@ def rate_page(task: str, h: str, request: Request, p: Principal = Depends(rater)
 
 
 @router.post("/rate/{task}/{h}")
-async def rate_submit(task: str, h: str, request: Request, p: Principal = Depends(rater)):
+async def rate_submit(task: str, h: str, request: Request, p: Principal = Depends(require_rater)):
     store: ReviewStore = request.app.state.store
     t = store.task(task)
     item_id = _item_of(store, t, p, h)
@@ -107,11 +101,8 @@ async def rate_submit(task: str, h: str, request: Request, p: Principal = Depend
 
 
 @router.get("/api/me")
-def api_me(request: Request, task: str | None = None):
+def api_me(request: Request, p: Principal = Depends(require_any_rater)):
     """This rater's work; a browser signed in to several tasks names one with ?task=."""
-    p = request.app.state.auth.rater(request, task)
-    if p is None:
-        raise HTTPException(401, "Sign in with your personal link first.")
     return rater_view(request.app.state.store, p.task, p.rater)
 
 
