@@ -62,3 +62,19 @@ def test_every_lazy_export_resolves_to_its_object():
         for name in module.__all__:
             # A submodule of the same name must never shadow the function (lora.inject, models.generate).
             assert not isinstance(getattr(module, name), types.ModuleType), (package, name)
+
+
+def test_bench_without_its_oracles_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    result = CliRunner().invoke(app, ["bench", "lora", "--help"])
+    assert result.exit_code == 2
+    assert "peft" in result.output and "pip install 'tunelab[bench]'" in result.output
+    # transformers is there, so the generate bench goes ahead (here: to its help).
+    assert CliRunner().invoke(app, ["bench", "generate", "--help"]).exit_code == 0

@@ -5,6 +5,7 @@ only collects them."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 import typer
 
@@ -19,6 +20,19 @@ app = typer.Typer(
 )
 bench = typer.Typer(help="Benchmarks: tunelab side by side with the reference, as ratios.", no_args_is_help=True)
 app.add_typer(bench, name="bench")
+
+# What each benchmark runs side by side with tunelab; `pip install 'tunelab[bench]'` brings them.
+BENCH_ORACLES = {"generate": ("transformers",), "lora": ("transformers", "peft"), "train": ("transformers", "peft")}
+
+
+@bench.callback()
+def _bench_oracles(ctx: typer.Context) -> None:
+    missing = [m for m in BENCH_ORACLES.get(ctx.invoked_subcommand, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        typer.echo(f"tunelab bench {ctx.invoked_subcommand} measures tunelab against {' and '.join(missing)}, "
+                   "which is not installed: pip install 'tunelab[bench]'", err=True)
+        raise typer.Exit(2)
+
 
 # One line per package that contributes commands.
 COMMAND_MODULES = (

@@ -5,7 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tunelab.models import generate, load_pretrained
-from tunelab.models.generation import generate_batch_ids, sample
+from tunelab.models.generation import sample
+from tunelab.models.transformer import KVCache, Transformer
 
 PROMPTS = ["The quick brown fox", "Paris is the capital of", "def add(a, b):\n"]
 
@@ -43,6 +44,42 @@ def test_batched_left_padded_greedy_equals_transformers(tiny_checkpoint, family)
     ours = generate_batch_ids(model, prompts, 16, eos_token_ids=[1], pad_token_id=2)
     for p, got in zip(prompts, ours):
         assert got == _until_eos(_hf_greedy(ref, [p], 16)[0])
+
+
+@torch.inference_mode()
+def generate_batch_ids(  # the model's left-padded batch path, decoded greedily by hand
+    model: Transformer,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    eos_token_ids: list[int] | None = None,
+    pad_token_id: int = 0,
+) -> list[list[int]]:
+    """Greedy generation for a left-padded batch; each row stops at its own EOS."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_token_id, device=device)
+    mask = torch.zeros((len(prompts), width + max_new_tokens), dtype=torch.long, device=device)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(p)
+        mask[row, width - len(p) : width] = 1
+    eos = set(eos_token_ids or [])
+    cache = KVCache(model.config, len(prompts), width + max_new_tokens, dtype=dtype, device=device)
+    logits = model(ids, attention_mask=mask[:, :width], cache=cache)[:, -1]
+    outs: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    for step in range(max_new_tokens):
+        tokens = logits.argmax(-1)
+        for row, t in enumerate(tokens.tolist()):
+            if not done[row]:
+                outs[row].append(t)
+                done[row] = t in eos
+        if all(done):
+            break
+        mask[:, width + step] = 1
+        logits = model(tokens[:, None], attention_mask=mask[:, : width + step + 1], cache=cache)[:, -1]
+    return outs
+
 
 
 def test_stop_strings_cut_the_text(tiny_checkpoint):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import itertools
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -40,7 +39,6 @@ class Sequence:
         self.constraint = constraint  # grammar.Constraint when the output must follow a schema or grammar
         self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
         self.num_preemptions = 0
-        self.arrival = time.monotonic()
         # One generator per request, advanced only by this request's draws, so a seed gives the same text
         # whatever else shares the batch (and across preemption, which recomputes K/V but keeps the generator).
         self.generator: torch.Generator | None = None

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tunelab.evals.config import ProviderConfig, RetryConfig
+from tunelab.models.chat import encode_chat
 
 
 @dataclass
@@ -216,9 +217,7 @@ class TunelabProvider:
         if self.config.chat is True and not has_template:
             raise ProviderError(f"{self.config.id}: chat: true, but {self.config.model} has no chat template")
         if has_template and self.config.chat is not False:
-            # The template writes its own special tokens (BOS included), as transformers'
-            # apply_chat_template(tokenize=True) and the chat endpoint of `tunelab serve` do.
-            return tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True), add_special_tokens=False)
+            return encode_chat(tok, messages)
         return tok.encode(completion_text(messages))
 
 

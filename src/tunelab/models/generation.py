@@ -88,41 +88,6 @@ def stream_token_ids(model, prompt_ids, max_new_tokens, temperature=0.0, top_p=1
         logits = model(torch.tensor([[token]], device=device), cache=cache)[:, -1]
 
 
-@torch.inference_mode()
-def generate_batch_ids(
-    model: Transformer,
-    prompts: list[list[int]],
-    max_new_tokens: int,
-    eos_token_ids: list[int] | None = None,
-    pad_token_id: int = 0,
-) -> list[list[int]]:
-    """Greedy generation for a left-padded batch; each row stops at its own EOS."""
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_token_id, device=device)
-    mask = torch.zeros((len(prompts), width + max_new_tokens), dtype=torch.long, device=device)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p) :] = torch.tensor(p)
-        mask[row, width - len(p) : width] = 1
-    eos = set(eos_token_ids or [])
-    cache = KVCache(model.config, len(prompts), width + max_new_tokens, dtype=dtype, device=device)
-    logits = model(ids, attention_mask=mask[:, :width], cache=cache)[:, -1]
-    outs: list[list[int]] = [[] for _ in prompts]
-    done = [False] * len(prompts)
-    for step in range(max_new_tokens):
-        tokens = logits.argmax(-1)
-        for row, t in enumerate(tokens.tolist()):
-            if not done[row]:
-                outs[row].append(t)
-                done[row] = t in eos
-        if all(done):
-            break
-        mask[:, width + step] = 1
-        logits = model(tokens[:, None], attention_mask=mask[:, : width + step + 1], cache=cache)[:, -1]
-    return outs
-
-
 def sample(logits: torch.Tensor, temperature: float, top_p: float = 1.0, top_k: int = 0, generator=None) -> torch.Tensor:
     """One token per row of `logits` [batch, vocab]. temperature 0 = greedy. The draw is the engine's own."""
     if temperature <= 0:

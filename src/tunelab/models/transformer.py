@@ -6,10 +6,12 @@ QKV). Module names are canonical (`layers.3.self_attn.q_proj`); `checkpoint_name
 maps them to the names a Hugging Face checkpoint uses, so LoRA targets and adapter
 files speak the ecosystem's language.
 
-KV-cache interface: `forward(..., cache=...)` takes any object with
-`update(layer_idx, k, v) -> (k_all, v_all)` and an int `offset` (slots already
-filled). `KVCache` below is the contiguous one used by `generate`; the engine's
-paged cache implements the same two members and may pass its own boolean
+KV-cache interface: `forward(..., cache=...)` takes any object with three members:
+`update(layer_idx, k, v) -> (k_all, v_all)`, an int `offset` (slots already
+filled, the default start of position ids) and `advance(n)` (called once per
+forward). `KVCache` below is the contiguous one used by `generate`; the engine's
+paged step implements the same three (it passes explicit position ids, so its
+`offset` stays 0 and `advance` has nothing to do) and may pass its own boolean
 `attn_mask` ([B, 1, T, S], True = attend), or a dict {sliding_window: mask} when
 layers differ in window (key None for full attention).
 """
