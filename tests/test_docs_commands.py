@@ -72,6 +72,18 @@ NOT_RUN = {  # (page, command prefix): why not
     ("tuning.md", "tunelab serve"): "starts a server",
     ("tuning.md", "curl "): "needs the server above",
     ("tuning.md", "torchrun "): "needs two processes with a distributed backend (tests/train covers DDP)",
+    ("benchmarks.md", "tunelab bench generate"): "a benchmark: minutes on the real model, transformers (and "
+                                                 "llama-cpp-python) as oracles; tests/engine/test_generate_bench.py "
+                                                 "runs it on a small random model",
+    ("scaling.md", "pip install vllm"): "installs another server (and needs a network)",
+    ("scaling.md", "vllm serve"): "another project's server, for a GPU",
+    ("scaling.md", "cat > lora.yaml"): "TensorRT-LLM's option file, used only by trtllm-serve below",
+    ("scaling.md", "trtllm-serve"): "another project's server, for an NVIDIA GPU",
+    ("scaling.md", "curl "): "needs the server above",
+    ("scaling.md", "tunelab eval eval.yaml"): "needs the vLLM endpoint above",
+    ("scaling.md", "tunelab report latest"): "needs the eval run above",
+    ("scaling.md", "torchrun "): "needs several processes (or machines) with a distributed backend (tests/train "
+                                 "covers DDP with two gloo processes)",
 }
 
 

@@ -86,9 +86,7 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
     hf_sample = min(hf_sample or requests, requests)
 
     bandwidth = measure_bandwidth(device, bandwidth_mbytes)
-    weights = sum(p.numel() * p.element_size() for n, p in llm.model.named_parameters() if "embed_tokens" not in n)
-    if llm.model.config.tie_word_embeddings:
-        weights += llm.model.lm_head.weight.numel() * llm.model.lm_head.weight.element_size()
+    weights = _bytes_read_per_token(llm.model)
     roofline = bandwidth / weights
     load = _load_average()
     log(f"model: {model or 'random Llama'} ({llm.model.num_parameters() / 1e6:.1f}M parameters), tunelab {dtype} vs "
@@ -115,11 +113,7 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
         f"tunelab {ours_b1:.1f} tok/s ({ours_b1 / hf_b1:.2f}x); roofline {roofline:.1f} tok/s, "
         f"reached {ours_b1 / roofline:.0%}")
 
-    llama_b1 = None
-    if against_gguf:
-        llama_b1 = llama_cpp_b1(against_gguf, single, single_tokens, torch.get_num_threads(), repeat)
-        log(f"batch 1: llama.cpp ({Path(against_gguf).name}) {llama_b1:.1f} tok/s; tunelab/llama.cpp "
-            f"{ours_b1 / llama_b1:.2f}x")
+    llama_b1 = _llama_cpp_side(against_gguf, single, single_tokens, repeat, ours_b1, log) if against_gguf else None
 
     for _ in range(repeat):
         hf_seq.append(_timed(lambda: [hf(p, new_tokens) for p in prompts[:hf_sample]]) * requests / hf_sample)
@@ -130,12 +124,7 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
     log(f"{requests} concurrent ({prompt_tokens} prompt + {new_tokens} new each): transformers one by one "
         f"{total / hf_seq_s:.1f} tok/s ({hf_seq_s:.1f}s{scaled}), tunelab {total / ours_s:.1f} tok/s "
         f"({ours_s:.1f}s): {hf_seq_s / ours_s:.1f}x")
-    stall = None
-    if stall_prompt_tokens:
-        stall = measure_stall(llm, stall_prompt_tokens, seed=seed)
-        log(f"time between tokens of 4 streams: idle {stall['idle_ms']} ms; while a {stall_prompt_tokens}-token "
-            f"prompt is admitted {stall['admitting_median_ms']} ms median ({stall['ratio_median']}x), "
-            f"{stall['admitting_max_ms']} ms worst")
+    stall = _stall_side(llm, stall_prompt_tokens, seed, log) if stall_prompt_tokens else None
     return BenchResult(
         stall=stall, llama_cpp_b1_tok_s=None if llama_b1 is None else round(llama_b1, 1), model=str(model or "random-llama"), device=device, dtype=dtype,
         params_millions=round(llm.model.num_parameters() / 1e6, 1), threads=torch.get_num_threads(),
@@ -147,6 +136,28 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
         ours_concurrent_tok_s=round(total / ours_s, 1), concurrent_ratio=round(hf_seq_s / ours_s, 2),
         hf_sequential_s=round(hf_seq_s, 2), ours_concurrent_s=round(ours_s, 2), hf_sequential_measured=hf_sample,
     )
+
+
+def _bytes_read_per_token(model) -> int:
+    """Weight bytes one decode step reads: every matrix but the embedding gather (the tied head reads it whole)."""
+    weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    if model.config.tie_word_embeddings:
+        weights += model.lm_head.weight.numel() * model.lm_head.weight.element_size()
+    return weights
+
+
+def _llama_cpp_side(gguf: str, prompt: list[int], new_tokens: int, repeat: int, ours_b1: float, log) -> float:
+    llama_b1 = llama_cpp_b1(gguf, prompt, new_tokens, torch.get_num_threads(), repeat)
+    log(f"batch 1: llama.cpp ({Path(gguf).name}) {llama_b1:.1f} tok/s; tunelab/llama.cpp {ours_b1 / llama_b1:.2f}x")
+    return llama_b1
+
+
+def _stall_side(llm, prompt_tokens: int, seed: int, log) -> dict:
+    stall = measure_stall(llm, prompt_tokens, seed=seed)
+    log(f"time between tokens of 4 streams: idle {stall['idle_ms']} ms; while a {prompt_tokens}-token "
+        f"prompt is admitted {stall['admitting_median_ms']} ms median ({stall['ratio_median']}x), "
+        f"{stall['admitting_max_ms']} ms worst")
+    return stall
 
 
 def llama_cpp_b1(gguf: str, prompt: list[int], new_tokens: int, threads: int, repeat: int = 1) -> float:
