@@ -168,7 +168,8 @@ def test_an_unknown_model_is_404_naming_what_the_server_has(tiny_server, path, b
     for extra in ({}, {"stream": True}, {"n": 2}):
         r = post(tiny_server["url"], path, {**base, "model": "nope", **extra})
         assert_error(r, 404, "model")
-        assert r.json()["error"] == {"message": f"The model `nope` does not exist; this server has ['{MODEL}', 'alpha']",
-                                     "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+        message = f"The model `nope` does not exist; this server has ['{MODEL}', 'alpha']"
+        assert r.json()["error"] == {"message": message, "type": "invalid_request_error", "param": "model",
+                                     "code": "model_not_found"}
     for model in (MODEL, "alpha"):
         assert post(tiny_server["url"], path, {**base, "model": model}).status_code == 200

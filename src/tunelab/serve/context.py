@@ -1,6 +1,6 @@
 """What every route of the server shares: the engine, the served model's name, the limits, the request fields
-that become engine `SamplingParams`, and starting a request's choices on the adapter its `model` names. `create_app` builds one `ServeContext`; routes receive it through
-`Depends(serve_context)`.
+that become engine `SamplingParams`, and starting a request's choices on the adapter its `model` names.
+`create_app` builds one `ServeContext`; routes receive it through `Depends(serve_context)`.
 """
 
 from __future__ import annotations
