@@ -10,8 +10,9 @@ class EngineError(ValueError):
 
 
 class UnknownAdapter(EngineError):
-    """A request named an adapter the engine has not loaded. `LLM.make_sequence` is the one place that checks: the
-    server and the per-step LoRA routing trust the names it let through."""
+    """A request named an adapter the engine has not loaded. `LLM.make_sequence` is where a request's adapter is
+    checked, once: the server answers this error instead of checking itself, and LoRA's `routed` takes the names
+    it is given."""
 
     def __init__(self, name: str, loaded: list[str]) -> None:
         super().__init__(f"adapter {name!r} is not loaded; loaded adapters: {loaded or 'none'}")

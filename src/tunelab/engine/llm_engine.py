@@ -105,7 +105,7 @@ class LLM:
         if adapter is not None and adapter not in self.adapters:
             from tunelab.engine.errors import UnknownAdapter
 
-            raise UnknownAdapter(adapter, sorted(self.adapters))  # the one check: server and LoRA routing trust it
+            raise UnknownAdapter(adapter, sorted(self.adapters))  # the one check; the server answers this error
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise EngineError("prompt: empty; at least one token is needed")
