@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from tunelab.engine.errors import EngineError
+from tunelab.oracles import install_hint
 
 
 @dataclass
@@ -254,8 +255,7 @@ def _transformers():
     try:
         import transformers
     except ImportError:
-        raise EngineError("`tunelab bench` compares against transformers, which is not installed: "
-                          "pip install 'tunelab[bench]'") from None
+        raise EngineError(install_hint("generate", ["transformers"])) from None
     return transformers
 
 

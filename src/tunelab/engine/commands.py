@@ -12,6 +12,20 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     app.command("build")(build_command)
 
 
+def adapter_flags(items: list[str]) -> dict[str, str]:
+    """`--adapter name=DIR` flags (of `tunelab build` and `tunelab serve`) as {name: directory}."""
+    adapters: dict[str, str] = {}
+    for item in items:
+        name, sep, directory = item.partition("=")
+        if not sep or not name or not directory:
+            raise typer.BadParameter(f"--adapter {item!r}: expected name=DIR (the name requests use, then the "
+                                     "directory of a PEFT adapter)")
+        if name in adapters:
+            raise typer.BadParameter(f"--adapter {item!r}: the name {name!r} is given twice")
+        adapters[name] = directory
+    return adapters
+
+
 def build_command(
     model: str = typer.Argument(..., help="Checkpoint directory or built-in name."),
     output: str = typer.Option(..., "-o", "--output", help="New directory for the build."),
@@ -25,14 +39,8 @@ def build_command(
     from tunelab.engine.build import build
     from tunelab.engine.errors import EngineError
 
-    adapters = {}
-    for item in adapter:
-        name, sep, directory = item.partition("=")
-        if not sep or not name or not directory:
-            raise typer.BadParameter(f"--adapter: expected NAME=DIR, got {item!r}")
-        adapters[name] = directory
     try:
-        manifest = build(model, output, dtype=dtype, device=device, adapters=adapters, merge=merge)
+        manifest = build(model, output, dtype=dtype, device=device, adapters=adapter_flags(adapter), merge=merge)
     except EngineError as e:
         raise typer.BadParameter(str(e)) from None
     typer.echo(f"built {output}: {manifest.dtype} for {manifest.device_kind}, source sha256 "

@@ -102,7 +102,9 @@ class LLM:
         """Validate and tokenize one request (raises EngineError naming the field at fault)."""
         params = params or SamplingParams()
         if adapter is not None and adapter not in self.adapters:
-            raise EngineError(f"adapter {adapter!r} is not loaded; loaded adapters: {sorted(self.adapters) or 'none'}")
+            from tunelab.engine.errors import UnknownAdapter
+
+            raise UnknownAdapter(adapter, sorted(self.adapters))  # the one check; the server answers this error
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise EngineError("prompt: empty; at least one token is needed")
