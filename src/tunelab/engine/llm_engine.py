@@ -15,7 +15,7 @@ import torch
 from tunelab.engine.block_manager import BlockManager
 from tunelab.engine.build import check_build
 from tunelab.engine.detokenizer import IncrementalDetokenizer
-from tunelab.engine.errors import EngineError
+from tunelab.engine.errors import EngineError, UnknownAdapter
 from tunelab.engine.model_runner import ModelRunner
 from tunelab.engine.grammar import constraint_for
 from tunelab.engine.sampler import next_tokens
@@ -102,8 +102,6 @@ class LLM:
         """Validate and tokenize one request (raises EngineError naming the field at fault)."""
         params = params or SamplingParams()
         if adapter is not None and adapter not in self.adapters:
-            from tunelab.engine.errors import UnknownAdapter
-
             raise UnknownAdapter(adapter, sorted(self.adapters))  # the one check; the server answers this error
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:

@@ -143,14 +143,15 @@ class ModelRunner:
     def _routing(self, step: PagedAttention):
         if not self.has_adapters:
             return contextlib.nullcontext()
-        from tunelab.lora import Routing, per_token_adapters, routed  # each token through its sequence's adapter
+        # Each token through its sequence's adapter; names were checked once, in LLM.make_sequence.
+        from tunelab.lora import Routing, routed
 
         if len(set(step.adapters)) == 1:
             return routed(self.model, Routing.uniform(step.adapters[0]))
         names = sorted({a for a in step.adapters if a is not None})
         per_seq = [-1 if a is None else names.index(a) for a in step.adapters]
         index = torch.repeat_interleave(torch.tensor(per_seq), torch.tensor(step.lengths))
-        return per_token_adapters(self.model, names, index.to(self.device))
+        return routed(self.model, Routing.per_token_index(names, index.to(self.device)))
 
 
 @dataclass
