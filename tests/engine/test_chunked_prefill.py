@@ -2,11 +2,12 @@
 give exactly transformers' greedy tokens; a long prompt is admitted in chunks that ride along with every decode step
 of the running streams, sized by the fitted step cost."""
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from tunelab.engine import LLM, SamplingParams
-from tunelab.engine.scheduler import StepCost
+from tunelab.engine.scheduler import Budget, StepCost
 
 PROMPTS = ["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France. Berlin",
            "def add(a, b):\n", "Hello"]
@@ -60,9 +61,17 @@ def test_a_burst_of_prompts_is_prefilled_in_one_packed_step(tiny_checkpoint):
 
 def test_step_cost_fit_sizes_chunks_to_the_stall_ratio():
     cost = StepCost()
-    assert cost.prompt_budget(4, 1.7) == StepCost.DEFAULT_BUDGET  # no measurements yet
-    for tokens in (4, 40, 4, 100, 4, 20):  # seconds = 20 ms + 1 ms per token, exactly
-        cost.record(tokens, 0.020 + 0.001 * tokens)
-    # a decode-only step of 4 rows costs 24 ms; 1.7x that leaves 16.8 ms, i.e. 16 prompt tokens
-    assert cost.prompt_budget(4, 1.7) == 16
-    assert cost.prompt_budget(32, 1.7) == int(0.7 * (20 + 32))
+    assert cost.headroom(4, 1.7) == (0.0, None)  # no measurements yet: Budget falls back to a token count
+    # seconds = 20 ms + 1 ms per token + 1 us per attended (query, key) pair, exactly
+    for tokens, attended in ((4, 0), (40, 900), (4, 0), (100, 6000), (8, 0), (20, 2000), (64, 20000)):
+        cost.record(tokens, attended, 0.020 + 0.001 * tokens + 1e-6 * attended)
+    seconds, fit = cost.headroom(4, 1.7)
+    assert fit == pytest.approx((0.020, 0.001, 1e-6), rel=1e-6)
+    assert seconds == pytest.approx(0.7 * (0.020 + 0.004))
+    # a chunk late in a long prompt attends to more keys, so fewer of its tokens fit: n*1ms + n*(s+n)*1us <= 16.8ms
+    early, late = Budget(1000, 1000), Budget(1000, 1000)
+    for budget in (early, late):
+        budget.seconds, budget.fit = seconds, fit
+    n_early, n_late = early.take(0, 2000), late.take(1500, 500)
+    assert n_early == 16 and n_late == 6
+    assert 0.001 * n_late + 1e-6 * n_late * (1500 + n_late) <= seconds < 0.001 * 7 + 1e-6 * 7 * 1507

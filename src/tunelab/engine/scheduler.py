@@ -9,8 +9,10 @@ weights.
 The budget: with nothing decoding, a step may take `max_num_batched_tokens` of prompt (a burst of requests is
 prefilled in a few large steps). While sequences decode, prompt chunks are sized so that the step costs at most
 `STALL_RATIO` times a decode-only step, so a long prompt is admitted a chunk at a time without slowing the running
-streams beyond that. Step cost is modelled as `a + c * tokens`, fitted (least squares) to the recent steps' measured
-times (`record`); `max_prefill_chunk` caps any one sequence's chunk.
+streams beyond that. Step cost is modelled as `a + c * tokens + g * attended`, where `attended` counts (query, key)
+pairs of the prompt chunks (a chunk of n tokens after s cached ones attends to n * (s + n)), fitted by least
+squares to the recent steps' measured times (`record`): late chunks of a long prompt cost more than early ones, and
+the budget knows it. `max_prefill_chunk` caps any one sequence's chunk.
 
 A sequence is admitted (its KV blocks allocated for the whole prompt, minus what the prefix cache already holds) when
 it starts its first chunk. Finished sequences leave, and free their blocks, as soon as their last token is sampled.
@@ -21,8 +23,11 @@ than swapping on CPU, and exact). No request is admitted in a step that preempte
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
+
+import torch
 
 from tunelab.engine.block_manager import BlockManager
 from tunelab.engine.sequence import Sequence, Status
@@ -63,16 +68,23 @@ class Scheduler:
     def schedule(self) -> ScheduledStep:
         preemptions = self.num_preemptions
         decodes = self._decode_batch()
-        budget = self.max_num_batched_tokens - len(decodes)
+        budget = Budget(self.max_num_batched_tokens - len(decodes), self.max_prefill_chunk)
         if decodes:
-            budget = min(budget, self.cost.prompt_budget(len(decodes), STALL_RATIO))
+            seconds, budget.fit = self.cost.headroom(len(decodes), STALL_RATIO)
+            if budget.fit is None:  # nothing measured yet: a modest chunk
+                budget.tokens = min(budget.tokens, StepCost.DEFAULT_BUDGET)
+            else:
+                budget.seconds = seconds
         chunks = self._prompt_chunks(budget, admit=self.num_preemptions == preemptions)
         seqs = decodes + chunks
         return ScheduledStep(seqs, [s.num_scheduled for s in seqs], len(decodes))
 
     def record(self, step: ScheduledStep, seconds: float) -> None:
         """The measured time of a step just run, for the budget of the next ones."""
-        self.cost.record(sum(step.num_tokens), seconds)
+        # Only prompt chunks count here: a decode row's attention is part of its per-token cost.
+        attended = sum(n * (s.num_cached + n) for s, n in zip(step.seqs[step.num_decodes:],
+                                                              step.num_tokens[step.num_decodes:]))
+        self.cost.record(sum(step.num_tokens), attended, seconds)
 
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.status = Status.FINISHED
@@ -84,23 +96,22 @@ class Scheduler:
         self.blocks.release(seq, keep_cached=reason != "error")
 
     # ------------------------------------------------------------------ helpers
-    def _prompt_chunks(self, budget: int, admit: bool) -> list[Sequence]:
-        """One chunk each for started prompts, then for newly admitted requests, until `budget` tokens are used.
+    def _prompt_chunks(self, budget: Budget, admit: bool) -> list[Sequence]:
+        """One chunk each for started prompts, then for newly admitted requests, until the budget is used.
         Each chunk's full blocks are keyed as it is scheduled, so a request admitted after it in the same step
         already finds a shared prefix in the cache (the runner writes every chunk's K/V before any attends)."""
         scheduled: list[Sequence] = []
 
-        def take(seq: Sequence) -> int:
-            n = min(seq.num_new_tokens, self.max_prefill_chunk, budget)
+        def take(seq: Sequence) -> None:
+            n = budget.take(seq.num_cached, seq.num_new_tokens)
             if n > 0:
                 seq.num_scheduled = n
                 self.blocks.commit(seq, seq.num_cached + n)
                 scheduled.append(seq)
-            return n
 
         for seq in [s for s in self.running if s.num_new_tokens > 1]:  # started prompts finish first
-            budget -= take(seq)
-        while admit and budget > 0 and self.waiting and len(self.running) < self.max_num_seqs:
+            take(seq)
+        while admit and budget.left() and self.waiting and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             # +1: room for the token the last chunk samples, so the next decode step does not preempt at once.
             if not self.blocks.allocate(seq, len(seq) + 1):
@@ -108,7 +119,7 @@ class Scheduler:
             self.waiting.popleft()
             seq.status = Status.RUNNING
             self.running.append(seq)
-            budget -= take(seq)
+            take(seq)
         return scheduled
 
     def _decode_batch(self) -> list[Sequence]:
@@ -137,39 +148,80 @@ class Scheduler:
         self.waiting.appendleft(seq)
 
 
+class Budget:
+    """What the prompt chunks of one step may still take: tokens, and (while sequences decode) seconds of
+    predicted cost."""
+
+    def __init__(self, tokens: int, max_chunk: int):
+        self.tokens, self.max_chunk = tokens, max_chunk
+        self.seconds: float | None = None  # None: no time limit (nothing is decoding)
+        self.fit: tuple[float, float, float] | None = None
+
+    def left(self) -> bool:
+        return self.tokens > 0 and (self.seconds is None or self.seconds > 0)
+
+    def take(self, cached: int, wanted: int) -> int:
+        """Tokens of a prompt with `cached` tokens computed that fit, at most `wanted`; the budget is charged."""
+        n = min(wanted, self.max_chunk, self.tokens)
+        if self.seconds is not None:  # the largest n with c*n + g*n*(cached + n) within the seconds left
+            _, c, g = self.fit
+            b = c + g * cached
+            most = self.seconds / b if g == 0 else (-b + math.sqrt(b * b + 4 * g * self.seconds)) / (2 * g)
+            n = min(n, max(0, int(most)))
+            self.seconds -= c * n + g * n * (cached + n)
+            if n == 0:
+                self.seconds = 0.0
+        self.tokens -= n
+        return n
+
+
 class StepCost:
-    """A step's seconds as `a + c * tokens`, fitted by least squares to the last `window` steps run."""
+    """A step's seconds as `a + c * tokens + g * attended`, fitted by least squares to the last `window` decode-only steps
+    and the last `window` others;
+    `attended` counts the (query, key) pairs of the prompt chunks."""
 
     DEFAULT_BUDGET = 64  # prompt tokens per step until there is a fit
 
-    def __init__(self, window: int = 64):
-        self.steps: deque[tuple[int, float]] = deque(maxlen=window)
-        self._fit: tuple[float, float] | None = None
+    def __init__(self, window: int = 32):
+        # Decode-only steps (nothing attended by chunks) are kept apart, so that a long run of mixed steps cannot
+        # push out the baseline the budget is relative to.
+        self.decode_only: deque[tuple[int, int, float]] = deque(maxlen=window)
+        self.mixed: deque[tuple[int, int, float]] = deque(maxlen=window)
+        self._fit: tuple[float, float, float] | None = None
+        self._last: tuple[float, float, float] | None = None  # the last sound fit, while noise spoils a new one
 
-    def record(self, tokens: int, seconds: float) -> None:
-        self.steps.append((tokens, seconds))
+    def record(self, tokens: int, attended: int, seconds: float) -> None:
+        (self.mixed if attended else self.decode_only).append((tokens, attended, seconds))
         self._fit = None
 
-    def prompt_budget(self, decodes: int, ratio: float) -> int:
-        """Prompt tokens that keep a step with `decodes` decode rows under `ratio` times a decode-only one."""
-        fit = self._fit or self._solve()
+    def headroom(self, decodes: int, ratio: float) -> tuple[float, tuple | None]:
+        """(seconds that prompt chunks may add to a step of `decodes` decode rows while keeping it under `ratio`
+        times the decode-only step, the fit); (0, None) before there is a fit."""
+        fit = self._fit or self._solve() or self._last
         if fit is None:
-            return self.DEFAULT_BUDGET
-        a, c = fit
-        return max(1, int((ratio - 1) * (a / c + decodes)))
+            return 0.0, None
+        a, c, _ = fit
+        return (ratio - 1) * (a + c * decodes), fit
 
-    def _solve(self) -> tuple[float, float] | None:
-        n = len(self.steps)
-        if n < 4:
+    def _solve(self) -> tuple[float, float, float] | None:
+        steps = [*self.decode_only, *self.mixed]
+        if len(steps) < 4:
             return None
-        xs, ys = zip(*self.steps)
-        mean_x, mean_y = sum(xs) / n, sum(ys) / n
-        var = sum((x - mean_x) ** 2 for x in xs)
-        if var == 0:
+        x = torch.tensor([[1.0, t, p] for t, p, _ in steps], dtype=torch.float64)
+        y = torch.tensor([[s] for _, _, s in steps], dtype=torch.float64)
+        fit = _least_squares(x, y)
+        if fit is not None and fit[2] < 0:  # the attention term is noise here: fit without it
+            fit = _least_squares(x[:, :2], y)
+            fit = None if fit is None else (*fit, 0.0)
+        if fit is None or fit[0] < 0 or fit[1] <= 0:  # meaningless (too little spread, or noise): no fit yet
             return None
-        c = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / var
-        a = mean_y - c * mean_x
-        if c <= 0 or a < 0:  # noise: the fit is meaningless; keep the default until it is not
-            return None
-        self._fit = (a, c)
-        return self._fit
+        self._fit = self._last = fit
+        return fit
+
+
+def _least_squares(x: torch.Tensor, y: torch.Tensor) -> tuple[float, ...] | None:
+    scale = x.abs().amax(0).clamp(min=1.0)  # columns differ by orders of magnitude
+    solution = torch.linalg.lstsq(x / scale, y).solution[:, 0] / scale
+    if torch.linalg.matrix_rank(x / scale) < x.shape[1]:
+        return None
+    return tuple(float(v) for v in solution)
