@@ -69,7 +69,7 @@ class Scheduler:
         preemptions = self.num_preemptions
         decodes = self._decode_batch()
         budget = Budget(self.max_num_batched_tokens - len(decodes), self.max_prefill_chunk)
-        if decodes:
+        if decodes and (self.waiting or any(s.num_new_tokens > 1 for s in self.running)):  # prompts to place
             seconds, budget.fit = self.cost.headroom(len(decodes), STALL_RATIO)
             if budget.fit is None:  # nothing measured yet: a modest chunk
                 budget.tokens = min(budget.tokens, StepCost.DEFAULT_BUDGET)
