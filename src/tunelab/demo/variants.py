@@ -18,6 +18,7 @@ Accuracy and outputs come from the results database, so the comparison is on the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import statistics
@@ -73,37 +74,44 @@ def output_diff(db: Path, run_a: str, run_b: str) -> dict:
 
 
 def hit_rate(config: Path, db: Path, run: str) -> dict:
-    """Prompt tokens found in the prefix cache when the run's rendered prompts go through one `tunelab.engine.LLM`
-    built with CONFIG's (only) tunelab provider, all submitted at once as `LLM.generate` does."""
-    from tunelab.engine import LLM, SamplingParams
+    """Prompt tokens found in the prefix cache when RUN's rendered prompts, with its parameters, go through CONFIG's
+    (only) tunelab provider again, as `tunelab eval` sends them (CONFIG's concurrency in flight)."""
     from tunelab.evals.config import load_config
-    from tunelab.evals.providers import TunelabProvider, _engine_params
     from tunelab.evals.store import Store
 
-    providers = [p for p in load_config(config).providers if p.type == "tunelab"]
+    cfg = load_config(config)
+    providers = [p for p in cfg.providers if p.type == "tunelab"]
     if len(providers) != 1:
         raise EvalError(f"{config}: expected one provider of type tunelab, found {len(providers)}")
-    cfg = providers[0]
     with Store(db) as store:
-        rows = [r for r in store.results(run) if r.provider_id == cfg.id]
+        rows = [r for r in store.results(run) if r.provider_id == providers[0].id]
+        params = store.run_config(run)["effective_params"]
     if not rows:
-        raise EvalError(f"{db}: run {run} has no outputs of provider {cfg.id!r} (from {config})")
-    llm = LLM(cfg.model, dtype=cfg.dtype, adapters={"adapter": cfg.adapter} if cfg.adapter else None, **cfg.engine)
-    provider = TunelabProvider(cfg)
-    provider._tokenizer = llm.tokenizer  # its own prompt encoding (chat template or text), not a copy of it
-    prompts = [provider._prompt_ids(r.rendered) for r in rows]
-    params = SamplingParams(**_engine_params(cfg.params, TunelabProvider._PARAMS))
+        raise EvalError(f"{db}: run {run} has no outputs of provider {providers[0].id!r} (from {config})")
+    return asyncio.run(_replay(providers[0], rows, params, cfg.concurrency))
+
+
+async def _replay(cfg, rows: list, params: dict, concurrency: int) -> dict:
+    from tunelab.evals.providers import TunelabProvider
+
+    provider, slots = TunelabProvider(cfg), asyncio.Semaphore(concurrency)
+
+    async def one(row):
+        async with slots:
+            return await provider.complete(row.rendered, params[row.variant])
+
     t0 = time.perf_counter()
-    outputs = llm.generate(prompts, params, adapter="adapter" if cfg.adapter else None)
+    outputs = await asyncio.gather(*(one(r) for r in rows))
     seconds = time.perf_counter() - t0
-    blocks = llm.block_manager
-    first = len(prompts[0])
-    return {"requests": len(prompts), "prompt_tokens": blocks.queried_tokens, "cached_tokens": blocks.hit_tokens,
+    blocks = provider._engine.llm.block_manager  # the provider's engine: it keeps no statistics of its own
+    await provider.aclose()
+    first = outputs[0].prompt_tokens
+    return {"requests": len(rows), "prompt_tokens": blocks.queried_tokens, "cached_tokens": blocks.hit_tokens,
             "hit_rate": blocks.hit_rate,
             # Issue 12's measure: of requests 2..N's prompt tokens, the share computed (request 1 computes all its own).
             "computed_share_after_first": (blocks.queried_tokens - blocks.hit_tokens - first)
             / max(1, blocks.queried_tokens - first),
-            "generate_s": seconds, "same_outputs_as_run": sum(o.text == r.output for o, r in zip(outputs, rows))}
+            "seconds": seconds, "same_outputs_as_run": sum(o.text == r.output for o, r in zip(outputs, rows))}
 
 
 def timed_evals(configs: list[Path], rounds: int, db: Path) -> list[dict]:
