@@ -36,6 +36,8 @@ ELSEWHERE = {  # (page, command prefix): the test that runs it
     ("human-review.md", "tunelab review status"): "tests/review/test_review_docs.py",
     ("human-review.md", "tunelab review remove-rater"): "tests/review/test_review_docs.py",
     ("human-review.md", "tunelab review export jokes --format csv --history"): "tests/review/test_review_docs.py",
+    ("benchmarks.md", "python -m tunelab.demo.variants "): "tests/demo/test_variants.py (each subcommand, on the "
+                                                           "demo's own task files and a tiny model)",
 }
 NOT_RUN = {  # (page, command prefix): why not
     ("README.md", "make "): "builds a second virtual environment and runs the whole suite",
@@ -72,6 +74,8 @@ NOT_RUN = {  # (page, command prefix): why not
     ("tuning.md", "tunelab serve"): "starts a server",
     ("tuning.md", "curl "): "needs the server above",
     ("tuning.md", "torchrun "): "needs two processes with a distributed backend (tests/train covers DDP)",
+    ("benchmarks.md", "tunelab eval demo/rungs/"): "needs `make demo`'s folder and minutes of the real model; "
+                                                   "tests/demo/test_variants.py evaluates such variants on a tiny one",
     ("benchmarks.md", "tunelab bench generate"): "a benchmark: minutes on the real model, transformers (and "
                                                  "llama-cpp-python) as oracles; tests/engine/test_generate_bench.py "
                                                  "runs it on a small random model",
