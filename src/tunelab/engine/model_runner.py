@@ -168,7 +168,7 @@ class DecodePlan:
     seq_ids: list[int]
     rows: int  # the decode tokens are rows 0..rows-1
     context: int  # columns SDPA reads this step
-    masks: dict  # {sliding window: bool [rows, 1, 1, context]}
+    masks: dict  # {sliding window: bool [rows, 1, 1, context], or None when every row sees every column}
     append_index: torch.Tensor  # flat [rows * heads] column of each (row, head) in a layer's [rows*heads*cap, dim]
 
 
@@ -205,6 +205,8 @@ class DecodeSlots:
         allowed = k <= lengths[:, None]
         masks = {w: (allowed if w is None else allowed & (k > lengths[:, None] - w))[:, None, None].to(self.device)
                  for w in set(runner.windows)}
+        if None in masks and bool((lengths == context - 1).all()):
+            masks[None] = None  # every row attends to all `context` columns: SDPA needs no mask
         rows = torch.arange(len(seqs))[:, None] * self.heads + torch.arange(self.heads)[None, :]
         append = (rows * self.capacity + lengths[:, None]).reshape(-1).to(self.device)
         return DecodePlan(order, [seqs[j].seq_id for j in order], len(seqs), context, masks, append)
