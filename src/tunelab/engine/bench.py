@@ -128,11 +128,8 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
     log(f"{requests} concurrent ({prompt_tokens} prompt + {new_tokens} new each): transformers one by one "
         f"{total / hf_seq_s:.1f} tok/s ({hf_seq_s:.1f}s{scaled}), tunelab {total / ours_s:.1f} tok/s "
         f"({ours_s:.1f}s): {hf_seq_s / ours_s:.1f}x")
-    llama_seq = None
-    if llama is not None:  # llama-cpp-python serves one request at a time: its sequential rate is its concurrent one
-        llama_seq = statistics.median(llama.sequential(prompts[:hf_sample], new_tokens) for _ in range(repeat))
-        log(f"{requests} requests: llama.cpp one by one {llama_seq:.1f} tok/s ({hf_sample} run); tunelab concurrent "
-            f"/ llama.cpp {total / ours_s / llama_seq:.2f}x")
+    llama_seq = _llama_cpp_sequential_side(llama, prompts[:hf_sample], new_tokens, repeat, total / ours_s,
+                                           log) if llama else None
     stall = _stall_side(llm, stall_prompt_tokens, seed, log) if stall_prompt_tokens else None
     return BenchResult(
         stall=stall, llama_cpp_b1_tok_s=None if llama_b1 is None else round(llama_b1, 1),
@@ -161,6 +158,15 @@ def _llama_cpp_side(llama: LlamaCpp, prompt: list[int], new_tokens: int, repeat:
     llama_b1 = statistics.median(new_tokens / _timed(lambda: llama.generate(prompt, new_tokens)) for _ in range(repeat))
     log(f"batch 1: llama.cpp ({llama.name}) {llama_b1:.1f} tok/s; tunelab/llama.cpp {ours_b1 / llama_b1:.2f}x")
     return llama_b1
+
+
+def _llama_cpp_sequential_side(llama: LlamaCpp, prompts: list[list[int]], new_tokens: int, repeat: int,
+                               ours_concurrent: float, log) -> float:
+    # llama-cpp-python serves one request at a time: its sequential rate is its concurrent one.
+    rate = statistics.median(llama.sequential(prompts, new_tokens) for _ in range(repeat))
+    log(f"the same requests through llama.cpp one by one: {rate:.1f} tok/s ({len(prompts)} run); tunelab concurrent / "
+        f"llama.cpp {ours_concurrent / rate:.2f}x")
+    return rate
 
 
 def _stall_side(llm, prompt_tokens: int, seed: int, log) -> dict:
