@@ -115,8 +115,8 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
         f"tunelab {ours_b1:.1f} tok/s ({ours_b1 / hf_b1:.2f}x); roofline {roofline:.1f} tok/s, "
         f"reached {ours_b1 / roofline:.0%}")
 
-    llama = LlamaCpp(against_gguf, torch.get_num_threads(), max(prompt_tokens, single_prompt_tokens)
-                     + max(new_tokens, single_tokens) + 8) if against_gguf else None
+    context = max(prompt_tokens, single_prompt_tokens) + max(new_tokens, single_tokens) + 8
+    llama = LlamaCpp(against_gguf, torch.get_num_threads(), context) if against_gguf else None
     llama_b1 = _llama_cpp_side(llama, single, single_tokens, repeat, ours_b1, log) if llama else None
 
     for _ in range(repeat):
@@ -128,8 +128,8 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
     log(f"{requests} concurrent ({prompt_tokens} prompt + {new_tokens} new each): transformers one by one "
         f"{total / hf_seq_s:.1f} tok/s ({hf_seq_s:.1f}s{scaled}), tunelab {total / ours_s:.1f} tok/s "
         f"({ours_s:.1f}s): {hf_seq_s / ours_s:.1f}x")
-    llama_seq = _llama_cpp_sequential_side(llama, prompts[:hf_sample], new_tokens, repeat, total / ours_s,
-                                           log) if llama else None
+    llama_seq = llama and _llama_cpp_sequential_side(llama, prompts[:hf_sample], new_tokens, repeat,
+                                                     total / ours_s, log)
     stall = _stall_side(llm, stall_prompt_tokens, seed, log) if stall_prompt_tokens else None
     return BenchResult(
         stall=stall, llama_cpp_b1_tok_s=None if llama_b1 is None else round(llama_b1, 1),
