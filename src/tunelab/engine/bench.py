@@ -132,9 +132,8 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
                                                      total / ours_s, log)
     stall = _stall_side(llm, stall_prompt_tokens, seed, log) if stall_prompt_tokens else None
     return BenchResult(
-        stall=stall, llama_cpp_b1_tok_s=None if llama_b1 is None else round(llama_b1, 1),
-        llama_cpp_sequential_tok_s=None if llama_seq is None else round(llama_seq, 1),
-        model=str(model or "random-llama"), device=device, dtype=dtype,
+        stall=stall, llama_cpp_b1_tok_s=llama_b1 and round(llama_b1, 1), model=str(model or "random-llama"),
+        llama_cpp_sequential_tok_s=llama_seq and round(llama_seq, 1), device=device, dtype=dtype,
         params_millions=round(llm.model.num_parameters() / 1e6, 1), threads=torch.get_num_threads(),
         load_average=round(load, 2), repeats=repeat, bandwidth_gbs=round(bandwidth / 1e9, 2),
         bytes_per_token_mb=round(weights / 1e6, 1), roofline_tok_s=round(roofline, 1),
