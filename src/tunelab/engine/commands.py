@@ -67,8 +67,8 @@ def bench_generate(
     stall_prompt_tokens: int = typer.Option(2000, "--stall-prompt-tokens", min=0,
                                             help="Measure streams' time between tokens while a prompt this long is "
                                                  "admitted (0: skip)."),
-    against: str = typer.Option(None, "--against", help="llama-cpp: also time llama.cpp at batch 1 on --gguf "
-                                                          "(needs llama-cpp-python)."),
+    against: str = typer.Option(None, "--against", help="llama-cpp: also time llama.cpp on --gguf, at batch 1 and "
+                                                          "the N requests one by one (needs llama-cpp-python)."),
     gguf: str = typer.Option(None, "--gguf", help="GGUF file for --against llama-cpp (default: the built-in "
                                                   "model's, for --model smollm2-135m-instruct)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON at the end."),

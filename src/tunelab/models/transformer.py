@@ -165,18 +165,20 @@ class Attention(nn.Module):
 
     def forward(self, x, rope, mask, cache=None):
         batch, seq, _ = x.shape
+        heads, kv_heads = self.num_heads, self.num_kv_heads
         if hasattr(self, "qkv_proj"):
-            q_size = self.num_heads * self.head_dim
-            kv_size = self.num_kv_heads * self.head_dim
-            q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
+            # [B, T, heads + 2 kv_heads, D]: q and k are rotated together, one RoPE for both (half the small ops)
+            qkv = self.qkv_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+            qk, v = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
+            if rope is not None:
+                qk = apply_rope(qk, *rope)
+            q, k = qk[:, :heads], qk[:, heads:]
         else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
-        k = k.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        if rope is not None:
-            cos, sin = rope
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q = self.q_proj(x).view(batch, seq, heads, self.head_dim).transpose(1, 2)
+            k = self.k_proj(x).view(batch, seq, kv_heads, self.head_dim).transpose(1, 2)
+            v = self.v_proj(x).view(batch, seq, kv_heads, self.head_dim).transpose(1, 2)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             out = cache.attend(self.layer_idx, q, k, v, mask)
         else:
