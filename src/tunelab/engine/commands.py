@@ -17,13 +17,20 @@ def build_command(
     output: str = typer.Option(..., "-o", "--output", help="New directory for the build."),
     adapter: list[str] = typer.Option([], "--adapter", help="NAME=DIR of a PEFT adapter (repeatable)."),
     merge: bool = typer.Option(False, "--merge", help="Fold the adapters into the weights."),
-    dtype: str = typer.Option("float16", "--dtype", help="float16 | bfloat16 | float32. On AVX2 CPUs float16 "
-                                                           "decodes one sequence fastest, bfloat16 many at once."),
+    dtype: str = typer.Option(None, "--dtype", help="float16 | bfloat16 | float32 (default float16; bfloat16 with "
+                                                     "--quant). On AVX2 CPUs float16 decodes one sequence fastest, "
+                                                     "bfloat16 many at once."),
+    quant: str = typer.Option(None, "--quant", help="int8 | int4: weight-only quantisation of the projection "
+                                                    "layers (default: none). See docs/benchmarks.md for when it is "
+                                                    "faster than 16-bit."),
+    group_size: int = typer.Option(None, "--group-size", help="int4: input columns per scale (32, 64, 128, 256; "
+                                                              "default 32)."),
     device: str = typer.Option("cpu", "--device", help="Where the build will run."),
 ) -> None:
     """Convert a model (and adapters) once for a device: weights in the target dtype, adapters merged, a manifest."""
     from tunelab.engine.build import build
     from tunelab.engine.errors import EngineError
+    from tunelab.models.config import ModelError
 
     adapters = {}
     for item in adapter:
@@ -32,10 +39,12 @@ def build_command(
             raise typer.BadParameter(f"--adapter: expected NAME=DIR, got {item!r}")
         adapters[name] = directory
     try:
-        manifest = build(model, output, dtype=dtype, device=device, adapters=adapters, merge=merge)
-    except EngineError as e:
+        manifest = build(model, output, dtype=dtype, device=device, adapters=adapters, merge=merge, quant=quant,
+                         group_size=group_size)
+    except (EngineError, ModelError) as e:
         raise typer.BadParameter(str(e)) from None
-    typer.echo(f"built {output}: {manifest.dtype} for {manifest.device_kind}, source sha256 "
+    weights = manifest.dtype if manifest.quant is None else f"{manifest.quant['mode']} weights, {manifest.dtype}"
+    typer.echo(f"built {output}: {weights} for {manifest.device_kind}, source sha256 "
                f"{manifest.source_sha256[:12]}, merged: {sorted(manifest.merged_adapters) or 'none'}")
 
 
