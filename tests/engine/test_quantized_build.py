@@ -118,3 +118,28 @@ def test_bad_quant_options_and_records_name_the_field(builds, tmp_path):
     (out / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="int4 checkpoint computes in bfloat16.*dtype=float32"):
         LLM(out, dtype=torch.float32)
+
+
+def test_bench_of_a_quantised_build_says_how_it_compares_with_16_bit(builds):
+    from tunelab.engine.bench import run_generate_bench
+
+    base, root = builds
+    lines = []
+    r = run_generate_bench(requests=2, prompt_tokens=8, new_tokens=3, single_tokens=3, bandwidth_mbytes=16,
+                           build=str(root / "int4"), log=lines.append)
+    assert r.build == str(root / "int4") and r.quant == "int4" and r.dtype == "bfloat16" and r.model == str(base)
+    assert set(r.sixteen_bit) == {"float16", "bfloat16"}
+    verdicts = [line for line in lines if "16-bit on this device" in line]
+    assert len(verdicts) == 2  # batch 1 and concurrent
+    for line, key, ours in zip(verdicts, ("b1_tok_s", "concurrent_tok_s"), (r.ours_b1_tok_s, r.ours_concurrent_tok_s)):
+        best = max(r.sixteen_bit[d][key] for d in r.sixteen_bit)
+        assert ("faster than" in line) == (ours >= best) and ("SLOWER than" in line) == (ours < best), line
+    # The quantised weights count as parameters, and as the bytes a decode step reads.
+    assert abs(r.params_millions - llm_params(base)) < 0.05
+    result = CliRunner().invoke(app, ["bench", "generate", "--build", str(base)])
+    assert result.exit_code != 0 and "not a tunelab build" in " ".join(result.output.replace("│", " ").split())
+
+
+def llm_params(path) -> float:
+    model, _ = load_pretrained(path, dtype="float32")
+    return model.num_parameters() / 1e6

@@ -72,6 +72,9 @@ def bench_generate(
                                                           "(needs llama-cpp-python)."),
     gguf: str = typer.Option(None, "--gguf", help="GGUF file for --against llama-cpp (default: the built-in "
                                                   "model's, for --model smollm2-135m-instruct)."),
+    build: str = typer.Option(None, "--build", help="A `tunelab build` directory: tunelab runs it as built, "
+                                                     "transformers runs its source model; a quantised build is also "
+                                                     "timed against the source in float16 and bfloat16."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON at the end."),
 ) -> None:
     """tunelab's engine vs transformers `generate`: batch 1 and N concurrent requests, side by side."""
@@ -82,6 +85,8 @@ def bench_generate(
 
     if dtype not in ("float32", "bfloat16", "float16"):
         raise typer.BadParameter(f"--dtype: expected float32, bfloat16 or float16, got {dtype!r}")
+    if build and (model or dtype != "float32"):
+        raise typer.BadParameter("--build: a build fixes the model and dtype; drop --model and --dtype")
     if against not in (None, "llama-cpp"):
         raise typer.BadParameter(f"--against: only llama-cpp is supported, got {against!r}")
     if against and importlib.util.find_spec("llama_cpp") is None:
@@ -101,7 +106,7 @@ def bench_generate(
                                     model=model, repeat=repeat, hf_sample=hf_sample,
                                     single_prompt_tokens=single_prompt_tokens,
                                     stall_prompt_tokens=stall_prompt_tokens,
-                                    against_gguf=gguf if against else None)
+                                    against_gguf=gguf if against else None, build=build)
     except EngineError as e:
         raise typer.BadParameter(str(e)) from None
     if json_out:
