@@ -1,15 +1,16 @@
 """`tunelab build`: a model directory converted once for where it will run, as TensorRT-LLM's build step does.
 
-The output is an ordinary Hugging Face directory (transformers still loads it) with the weights already in the target
-dtype and any `--merge`d adapters folded into them, plus `tunelab-build.json`: the source checksum, the options, the
-tunelab version and the device kind it was built for. `LLM`, `tunelab serve` and the eval providers load it as they
-load any checkpoint, with nothing to convert (a 16-bit build is stored in the [out, in] layout its kernels want), and
-refuse it with a clear error on another kind of device.
-
-Weight-only int8/int4 are not offered: on the AVX2 CPU they measured slower than 16-bit (`torch._weight_int8pack_mm`
-13.5 tok/s, a compiled int8 dequant-and-linear 5.4, against fp16 `F.linear` 56-59 on SmolLM2-135M), so 16-bit is the
-fastest mode there; see docs/benchmarks.md.
-"""
+The output is a Hugging Face-layout directory with the weights already in the target dtype, any `--merge`d adapters
+folded into them and, with `--quant int8|int4`, the projection layers quantised (models/quantize.py), plus
+`tunelab-build.json`: the source checksum, the options (`quant` among them), the tunelab version and the device kind
+it was built for. `LLM`, `tunelab serve` and the eval providers load it as they load any checkpoint, with nothing to
+convert (a 16-bit build is stored in the [out, in] layout its kernels want; a quantised one as integers and scales,
+which the loader only repacks into the CPU kernel's private layout), and refuse it with a clear error on another kind
+of device. A float build (float16; transformers still loads it) stays the default: quantisation changes the outputs
+(top-1 agreement with float32 ~95% on the built-in model against 99.5% for float16), so it is asked for, not
+assumed, even where it decodes faster (docs/benchmarks.md, "Weight-only int8 / int4"). Unmerged adapters are
+refused with `--quant`: LoRA wraps float layers only, so they must be merged before quantising.
+""""""
 
 from __future__ import annotations
 
