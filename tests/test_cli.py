@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from tunelab import __version__
 
 
@@ -78,3 +80,24 @@ def test_bench_without_its_oracles_says_what_to_install(monkeypatch):
     assert "peft" in result.output and "pip install 'tunelab[bench]'" in result.output
     # transformers is there, so the generate bench goes ahead (here: to its help).
     assert CliRunner().invoke(app, ["bench", "generate", "--help"]).exit_code == 0
+
+
+def test_bench_says_what_to_install_in_one_wording_from_the_cli_and_from_python(monkeypatch):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+    from tunelab.engine.bench import run_generate_bench
+    from tunelab.engine.errors import EngineError
+    from tunelab.oracles import install_hint
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed: find_spec None, import fails
+    hint = install_hint("generate", ["transformers"])
+    assert hint == ("tunelab bench generate measures tunelab against transformers, which is not installed: "
+                    "pip install 'tunelab[bench]'")
+    result = CliRunner().invoke(app, ["bench", "generate", "--requests", "1"])
+    assert result.exit_code == 2 and hint in result.output
+    with pytest.raises(EngineError) as info:
+        run_generate_bench(requests=1, log=lambda *_: None)
+    assert str(info.value) == hint
+    assert install_hint("lora", ["transformers", "peft"]).startswith(
+        "tunelab bench lora measures tunelab against transformers and peft, which are not installed")

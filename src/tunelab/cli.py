@@ -5,11 +5,11 @@ only collects them."""
 from __future__ import annotations
 
 import importlib
-import importlib.util
 
 import typer
 
 from tunelab import __version__
+from tunelab.oracles import install_hint, missing_oracles
 
 app = typer.Typer(
     name="tunelab",
@@ -21,16 +21,12 @@ app = typer.Typer(
 bench = typer.Typer(help="Benchmarks: tunelab side by side with the reference, as ratios.", no_args_is_help=True)
 app.add_typer(bench, name="bench")
 
-# What each benchmark runs side by side with tunelab; `pip install 'tunelab[bench]'` brings them.
-BENCH_ORACLES = {"generate": ("transformers",), "lora": ("transformers", "peft"), "train": ("transformers", "peft")}
-
 
 @bench.callback()
 def _bench_oracles(ctx: typer.Context) -> None:
-    missing = [m for m in BENCH_ORACLES.get(ctx.invoked_subcommand, ()) if importlib.util.find_spec(m) is None]
+    missing = missing_oracles(ctx.invoked_subcommand)
     if missing:
-        typer.echo(f"tunelab bench {ctx.invoked_subcommand} measures tunelab against {' and '.join(missing)}, "
-                   "which is not installed: pip install 'tunelab[bench]'", err=True)
+        typer.echo(install_hint(ctx.invoked_subcommand, missing), err=True)
         raise typer.Exit(2)
 
 

@@ -48,3 +48,18 @@ def test_build_for_another_device_kind_is_refused(tiny_checkpoint, tmp_path):
     (out / MANIFEST).write_text(json.dumps({**manifest, "device_kind": "cuda-sm90"}))
     with pytest.raises(EngineError, match="built for cuda-sm90, but this device is cpu"):
         LLM(out)
+
+
+@pytest.mark.parametrize("command", ["build", "serve"])
+def test_adapter_flags_are_read_one_way_by_build_and_serve(tmp_path, command):
+    """Both commands take `--adapter name=DIR` through one reader: a malformed or repeated flag is refused, naming it,
+    before any model is read (the model path here does not exist)."""
+    extra = ["-o", str(tmp_path / "out")] if command == "build" else []
+    for flags, words in ((["oops"], "'oops': expected name=DIR"), (["=d"], "'=d': expected name=DIR"),
+                         (["a=x", "a=y"], "'a' is given twice")):
+        args = [command, str(tmp_path / "missing"), *extra]
+        for flag in flags:
+            args += ["--adapter", flag]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and words in " ".join(result.output.replace("│", " ").split()), result.output
+    assert not (tmp_path / "out").exists()

@@ -1,10 +1,13 @@
-"""Chunked prefill: prompts computed a few tokens per step, interleaved with other sequences' decode steps, give
-exactly transformers' greedy tokens; a long prompt's chunks alternate with the running streams' decode steps."""
+"""Chunked prefill: prompts computed a few tokens per step, packed into the same steps as other sequences' decodes,
+give exactly transformers' greedy tokens; a long prompt is admitted in chunks that ride along with every decode step
+of the running streams, sized by the fitted step cost."""
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from tunelab.engine import LLM, SamplingParams
+from tunelab.engine.scheduler import Budget, StepCost
 
 PROMPTS = ["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France. Berlin",
            "def add(a, b):\n", "Hello"]
@@ -25,27 +28,50 @@ def test_small_chunks_equal_transformers(tiny_checkpoint, family):
     assert [o.token_ids for o in outs] == [hf_greedy(ref, p, 12) for p in ids]
 
 
-def test_long_prompt_chunks_alternate_with_decode_steps(tiny_checkpoint):
+def test_long_prompt_chunks_share_every_step_with_the_running_stream(tiny_checkpoint):
     llm = LLM(tiny_checkpoint("llama"), block_size=4, max_num_seqs=8, max_prefill_chunk=5)
     short = llm.make_sequence(llm.tokenizer.encode("Hello"), SamplingParams(max_tokens=40, ignore_eos=True))
     llm.add_sequence(short)
     llm.step()  # the short prompt fits one chunk: it is decoding from now on
     long_ids = llm.tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 3)
-    llm.add_sequence(llm.make_sequence(long_ids, SamplingParams(max_tokens=4)))
-    kinds = []
-    for _ in range(8):
-        kinds.append(_kind_of_next_step(llm))
-    assert "decode" in kinds and "prefill" in kinds
-    # never two prefill chunks in a row while a stream is decoding
-    assert all(not (a == b == "prefill") for a, b in zip(kinds, kinds[1:])), kinds
-    assert all(n <= 5 for n in llm._chunk_sizes)
+    long = llm.make_sequence(long_ids, SamplingParams(max_tokens=4))
+    llm.add_sequence(long)
+    steps = []
+    while long.num_cached < len(long_ids):
+        step = llm.scheduler.schedule()
+        steps.append(list(zip(step.seqs, step.num_tokens)))
+        logits = llm.runner.run(step.seqs, step.num_tokens)
+        for i, seq in enumerate(step.seqs):  # the engine's own finishing is not under test here
+            if seq.num_cached == len(seq):
+                seq.output_ids.append(int(logits[i].argmax()))
+    assert len(steps) >= -(-len(long_ids) // 5), "chunks are capped at max_prefill_chunk"
+    for step in steps:  # the stream decodes in every step, first; the prompt's chunk rides along
+        assert step[0] == (short, 1), step
+        assert [n for seq, n in step if seq is long] and all(n <= 5 for seq, n in step if seq is long)
 
 
-def _kind_of_next_step(llm):
+def test_a_burst_of_prompts_is_prefilled_in_one_packed_step(tiny_checkpoint):
+    llm = LLM(tiny_checkpoint("llama"), block_size=4, max_num_seqs=8)
+    ids = [llm.tokenizer.encode(p) for p in PROMPTS]
+    for p in ids:
+        llm.add_sequence(llm.make_sequence(p, SamplingParams(max_tokens=3)))
     step = llm.scheduler.schedule()
-    llm._chunk_sizes = getattr(llm, "_chunk_sizes", []) + (step.num_tokens if step.is_prefill else [])
-    logits = llm.runner.run(step.seqs, step.num_tokens)
-    for seq in step.seqs:  # the engine's own finishing is not under test here: append greedy tokens
-        if seq.num_cached == len(seq):
-            seq.output_ids.append(int(logits[step.seqs.index(seq)].argmax()))
-    return "prefill" if step.is_prefill else "decode"
+    assert step.num_decodes == 0 and step.num_tokens == [len(p) for p in ids]
+
+
+def test_step_cost_fit_sizes_chunks_to_the_stall_ratio():
+    cost = StepCost()
+    assert cost.headroom(4, 1.7) == (0.0, None)  # no measurements yet: Budget falls back to a token count
+    # seconds = 20 ms + 1 ms per token + 1 us per attended (query, key) pair, exactly
+    for tokens, attended in ((4, 0), (40, 900), (4, 0), (100, 6000), (8, 0), (20, 2000), (64, 20000)):
+        cost.record(tokens, attended, 0.020 + 0.001 * tokens + 1e-6 * attended)
+    seconds, fit = cost.headroom(4, 1.7)
+    assert fit == pytest.approx((0.020, 0.001, 1e-6), rel=1e-6)
+    assert seconds == pytest.approx(0.7 * (0.020 + 0.004))
+    # a chunk late in a long prompt attends to more keys, so fewer of its tokens fit: n*1ms + n*(s+n)*1us <= 16.8ms
+    early, late = Budget(1000, 1000), Budget(1000, 1000)
+    for budget in (early, late):
+        budget.seconds, budget.fit = seconds, fit
+    n_early, n_late = early.take(0, 2000), late.take(1500, 500)
+    assert n_early == 16 and n_late == 6
+    assert 0.001 * n_late + 1e-6 * n_late * (1500 + n_late) <= seconds < 0.001 * 7 + 1e-6 * 7 * 1507

@@ -60,3 +60,19 @@ def test_mixed_adapter_batch_equals_each_alone(setup):
     # The adapters must actually change the output, or this test proves nothing.
     same_prompt = llm.generate([PROMPTS[0]] * 3, params, adapter=["alpha", "beta", None])
     assert len({tuple(o.token_ids) for o in same_prompt}) == 3
+
+
+def test_an_unknown_adapter_is_refused_once_at_the_edge_naming_the_loaded_ones(setup):
+    """make_sequence is the one check: the request never reaches the scheduler, and the error lists what is loaded."""
+    from tunelab.engine import EngineError, UnknownAdapter
+
+    llm, _ = setup
+    requests, used = llm.stats["requests"], llm.block_manager.num_used
+    with pytest.raises(UnknownAdapter) as info:
+        llm.make_sequence("hi", SamplingParams(max_tokens=2), "gamma")
+    assert isinstance(info.value, EngineError)
+    assert (info.value.name, info.value.loaded) == ("gamma", ["alpha", "beta"])
+    assert "'gamma' is not loaded" in str(info.value) and "['alpha', 'beta']" in str(info.value)
+    with pytest.raises(UnknownAdapter, match="gamma"):
+        llm.generate(["hi", "there"], SamplingParams(max_tokens=2), adapter=["alpha", "gamma"])
+    assert (llm.stats["requests"], llm.block_manager.num_used) == (requests, used)

@@ -134,3 +134,57 @@ def test_each_request_records_its_own_latency(tiny_checkpoint):
     short, long = asyncio.run(both())
     assert (short.completion_tokens, long.completion_tokens) == (1, 40)
     assert short.latency_s < long.latency_s
+
+
+def test_dtype_and_engine_options_reach_the_engine(tmp_path, tiny_checkpoint, monkeypatch):
+    """`dtype:` and `engine:` of a tunelab provider are LLM's own arguments; the precision is part of the cache key,
+    the engine options (which do not change outputs) are not."""
+    import torch
+
+    from tunelab import engine
+    from tunelab.evals.cache import response_key
+
+    made = []
+    real = engine.LLM
+
+    def spy(*args, **kwargs):
+        llm = real(*args, **kwargs)
+        made.append((kwargs, llm))
+        return llm
+
+    monkeypatch.setattr(engine, "LLM", spy)
+    ckpt = tiny_checkpoint("llama")
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps({"topic": t}) + "\n" for t in ("fox", "Paris")))
+    provider = {"id": "local", "type": "tunelab", "model": str(ckpt), "params": {"max_tokens": 4},
+                "dtype": "bfloat16", "engine": {"enable_prefix_caching": False, "max_num_seqs": 2}}
+    cfg = EvalConfig.from_dict({"dataset": "data.jsonl", "prompts": [{"id": "p", "template": "About {{ topic }}"}],
+                                "providers": [provider], "metrics": ["length"]}, source="eval.yaml", base_dir=tmp_path)
+    assert run_eval(cfg, tmp_path / "r.db").errors == 0
+    ((kwargs, llm),) = made
+    assert kwargs["dtype"] == "bfloat16" and next(llm.model.parameters()).dtype == torch.bfloat16
+    assert not llm.block_manager.prefix_caching and llm.scheduler.max_num_seqs == 2
+    (prov,) = cfg.providers
+    key = response_key(prov, {}, [], 0)
+    prov.engine = {}
+    assert response_key(prov, {}, [], 0) == key
+    prov.dtype = "float16"
+    assert response_key(prov, {}, [], 0) != key
+
+
+def test_bad_dtype_and_engine_options_name_the_field(tmp_path):
+    import pytest
+
+    from tunelab.evals.config import EvalError
+
+    base = {"dataset": "data.jsonl", "prompts": [{"id": "p", "template": "x"}], "metrics": ["length"]}
+    cases = [({"dtype": "int3"}, "providers[0].dtype: expected float32, bfloat16 or float16"),
+             ({"engine": {"prefix": True}}, "providers[0].engine.prefix: unknown field"),
+             ({"engine": {"max_num_seqs": 0}}, "providers[0].engine.max_num_seqs: expected a positive integer"),
+             ({"engine": {"enable_prefix_caching": "no"}}, "providers[0].engine.enable_prefix_caching: expected true")]
+    for extra, message in cases:
+        provider = {"id": "local", "type": "tunelab", "model": "m", **extra}
+        with pytest.raises(EvalError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            EvalConfig.from_dict({**base, "providers": [provider]}, source="eval.yaml", base_dir=tmp_path)
+    with pytest.raises(EvalError, match="dtype: only for type tunelab"):
+        EvalConfig.from_dict({**base, "providers": [{"id": "x", "base_url": "http://h/v1", "model": "m",
+                                                     "dtype": "float16"}]}, source="eval.yaml", base_dir=tmp_path)

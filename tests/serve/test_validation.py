@@ -159,3 +159,17 @@ def test_a_huge_prompt_does_not_stall_other_streams(tiny_server):
     assert result["r"].status_code == 400 and "context" in result["r"].json()["error"]["message"]
     assert gaps, "the big request finished before the stream went on; make it bigger"
     assert max(gaps) < 1.0, max(gaps)
+
+
+@pytest.mark.parametrize("path,base", [("/v1/chat/completions", CHAT), ("/v1/completions", TEXT)])
+def test_an_unknown_model_is_404_naming_what_the_server_has(tiny_server, path, base):
+    """The engine decides whether an adapter is loaded; the server answers its refusal as OpenAI's unknown model,
+    streamed or not, for every choice of n."""
+    for extra in ({}, {"stream": True}, {"n": 2}):
+        r = post(tiny_server["url"], path, {**base, "model": "nope", **extra})
+        assert_error(r, 404, "model")
+        message = f"The model `nope` does not exist; this server has ['{MODEL}', 'alpha']"
+        assert r.json()["error"] == {"message": message, "type": "invalid_request_error", "param": "model",
+                                     "code": "model_not_found"}
+    for model in (MODEL, "alpha"):
+        assert post(tiny_server["url"], path, {**base, "model": model}).status_code == 200

@@ -7,6 +7,7 @@ _EXPORTS = {
     "EngineFailure": "async_engine",
     "QueueFull": "async_engine",
     "EngineError": "errors",
+    "UnknownAdapter": "errors",
     "LLM": "llm_engine",
     "SamplingParams": "sampling_params",
     "RequestOutput": "sequence",

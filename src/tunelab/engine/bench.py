@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from tunelab.engine.errors import EngineError
+from tunelab.oracles import install_hint
 
 
 @dataclass
@@ -56,6 +57,7 @@ class BenchResult:
     hf_sequential_measured: int  # how many of the N sequential requests transformers actually ran
     stall: dict | None = None  # time between tokens while a long prompt is admitted (measure_stall)
     llama_cpp_b1_tok_s: float | None = None
+    llama_cpp_sequential_tok_s: float | None = None  # the N requests through llama.cpp one after another
     build: str | None = None  # the `tunelab build` directory measured, if any
     quant: str | None = None  # its weight quantisation (int8 / int4)
     # A quantised build's 16-bit counterparts on the same device: {dtype: {"b1_tok_s", "concurrent_tok_s"}}.
@@ -112,7 +114,9 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
         f"tunelab {ours_b1:.1f} tok/s ({ours_b1 / hf_b1:.2f}x); roofline {roofline:.1f} tok/s, "
         f"reached {ours_b1 / roofline:.0%}")
 
-    llama_b1 = _llama_cpp_side(against_gguf, single, single_tokens, repeat, ours_b1, log) if against_gguf else None
+    context = max(prompt_tokens, single_prompt_tokens) + max(new_tokens, single_tokens) + 8
+    llama = LlamaCpp(against_gguf, torch.get_num_threads(), context) if against_gguf else None
+    llama_b1 = _llama_cpp_side(llama, single, single_tokens, repeat, ours_b1, log) if llama else None
 
     for _ in range(repeat):
         hf_seq.append(_timed(lambda: [hf(p, new_tokens) for p in prompts[:hf_sample]]) * requests / hf_sample)
@@ -123,13 +127,16 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
     log(f"{requests} concurrent ({prompt_tokens} prompt + {new_tokens} new each): transformers one by one "
         f"{total / hf_seq_s:.1f} tok/s ({hf_seq_s:.1f}s{scaled}), tunelab {total / ours_s:.1f} tok/s "
         f"({ours_s:.1f}s): {hf_seq_s / ours_s:.1f}x")
+    llama_seq = llama and _llama_cpp_sequential_side(llama, prompts[:hf_sample], new_tokens, repeat,
+                                                     total / ours_s, log)
     stall = _stall_side(llm, stall_prompt_tokens, seed, log) if stall_prompt_tokens else None
     llm = None  # one engine's KV cache at a time
     sixteen = _sixteen_bit_side(path, device, quant, (single, single_tokens, ours_b1), (
         prompts, new_tokens, total / ours_s), repeat, max(requests, 1), max_model_len, log) if quant else None
     return BenchResult(
         build=build, quant=quant, sixteen_bit=sixteen,
-        stall=stall, llama_cpp_b1_tok_s=None if llama_b1 is None else round(llama_b1, 1), model=str(model or "random-llama"), device=device, dtype=dtype,
+        stall=stall, llama_cpp_b1_tok_s=llama_b1 and round(llama_b1, 1), model=str(model or "random-llama"),
+        llama_cpp_sequential_tok_s=llama_seq and round(llama_seq, 1), device=device, dtype=dtype,
         params_millions=round(params / 1e6, 1), threads=torch.get_num_threads(),
         load_average=round(load, 2), repeats=repeat, bandwidth_gbs=round(bandwidth / 1e9, 2),
         bytes_per_token_mb=round(weights / 1e6, 1), roofline_tok_s=round(roofline, 1),
@@ -212,10 +219,19 @@ def _bytes_read_per_token(model) -> int:
     return weights
 
 
-def _llama_cpp_side(gguf: str, prompt: list[int], new_tokens: int, repeat: int, ours_b1: float, log) -> float:
-    llama_b1 = llama_cpp_b1(gguf, prompt, new_tokens, torch.get_num_threads(), repeat)
-    log(f"batch 1: llama.cpp ({Path(gguf).name}) {llama_b1:.1f} tok/s; tunelab/llama.cpp {ours_b1 / llama_b1:.2f}x")
+def _llama_cpp_side(llama: LlamaCpp, prompt: list[int], new_tokens: int, repeat: int, ours_b1: float, log) -> float:
+    llama_b1 = statistics.median(new_tokens / _timed(lambda: llama.generate(prompt, new_tokens)) for _ in range(repeat))
+    log(f"batch 1: llama.cpp ({llama.name}) {llama_b1:.1f} tok/s; tunelab/llama.cpp {ours_b1 / llama_b1:.2f}x")
     return llama_b1
+
+
+def _llama_cpp_sequential_side(llama: LlamaCpp, prompts: list[list[int]], new_tokens: int, repeat: int,
+                               ours_concurrent: float, log) -> float:
+    # llama-cpp-python serves one request at a time: its sequential rate is its concurrent one.
+    rate = statistics.median(llama.sequential(prompts, new_tokens) for _ in range(repeat))
+    log(f"the same requests through llama.cpp one by one: {rate:.1f} tok/s ({len(prompts)} run); tunelab concurrent / "
+        f"llama.cpp {ours_concurrent / rate:.2f}x")
+    return rate
 
 
 def _stall_side(llm, prompt_tokens: int, seed: int, log) -> dict:
@@ -226,24 +242,30 @@ def _stall_side(llm, prompt_tokens: int, seed: int, log) -> dict:
     return stall
 
 
-def llama_cpp_b1(gguf: str, prompt: list[int], new_tokens: int, threads: int, repeat: int = 1) -> float:
-    """llama.cpp's batch-1 tokens/s (prompt included, greedy, EOS not checked) through llama-cpp-python, an oracle
-    imported only here: `pip install llama-cpp-python` (builds llama.cpp from source, ~10 minutes on 2 cores)."""
-    try:
-        import llama_cpp
-    except ImportError:
-        raise EngineError("--against llama-cpp needs llama-cpp-python: pip install llama-cpp-python "
-                          "(it builds llama.cpp from source; see docs/benchmarks.md)") from None
-    model = llama_cpp.Llama(model_path=str(gguf), n_ctx=len(prompt) + new_tokens + 8, n_threads=threads,
-                            n_threads_batch=threads, verbose=False)
+class LlamaCpp:
+    """llama.cpp through llama-cpp-python, an oracle imported only here: `pip install llama-cpp-python` (builds
+    llama.cpp from source, ~10 minutes on 2 cores). Greedy, EOS not checked, prompt included in the timings."""
 
-    def run():
-        for i, _ in enumerate(model.generate(prompt, temp=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0, reset=True)):
+    def __init__(self, gguf: str, threads: int, n_ctx: int):
+        try:
+            import llama_cpp
+        except ImportError:
+            raise EngineError("--against llama-cpp needs llama-cpp-python: pip install llama-cpp-python "
+                              "(it builds llama.cpp from source; see docs/benchmarks.md)") from None
+        self.name = Path(gguf).name
+        self.model = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                                     verbose=False)
+        self.generate([1, 2, 3], 4)  # warm-up
+
+    def generate(self, prompt: list[int], new_tokens: int) -> None:
+        for i, _ in enumerate(self.model.generate(prompt, temp=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0,
+                                                  reset=True)):
             if i + 1 >= new_tokens:
                 break
 
-    run()  # warm-up
-    return statistics.median(new_tokens / _timed(run) for _ in range(repeat))
+    def sequential(self, prompts: list[list[int]], new_tokens: int) -> float:
+        """Tokens/s over `prompts` served one after another."""
+        return len(prompts) * new_tokens / _timed(lambda: [self.generate(p, new_tokens) for p in prompts])
 
 
 def measure_stall(llm, long_prompt_tokens: int = 2000, streams: int = 4, idle_steps: int = 12, seed: int = 0) -> dict:
@@ -320,8 +342,7 @@ def _transformers():
     try:
         import transformers
     except ImportError:
-        raise EngineError("`tunelab bench` compares against transformers, which is not installed: "
-                          "pip install 'tunelab[bench]'") from None
+        raise EngineError(install_hint("generate", ["transformers"])) from None
     return transformers
 
 

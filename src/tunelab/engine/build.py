@@ -10,7 +10,7 @@ of device. A float build (float16; transformers still loads it) stays the defaul
 (top-1 agreement with float32 ~95% on the built-in model against 99.5% for float16), so it is asked for, not
 assumed, even where it decodes faster (docs/benchmarks.md, "Weight-only int8 / int4"). Unmerged adapters are
 refused with `--quant`: LoRA wraps float layers only, so they must be merged before quantising.
-""""""
+"""
 
 from __future__ import annotations
 

@@ -12,6 +12,20 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     app.command("build")(build_command)
 
 
+def adapter_flags(items: list[str]) -> dict[str, str]:
+    """`--adapter name=DIR` flags (of `tunelab build` and `tunelab serve`) as {name: directory}."""
+    adapters: dict[str, str] = {}
+    for item in items:
+        name, sep, directory = item.partition("=")
+        if not sep or not name or not directory:
+            raise typer.BadParameter(f"--adapter {item!r}: expected name=DIR (the name requests use, then the "
+                                     "directory of a PEFT adapter)")
+        if name in adapters:
+            raise typer.BadParameter(f"--adapter {item!r}: the name {name!r} is given twice")
+        adapters[name] = directory
+    return adapters
+
+
 def build_command(
     model: str = typer.Argument(..., help="Checkpoint directory or built-in name."),
     output: str = typer.Option(..., "-o", "--output", help="New directory for the build."),
@@ -32,15 +46,9 @@ def build_command(
     from tunelab.engine.errors import EngineError
     from tunelab.models.config import ModelError
 
-    adapters = {}
-    for item in adapter:
-        name, sep, directory = item.partition("=")
-        if not sep or not name or not directory:
-            raise typer.BadParameter(f"--adapter: expected NAME=DIR, got {item!r}")
-        adapters[name] = directory
     try:
-        manifest = build(model, output, dtype=dtype, device=device, adapters=adapters, merge=merge, quant=quant,
-                         group_size=group_size)
+        manifest = build(model, output, dtype=dtype, device=device, adapters=adapter_flags(adapter), merge=merge,
+                         quant=quant, group_size=group_size)
     except (EngineError, ModelError) as e:
         raise typer.BadParameter(str(e)) from None
     weights = manifest.dtype if manifest.quant is None else f"{manifest.quant['mode']} weights, {manifest.dtype}"
@@ -68,8 +76,8 @@ def bench_generate(
     stall_prompt_tokens: int = typer.Option(2000, "--stall-prompt-tokens", min=0,
                                             help="Measure streams' time between tokens while a prompt this long is "
                                                  "admitted (0: skip)."),
-    against: str = typer.Option(None, "--against", help="llama-cpp: also time llama.cpp at batch 1 on --gguf "
-                                                          "(needs llama-cpp-python)."),
+    against: str = typer.Option(None, "--against", help="llama-cpp: also time llama.cpp on --gguf, at batch 1 and "
+                                                          "the N requests one by one (needs llama-cpp-python)."),
     gguf: str = typer.Option(None, "--gguf", help="GGUF file for --against llama-cpp (default: the built-in "
                                                   "model's, for --model smollm2-135m-instruct)."),
     build: str = typer.Option(None, "--build", help="A `tunelab build` directory: tunelab runs it as built, "

@@ -15,7 +15,7 @@ import torch
 from tunelab.engine.block_manager import BlockManager
 from tunelab.engine.build import check_build
 from tunelab.engine.detokenizer import IncrementalDetokenizer
-from tunelab.engine.errors import EngineError
+from tunelab.engine.errors import EngineError, UnknownAdapter
 from tunelab.engine.model_runner import ModelRunner
 from tunelab.engine.grammar import constraint_for
 from tunelab.engine.sampler import next_tokens
@@ -71,7 +71,6 @@ class LLM:
         self.runner = ModelRunner(self.model, num_blocks, block_size, has_adapters=bool(self.adapters),
                                   compile=compile)
         self.eos = eos_token_ids(self.model, self.tokenizer)
-        self._step_seconds = {"decode": None, "prefill_rate": None}
         self.stats = {"requests": 0, "prompt_tokens": 0, "generation_tokens": 0, "finished": 0, "aborted": 0,
                       "failed": 0}
         self._by_id: dict[str, Sequence] = {}
@@ -103,7 +102,7 @@ class LLM:
         """Validate and tokenize one request (raises EngineError naming the field at fault)."""
         params = params or SamplingParams()
         if adapter is not None and adapter not in self.adapters:
-            raise EngineError(f"adapter {adapter!r} is not loaded; loaded adapters: {sorted(self.adapters) or 'none'}")
+            raise UnknownAdapter(adapter, sorted(self.adapters))  # the one check; the server answers this error
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:
             raise EngineError("prompt: empty; at least one token is needed")
@@ -145,7 +144,7 @@ class LLM:
         return self.scheduler.has_work()
 
     def step(self) -> list[RequestOutput]:
-        """One iteration: an output (with its new text in `delta`) for every sequence that ran."""
+        """One iteration: an output (with its new text in `delta`) for every sequence that sampled a token or failed."""
         if not self.scheduler.has_work():
             return []
         step = self.scheduler.schedule()
@@ -155,18 +154,15 @@ class LLM:
         def run(seqs: list[Sequence]):  # each sequence computes its `num_scheduled` tokens
             start = time.perf_counter()
             logits = self.runner.run(seqs)
-            self._tune_prefill_budget(step, time.perf_counter() - start)
+            if len(seqs) == len(step.seqs):  # a retried row alone says nothing about the step's cost
+                self.scheduler.record(step, time.perf_counter() - start)
             return logits
 
-        seqs = step.seqs
-        if all(seq.num_cached + seq.num_scheduled == len(seq) for seq in seqs):
-            tokens = next_tokens(run, seqs)
-        else:  # a prompt chunk that does not reach the prompt's end samples nothing (a prefill is one sequence)
-            try:
-                run(seqs)
-                return []
-            except Exception as exc:  # noqa: BLE001 - as next_tokens does: the request fails, the engine goes on
-                tokens = [exc] * len(seqs)
+        # Sequences whose computed tokens reach their end sample a token; a chunk short of its prompt's end does not.
+        samples = [seq.num_cached + seq.num_scheduled == len(seq) for seq in step.seqs]
+        results = next_tokens(run, step.seqs, samples)
+        seqs = [seq for seq, token in zip(step.seqs, results) if token is not None]
+        tokens = [token for token in results if token is not None]
         outputs = []
         for seq, token in zip(seqs, tokens):
             reason = None
@@ -191,20 +187,6 @@ class LLM:
         return outputs
 
     # ------------------------------------------------------------------ helpers
-    def _tune_prefill_budget(self, step, seconds: float) -> None:
-        """Size prompt chunks to cost about half a decode step (moving averages of both), so streams that are
-        decoding wait about 1.5x their usual time between tokens while a long prompt is admitted: the margin keeps
-        them under 2x when step times jitter (a chunk the size of a whole decode step measured 2.3x on a busy box)."""
-        avg = self._step_seconds
-        if step.is_prefill:
-            rate = sum(step.num_tokens) / max(seconds, 1e-6)
-            avg["prefill_rate"] = rate if avg["prefill_rate"] is None else 0.7 * avg["prefill_rate"] + 0.3 * rate
-        else:
-            avg["decode"] = seconds if avg["decode"] is None else 0.7 * avg["decode"] + 0.3 * seconds
-        if avg["decode"] is not None and avg["prefill_rate"] is not None:
-            budget = int(0.5 * avg["decode"] * avg["prefill_rate"])
-            self.scheduler.prefill_budget = min(self.scheduler.max_prefill_chunk, max(16, budget))
-
     def _output(self, seq: Sequence) -> RequestOutput:
         final = seq.finished
         text = seq.detokenizer.final_text() if final else seq.detokenizer.text

@@ -1,21 +1,27 @@
 """Turning one scheduled step into tensors for tunelab's Transformer, and attention over the paged KV cache.
 
-A step is a padded batch [rows, width]: a prefill step feeds each admitted sequence's uncached tokens, a decode step
-one token per running sequence. The model calls `PagedStep.update` in every attention layer: the new keys and values
-are scattered into their slots, then each row's whole context is gathered from its block table into a dense
-[rows, kv_heads, context, head_dim] view that SDPA reads under a boolean mask (causal, padding and, for Mistral-style
-layers, the sliding window). Only the last real position of each row goes through lm_head.
-
-Two CPU-minded shortcuts: a prefill of whole sequences attends to its own new keys (nothing to gather), and while
-the decode batch stays the same a `DecodeBuffer` keeps its K/V dense, appending one column per step instead of
-gathering every block again.
+A step packs every scheduled token into one row [1, T], with no padding: first one token for each decoding sequence,
+then the prompt chunks being prefilled. The projections and MLPs run once over all T tokens, so a decode batch and
+the prompt chunks admitted beside it share one read of the weights; attention is the only per-sequence work, and the
+model hands it to the step (`PagedAttention.attend`):
+  - every new key and value is written into its paged-cache slot (the paged blocks are the source of truth, and what
+    the prefix cache shares);
+  - decode tokens attend through `DecodeSlots`, a dense copy of the decoding sequences' K/V in which each sequence
+    keeps its row while it decodes and appends one column per step: its blocks are gathered once, when it starts
+    decoding, rather than at every step. Rows stay packed (a finished sequence's row is refilled by the last one),
+    so one SDPA call covers the whole decode batch;
+  - a prompt chunk with nothing cached before it attends to its own keys (causal); a later chunk, or a prompt whose
+    prefix the prefix cache supplied, gathers its blocks.
+Only each sequence's last token goes through lm_head.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from tunelab.engine.sequence import Sequence
 from tunelab.models.transformer import Transformer
@@ -40,7 +46,10 @@ class ModelRunner:
         # Zeros, not empty: masked slots still enter SDPA's weighted sum (with weight 0), and 0 * NaN is NaN.
         self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.windows = sorted({layer.self_attn.sliding_window for layer in model.layers}, key=lambda w: w or 0)
+        self.windows = [layer.self_attn.sliding_window for layer in model.layers]
+        # The dense decode copy may take at most as much memory as the paged cache itself.
+        self.slots = DecodeSlots(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device,
+                                 max_elements=self.k_cache.numel())
         if fuse and not has_adapters:
             model.fuse_projections()
         if self.device.type == "cpu" and param.dtype == torch.float16:
@@ -49,7 +58,7 @@ class ModelRunner:
             # 16-bit weights stay [out, in]: oneDNN's bf16/fp16 matrix-vector kernels want that layout (measured
             # ~2.7x fp32 there, and ~10x slower than fp32 when stored [in, out]).
             store_weights_transposed(model)
-        self._buffer: DecodeBuffer | None = None
+        self.decode_paths = {"dense": 0, "gathered": 0}  # decode tokens served by each attention path
         self._hidden = model.hidden_states
         if compile:  # GPU: fuse the small decode kernels; shapes vary, so compile dynamically.
             self._hidden = torch.compile(model.hidden_states, dynamic=True)
@@ -64,96 +73,260 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], num_tokens: list[int] | None = None) -> torch.Tensor:
         """Compute the K/V of the next `num_tokens[i]` tokens of each sequence (default: what the scheduler set in
-        `num_scheduled`, else all it lacks); logits [rows, vocab] (float32) at the last of them."""
+        `num_scheduled`, else all it lacks); logits [rows, vocab] (float32) at the last of them, in `seqs` order."""
         num_tokens = num_tokens or [s.num_scheduled or s.num_new_tokens for s in seqs]
         step = self._prepare(seqs, num_tokens)
-        adapters = [s.adapter for s in seqs]
-        ctx = contextlib.nullcontext()
-        if self.has_adapters:
-            from tunelab.lora import per_row_adapters  # one forward pass, each row through its own adapter
-
-            ctx = per_row_adapters(self.model, adapters)
-        with ctx:
-            hidden = self._hidden(step.input_ids, position_ids=step.position_ids, cache=step, attn_mask=step.masks)
-            last = hidden[torch.arange(len(seqs), device=self.device), step.last_index]
-            logits = self.model.lm_head(last)
+        with self._routing(step):
+            hidden = self._hidden(step.input_ids, position_ids=step.position_ids, cache=step)
+            logits = self.model.lm_head(hidden[0, step.last_index])
         for seq, n in zip(seqs, num_tokens):  # only on success: a failed step can be retried row by row
             seq.num_cached += n
             seq.num_scheduled = 0
+        self.slots.commit(step.decode)
         return logits.float()
 
     # ------------------------------------------------------------------ helpers
-    def _prepare(self, seqs: list[Sequence], news: list[int]) -> "PagedStep":
+    def _prepare(self, seqs: list[Sequence], news: list[int]) -> PagedAttention:
+        decoding = [i for i, n in enumerate(news) if n == 1]
+        prompts = [i for i, n in enumerate(news) if n != 1]
+        decode = self.slots.plan([seqs[i] for i in decoding], self) if decoding else None
+        if decode is None and decoding:  # no room for the dense copy: these tokens gather their blocks instead
+            prompts, decoding = decoding + prompts, []
+        if decode is not None:  # decode tokens go first, in the order of their rows
+            decoding = [decoding[j] for j in decode.order]
+            self.decode_paths["dense"] += len(decoding)
+        else:
+            self.slots.release_all()
+            self.decode_paths["gathered"] += sum(1 for i in prompts if news[i] == 1)
+        order = decoding + prompts
+        is_prompt = set(prompts)
+        ids, positions, slots, last = [], [], [], [0] * len(seqs)
+        chunks = []
+        for i in order:
+            seq, n = seqs[i], news[i]
+            start = seq.num_cached
+            if i in is_prompt:
+                chunks.append(self._chunk(seq, len(ids), start, n))
+            ids += seq.token_ids[start : start + n]
+            positions += range(start, start + n)
+            slots += [self._slot(seq, p) for p in range(start, start + n)]
+            last[i] = len(ids) - 1
         dev = self.device
-        width = max(news)
-        rows = len(seqs)
-        ids = torch.zeros(rows, width, dtype=torch.long)
-        starts = torch.tensor([s.num_cached for s in seqs])
-        lengths = torch.tensor(news)
-        for i, s in enumerate(seqs):
-            ids[i, : news[i]] = torch.tensor(s.token_ids[s.num_cached : s.num_cached + news[i]])
-        t = torch.arange(width)
-        valid = t[None, :] < lengths[:, None]  # [rows, width]
-        positions = torch.where(valid, starts[:, None] + t[None, :], 0)
-        longest = max(s.num_cached + n for s, n in zip(seqs, news))  # context this step attends to
-        tables = torch.zeros(rows, -(-longest // self.block_size), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            tables[i, : len(s.block_table)] = torch.tensor(s.block_table[: tables.shape[1]])
-        pos = torch.arange(longest)
-        slot_of = tables[:, pos // self.block_size] * self.block_size + pos % self.block_size  # [rows, longest]
-        write_rows, write_cols = valid.nonzero(as_tuple=True)
-        slots = slot_of[write_rows, positions[write_rows, write_cols]]
-        # Nothing cached yet (a prefill of whole sequences): the new keys are the whole context, no gather needed.
-        # Otherwise whole blocks are gathered (few, large copies), so the context is padded to a block multiple.
-        fresh = bool((starts == 0).all()) and longest == width
-        context = longest if fresh else tables.shape[1] * self.block_size
-        dense = self._decode_buffer(seqs, starts, longest) if width == 1 and not fresh else None
-        if width != 1:
-            self._buffer = None  # a prefill changes the batch (and may recompute a preempted sequence)
-        if dense is not None:
-            context = longest
-        k = torch.arange(context)
-        total = starts + lengths
-        base = (k[None, None, :] <= positions[:, :, None]) & (k[None, None, :] < total[:, None, None])
-        masks = {}
-        for w in self.windows:
-            m = base if w is None else base & (k[None, None, :] > positions[:, :, None] - w)
-            masks[w] = m[:, None].to(dev)
-        return PagedStep(
-            self, ids.to(dev), positions.to(dev), masks, slots.to(dev), (write_rows * width + write_cols).to(dev),
-            tables.reshape(-1).to(dev), (lengths - 1).to(dev), rows, context, fresh, dense, starts.to(dev),
+        return PagedAttention(
+            self, torch.tensor([ids], device=dev), torch.tensor([positions], device=dev),
+            torch.tensor(slots, device=dev), torch.tensor(last, device=dev), decode, chunks,
+            adapters=[seqs[i].adapter for i in order], lengths=[news[i] for i in order],
         )
 
-    def _decode_buffer(self, seqs: list[Sequence], starts: torch.Tensor, longest: int):
-        """(buffer, build) for a decode step, or None when a dense buffer would outgrow the paged cache."""
-        key = tuple(s.seq_id for s in seqs)
-        buf = self._buffer
-        if buf is None or buf.key != key or buf.lengths != starts.tolist() or longest > buf.capacity:
-            cfg = self.model.config
-            capacity = -(-(longest + 64) // self.block_size) * self.block_size
-            shape = (cfg.num_layers, len(seqs), cfg.num_kv_heads, capacity, cfg.head_dim)
-            if 2 * torch.Size(shape).numel() > 2 * self.k_cache.numel():
-                self._buffer = None
-                return None
-            self._buffer = None  # free the old one before allocating
-            # Zeros: columns past a short row's length are read (under a False mask) and must not hold NaN.
-            buf = self._buffer = DecodeBuffer(key, torch.zeros(shape, dtype=self.dtype, device=self.device),
-                                              torch.zeros(shape, dtype=self.dtype, device=self.device), capacity)
-            build = True
+    def _slot(self, seq: Sequence, position: int) -> int:
+        return seq.block_table[position // self.block_size] * self.block_size + position % self.block_size
+
+    def _chunk(self, seq: Sequence, offset: int, start: int, n: int) -> PromptChunk:
+        """Where one prompt chunk sits in the packed row, and what it attends to."""
+        end = start + n
+        windows = set(self.windows)
+        if start == 0 and all(w is None or w >= end for w in windows):
+            return PromptChunk(offset, n, None, None)  # attends to its own keys: plain causal
+        blocks = None
+        context = n
+        if start > 0:
+            count = -(-end // self.block_size)
+            blocks = torch.tensor(seq.block_table[:count], device=self.device)
+            context = count * self.block_size
+        q_pos = torch.arange(start, end)[:, None]
+        k_pos = torch.arange(context)[None, :]  # absolute positions: the gathered blocks start at 0
+        allowed = k_pos <= q_pos
+        masks = {w: (allowed if w is None else allowed & (k_pos > q_pos - w))[None, None].to(self.device)
+                 for w in windows}
+        return PromptChunk(offset, n, blocks, masks)
+
+    def _routing(self, step: PagedAttention):
+        if not self.has_adapters:
+            return contextlib.nullcontext()
+        # Each token through its sequence's adapter; names were checked once, in LLM.make_sequence.
+        from tunelab.lora import Routing, routed
+
+        if len(set(step.adapters)) == 1:
+            return routed(self.model, Routing.uniform(step.adapters[0]))
+        names = sorted({a for a in step.adapters if a is not None})
+        per_seq = [-1 if a is None else names.index(a) for a in step.adapters]
+        index = torch.repeat_interleave(torch.tensor(per_seq), torch.tensor(step.lengths))
+        return routed(self.model, Routing.per_token_index(names, index.to(self.device)))
+
+
+@dataclass
+class PromptChunk:
+    offset: int  # first token's index in the packed row
+    length: int
+    blocks: torch.Tensor | None  # the sequence's blocks to gather; None: attend to the chunk's own keys
+    masks: dict | None  # {sliding window: bool [1, 1, length, context]}; None: plain causal
+
+
+@dataclass
+class DecodePlan:
+    order: list[int]  # decode sequences (indices into the list given to `plan`) by row
+    seq_ids: list[int]
+    rows: int  # the decode tokens are rows 0..rows-1
+    context: int  # columns SDPA reads this step
+    masks: dict  # {sliding window: bool [rows, 1, 1, context], or None when every row sees every column}
+    append_index: torch.Tensor  # flat [rows * heads] column of each (row, head) in a layer's [rows*heads*cap, dim]
+
+
+class DecodeSlots:
+    """The decoding sequences' K/V, dense [layers, rows, heads, capacity, dim], kept across steps: a sequence gets a
+    row (its blocks gathered once) when it starts decoding and appends one column per step. A cache of the paged
+    blocks, which stay the source of truth; rows are packed 0..n-1 so one SDPA call covers the decode batch."""
+
+    def __init__(self, layers, heads, dim, dtype, device, max_elements):
+        self.layers, self.heads, self.dim, self.dtype, self.device = layers, heads, dim, dtype, device
+        self.max_elements = max_elements
+        self.k = self.v = None
+        self.row_of: dict[int, int] = {}  # seq_id -> row
+        self.length: list[int] = []  # tokens held per row
+
+    def plan(self, seqs: list[Sequence], runner: ModelRunner) -> DecodePlan | None:
+        """Rows for this step's decode sequences (filling the new ones), or None when the copy would not fit."""
+        live = {s.seq_id for s in seqs}
+        for seq_id in [i for i in self.row_of if i not in live]:
+            self._free(seq_id)
+        for seq in seqs:
+            row = self.row_of.get(seq.seq_id)
+            if row is not None and self.length[row] != seq.num_cached:  # recomputed elsewhere: refill
+                self._free(seq.seq_id)
+        if not self._reserve(len(seqs), max(s.num_cached for s in seqs) + 1):
+            return None
+        for seq in seqs:
+            if seq.seq_id not in self.row_of:
+                self._fill(seq, runner)
+        order = sorted(range(len(seqs)), key=lambda j: self.row_of[seqs[j].seq_id])
+        lengths = torch.tensor([seqs[j].num_cached for j in order])
+        context = int(lengths.max()) + 1
+        k = torch.arange(context)[None, :]
+        allowed = k <= lengths[:, None]
+        masks = {w: (allowed if w is None else allowed & (k > lengths[:, None] - w))[:, None, None].to(self.device)
+                 for w in set(runner.windows)}
+        if None in masks and bool((lengths == context - 1).all()):
+            masks[None] = None  # every row attends to all `context` columns: SDPA needs no mask
+        rows = torch.arange(len(seqs))[:, None] * self.heads + torch.arange(self.heads)[None, :]
+        append = (rows * self.capacity + lengths[:, None]).reshape(-1).to(self.device)
+        return DecodePlan(order, [seqs[j].seq_id for j in order], len(seqs), context, masks, append)
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self.k is None else self.k.shape[3]
+
+    def commit(self, plan: DecodePlan | None) -> None:
+        if plan is not None:
+            for seq_id in plan.seq_ids:
+                self.length[self.row_of[seq_id]] += 1
+
+    def release_all(self) -> None:
+        self.k = self.v = None
+        self.row_of.clear()
+        self.length = []
+
+    def _reserve(self, rows: int, columns: int) -> bool:
+        """Room for `rows` rows of `columns` tokens, growing (and copying the live rows) when short."""
+        if self.k is not None and rows <= self.k.shape[1] and columns <= self.capacity:
+            return True
+        new_rows = max(rows, 0 if self.k is None else self.k.shape[1])
+        new_cap = max(self.capacity, -(-(columns * 5 // 4 + 32) // 64) * 64)  # grow ahead: copies stay rare
+        shape = (self.layers, new_rows, self.heads, new_cap, self.dim)
+        if torch.Size(shape).numel() > self.max_elements:
+            self.release_all()
+            return False
+        # Zeros: columns past a short row's length are read (under a False mask) and must not hold NaN.
+        k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        if self.k is not None and self.row_of:
+            used = len(self.length)
+            k[:, :used, :, : self.capacity] = self.k[:, :used]
+            v[:, :used, :, : self.capacity] = self.v[:, :used]
+        self.k, self.v = k, v
+        return True
+
+    def _fill(self, seq: Sequence, runner: ModelRunner) -> None:
+        row = len(self.length)
+        self.row_of[seq.seq_id] = row
+        self.length.append(seq.num_cached)
+        n = seq.num_cached
+        if n:
+            index = torch.tensor([runner._slot(seq, p) for p in range(n)], device=self.device)
+            # [layers, n, heads, dim] -> [layers, heads, n, dim], all layers in one gather
+            self.k[:, row, :, :n] = runner.k_cache.index_select(1, index).transpose(1, 2)
+            self.v[:, row, :, :n] = runner.v_cache.index_select(1, index).transpose(1, 2)
+
+    def _free(self, seq_id: int) -> None:
+        """Drop a row; the last row moves into its place so rows stay packed."""
+        row = self.row_of.pop(seq_id)
+        last = len(self.length) - 1
+        if row != last:
+            moved = next(i for i, r in self.row_of.items() if r == last)
+            n = self.length[last]
+            self.k[:, row, :, :n] = self.k[:, last, :, :n]
+            self.v[:, row, :, :n] = self.v[:, last, :, :n]
+            self.row_of[moved] = row
+            self.length[row] = n
+        self.length.pop()
+
+
+class PagedAttention:
+    """One step's packed inputs and the attention the model calls in every layer (`attend`)."""
+
+    def __init__(self, runner, input_ids, position_ids, write_slots, last_index, decode, chunks, adapters, lengths):
+        self.runner = runner
+        self.input_ids, self.position_ids = input_ids, position_ids
+        self.write_slots, self.last_index = write_slots, last_index
+        self.decode: DecodePlan | None = decode
+        self.chunks: list[PromptChunk] = chunks
+        self.adapters, self.lengths = adapters, lengths
+
+    def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
+        """q [1, H, T, D], k/v [1, KV, T, D] -> [1, H, T, D]; the new keys and values are stored first."""
+        runner = self.runner
+        k_cache, v_cache = runner.k_cache[layer_idx], runner.v_cache[layer_idx]
+        k_tokens = k[0].transpose(0, 1).to(k_cache.dtype)  # [T, KV, D]
+        v_tokens = v[0].transpose(0, 1).to(v_cache.dtype)
+        k_cache.index_copy_(0, self.write_slots, k_tokens)
+        v_cache.index_copy_(0, self.write_slots, v_tokens)
+        q = q.to(k_cache.dtype)
+        window = runner.windows[layer_idx]
+        parts = []
+        if self.decode is not None:
+            parts.append(self._decode(layer_idx, q, k_tokens, v_tokens, window))
+        for chunk in self.chunks:
+            parts.append(self._chunk(chunk, k_cache, v_cache, q, k, v, window))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+    def _decode(self, layer_idx, q, k_tokens, v_tokens, window) -> torch.Tensor:
+        plan, slots = self.decode, self.runner.slots
+        n, dim = plan.rows, slots.dim
+        kb, vb = slots.k[layer_idx], slots.v[layer_idx]  # [rows, KV, capacity, D]
+        # one flat index_copy per tensor: advanced-index assignment costs ~3x more per layer
+        kb.view(-1, dim).index_copy_(0, plan.append_index, k_tokens[:n].reshape(-1, dim))
+        vb.view(-1, dim).index_copy_(0, plan.append_index, v_tokens[:n].reshape(-1, dim))
+        q_rows = q[0, :, :n].transpose(0, 1).unsqueeze(2)  # [rows, H, 1, D]
+        out = F.scaled_dot_product_attention(q_rows, kb[:n, :, : plan.context], vb[:n, :, : plan.context],
+                                             attn_mask=plan.masks[window], enable_gqa=q.shape[1] != kb.shape[1])
+        return out.squeeze(2).transpose(0, 1).unsqueeze(0)  # [1, H, rows, D]
+
+    def _chunk(self, chunk: PromptChunk, k_cache, v_cache, q, k, v, window) -> torch.Tensor:
+        a, b = chunk.offset, chunk.offset + chunk.length
+        gqa = q.shape[1] != k.shape[1]
+        if chunk.blocks is None:
+            keys, values = k[:, :, a:b].to(k_cache.dtype), v[:, :, a:b].to(v_cache.dtype)
         else:
-            build = False
-        buf.lengths = (starts + 1).tolist()
-        return buf, build
+            keys, values = self._gather(k_cache, chunk.blocks), self._gather(v_cache, chunk.blocks)
+        if chunk.masks is None:
+            return F.scaled_dot_product_attention(q[:, :, a:b], keys, values, is_causal=True, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q[:, :, a:b], keys, values, attn_mask=chunk.masks[window],
+                                              enable_gqa=gqa)
 
-
-class DecodeBuffer:
-    """The running batch's K/V, dense [layers, rows, heads, capacity, dim], kept across decode steps while the batch
-    stays the same: each step appends one column instead of gathering every row's blocks again. It is rebuilt (one
-    gather) whenever the batch changes, and is a cache of the paged blocks, which stay the source of truth."""
-
-    def __init__(self, key, k, v, capacity):
-        self.key, self.k, self.v, self.capacity = key, k, v, capacity
-        self.lengths: list[int] = []
+    def _gather(self, cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        """[1, KV, blocks * block_size, D]: one sequence's blocks, in order."""
+        bs = self.runner.block_size
+        heads, dim = cache.shape[1], cache.shape[2]
+        return cache.view(-1, bs, heads, dim).index_select(0, blocks).view(1, -1, heads, dim).transpose(1, 2)
 
 
 def store_weights_transposed(model: torch.nn.Module) -> None:
@@ -184,62 +357,3 @@ class _Fp16CpuLinear(torch.nn.Linear):
             return torch.nn.functional.linear(x, self.weight, self.bias)
         bias = None if self.bias is None else self.bias.float()
         return torch.nn.functional.linear(x.float(), self.weight.float(), bias).to(x.dtype)
-
-
-class PagedStep:
-    """The cache object the model sees for one step (`update`, `offset`, `advance`)."""
-
-    offset = 0  # unused: the engine passes explicit position_ids and masks
-
-    def __init__(self, runner, input_ids, position_ids, masks, slots, write_index, gather, last_index, rows, context,
-                 fresh=False, dense=None, starts=None):
-        self.runner = runner
-        self.fresh = fresh
-        self.dense, self.starts = dense, starts
-        self.row_index = torch.arange(rows, device=input_ids.device)
-        self.input_ids, self.position_ids, self.masks = input_ids, position_ids, masks
-        self.slots, self.write_index, self.gather = slots, write_index, gather
-        self.last_index = last_index
-        self.rows, self.context = rows, context
-        self._index = None
-
-    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor):
-        k_cache, v_cache = self.runner.k_cache[layer_idx], self.runner.v_cache[layer_idx]
-        heads, dim = k.shape[1], k.shape[3]
-        # [rows, heads, width, dim] -> one row per token, padding dropped.
-        k_new = k.transpose(1, 2).reshape(-1, heads, dim).index_select(0, self.write_index)
-        v_new = v.transpose(1, 2).reshape(-1, heads, dim).index_select(0, self.write_index)
-        k_cache.index_copy_(0, self.slots, k_new.to(k_cache.dtype))
-        v_cache.index_copy_(0, self.slots, v_new.to(v_cache.dtype))
-        if self.fresh:
-            return k.to(k_cache.dtype), v.to(v_cache.dtype)
-        if self.dense is not None:
-            buf, build = self.dense
-            kb, vb = buf.k[layer_idx], buf.v[layer_idx]  # [rows, heads, capacity, dim]
-            if build:
-                kb[:, :, : self.context].copy_(self._gather(k_cache, heads, dim)[:, :, : self.context])
-                vb[:, :, : self.context].copy_(self._gather(v_cache, heads, dim)[:, :, : self.context])
-            else:  # one flat index_copy per tensor: advanced-index assignment costs ~3x more per layer
-                index = self._append_index(buf, heads)
-                kb.view(-1, dim).index_copy_(0, index, k[:, :, 0].reshape(-1, dim).to(kb.dtype))
-                vb.view(-1, dim).index_copy_(0, index, v[:, :, 0].reshape(-1, dim).to(vb.dtype))
-            return kb[:, :, : self.context], vb[:, :, : self.context]
-        return self._gather(k_cache, heads, dim), self._gather(v_cache, heads, dim)
-
-    def _append_index(self, buf, heads: int) -> torch.Tensor:
-        """Flat row of [rows * heads * capacity] where each (row, head) appends this step's column; computed once
-        per step, shared by every layer."""
-        if self._index is None:
-            heads_index = torch.arange(heads, device=self.starts.device)
-            self._index = ((self.row_index[:, None] * heads + heads_index[None, :]) * buf.capacity
-                           + self.starts[:, None]).reshape(-1)
-        return self._index
-
-    def _gather(self, cache: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
-        """[rows, heads, blocks * block_size, dim]: every row's blocks, in order."""
-        bs = self.runner.block_size
-        blocks = cache.view(-1, bs, heads, dim).index_select(0, self.gather)
-        return blocks.view(self.rows, -1, heads, dim).transpose(1, 2)
-
-    def advance(self, n: int) -> None:
-        pass

@@ -19,17 +19,22 @@ from tunelab.engine.errors import EngineError
 from tunelab.engine.sequence import Sequence, TokenLogprob
 
 
-def next_tokens(run, seqs: list[Sequence]) -> list[int | Exception]:
-    """`run(seqs)` -> logits, then `sample`; when the batched forward pass raises, each row is run again alone so
-    that only the rows that fail alone fail (their K/V writes are idempotent and `num_cached` moves only on
-    success, so a retried row computes the same thing)."""
+def next_tokens(run, seqs: list[Sequence], samples: list[bool] | None = None) -> list[int | Exception | None]:
+    """`run(seqs)` -> logits, then `sample` the rows marked in `samples` (default: all; the others get None); when
+    the batched forward pass raises, each row is run again alone so that only the rows that fail alone fail (their
+    K/V writes are idempotent and `num_cached` moves only on success, so a retried row computes the same thing)."""
+    samples = [True] * len(seqs) if samples is None else samples
     try:
         logits = run(seqs)
     except Exception as exc:  # noqa: BLE001
         if len(seqs) == 1:
             return [exc]
-        return [token for seq in seqs for token in next_tokens(run, [seq])]
-    return sample(logits, seqs)
+        return [token for seq, s in zip(seqs, samples) for token in next_tokens(run, [seq], [s])]
+    rows = [i for i, s in enumerate(samples) if s]
+    if not rows:
+        return [None] * len(seqs)
+    drawn = iter(sample(logits if len(rows) == len(seqs) else logits[rows], [seqs[i] for i in rows]))
+    return [next(drawn) if s else None for s in samples]
 
 
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int | Exception]:

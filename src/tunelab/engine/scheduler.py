@@ -1,34 +1,50 @@
 """Which sequences run this step, and how many of their tokens.
 
-Continuous batching, as in vLLM and nano-vllm, with chunked prefill. A step is either a *prefill* step, one chunk of
-one sequence's uncomputed tokens (so no prompt is ever padded to another's length), or a *decode* step, one token for
-every running sequence whose prompt is done. While sequences are decoding, prefill and decode steps alternate and a
-prefill chunk is sized to cost about half a decode step (`prefill_budget`, which the engine sets from measured
-step times), so a long prompt is admitted a chunk at a time between the running streams' tokens. (Chunks do not
-yet share a forward pass with the decodes, so the streams still slow down more than that: docs/benchmarks.md.) With nothing
-decoding, a chunk may take `max_num_batched_tokens`.
+Continuous batching with chunked prefill, as in vLLM and nano-vllm. Every step decodes one token for every running
+sequence whose prompt is done, and fills the rest of its token budget with prompt chunks: started prompts first,
+then waiting requests, admitted in order while there is room. The model runner packs them all into one forward
+pass, so no prompt is padded to another's length and a decode batch and the chunks beside it share one read of the
+weights.
+
+The budget: with nothing decoding, a step may take `max_num_batched_tokens` of prompt (a burst of requests is
+prefilled in a few large steps). While sequences decode, prompt chunks are sized so that the step costs at most
+`STALL_RATIO` times a decode-only step, so a long prompt is admitted a chunk at a time without slowing the running
+streams beyond that. Step cost is modelled as `a + c * tokens + g * attended`, where `attended` counts (query, key)
+pairs of the prompt chunks (a chunk of n tokens after s cached ones attends to n * (s + n)), fitted by least
+squares to the recent steps' measured times (`record`): late chunks of a long prompt cost more than early ones, and
+the budget knows it. `max_prefill_chunk` caps any one sequence's chunk.
 
 A sequence is admitted (its KV blocks allocated for the whole prompt, minus what the prefix cache already holds) when
 it starts its first chunk. Finished sequences leave, and free their blocks, as soon as their last token is sampled.
 When decoding needs a block and none is free, the most recently admitted sequence is preempted: its blocks are freed
 and it goes back to the front of the queue, to be recomputed from its prompt and the tokens generated so far (cheaper
-than swapping on CPU, and exact).
+than swapping on CPU, and exact). No request is admitted in a step that preempted one.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
+
+import torch
 
 from tunelab.engine.block_manager import BlockManager
 from tunelab.engine.sequence import Sequence, Status
 
 
+STALL_RATIO = 1.7  # a step with prompt chunks costs at most this times a decode-only step (the target is 2)
+
+
 @dataclass
 class ScheduledStep:
-    seqs: list[Sequence]
+    seqs: list[Sequence]  # the decoding sequences first, then the prompt chunks
     num_tokens: list[int]  # tokens each sequence computes this step (1 for decodes)
-    is_prefill: bool
+    num_decodes: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(self.num_tokens[self.num_decodes:])
 
 
 class Scheduler:
@@ -38,11 +54,10 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_prefill_chunk = max_prefill_chunk or max_num_batched_tokens
-        self.prefill_budget = self.max_prefill_chunk  # tokens per chunk while others decode; the engine tunes it
+        self.cost = StepCost()
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # admitted: prefilling (part of the prompt computed) or decoding
         self.num_preemptions = 0
-        self._prefill_turn = True
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -51,15 +66,25 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> ScheduledStep:
-        decoding = [s for s in self.running if s.num_new_tokens == 1]
-        if not decoding or self._prefill_turn:
-            step = self._prefill(budget=self.prefill_budget if decoding else self.max_prefill_chunk)
-            if step is not None:
-                self._prefill_turn = False
-                return step
-        self._prefill_turn = True
-        batch = self._decode_batch()
-        return ScheduledStep(batch, [1] * len(batch), False)
+        preemptions = self.num_preemptions
+        decodes = self._decode_batch()
+        budget = Budget(self.max_num_batched_tokens - len(decodes), self.max_prefill_chunk)
+        if decodes and (self.waiting or any(s.num_new_tokens > 1 for s in self.running)):  # prompts to place
+            seconds, budget.fit = self.cost.headroom(len(decodes), STALL_RATIO)
+            if budget.fit is None:  # nothing measured yet: a modest chunk
+                budget.tokens = min(budget.tokens, StepCost.DEFAULT_BUDGET)
+            else:
+                budget.seconds = seconds
+        chunks = self._prompt_chunks(budget, admit=self.num_preemptions == preemptions)
+        seqs = decodes + chunks
+        return ScheduledStep(seqs, [s.num_scheduled for s in seqs], len(decodes))
+
+    def record(self, step: ScheduledStep, seconds: float) -> None:
+        """The measured time of a step just run, for the budget of the next ones."""
+        # Only prompt chunks count here: a decode row's attention is part of its per-token cost.
+        attended = sum(n * (s.num_cached + n) for s, n in zip(step.seqs[step.num_decodes:],
+                                                              step.num_tokens[step.num_decodes:]))
+        self.cost.record(sum(step.num_tokens), attended, seconds)
 
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.status = Status.FINISHED
@@ -71,21 +96,31 @@ class Scheduler:
         self.blocks.release(seq, keep_cached=reason != "error")
 
     # ------------------------------------------------------------------ helpers
-    def _prefill(self, budget: int) -> ScheduledStep | None:
-        seq = next((s for s in self.running if s.num_new_tokens > 1), None)  # finish a started prompt first
-        if seq is None and self.waiting and len(self.running) < self.max_num_seqs:
+    def _prompt_chunks(self, budget: Budget, admit: bool) -> list[Sequence]:
+        """One chunk each for started prompts, then for newly admitted requests, until the budget is used.
+        Each chunk's full blocks are keyed as it is scheduled, so a request admitted after it in the same step
+        already finds a shared prefix in the cache (the runner writes every chunk's K/V before any attends)."""
+        scheduled: list[Sequence] = []
+
+        def take(seq: Sequence) -> None:
+            n = budget.take(seq.num_cached, seq.num_new_tokens)
+            if n > 0:
+                seq.num_scheduled = n
+                self.blocks.commit(seq, seq.num_cached + n)
+                scheduled.append(seq)
+
+        for seq in [s for s in self.running if s.num_new_tokens > 1]:  # started prompts finish first
+            take(seq)
+        while admit and budget.left() and self.waiting and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             # +1: room for the token the last chunk samples, so the next decode step does not preempt at once.
             if not self.blocks.allocate(seq, len(seq) + 1):
-                return None
+                break
             self.waiting.popleft()
             seq.status = Status.RUNNING
             self.running.append(seq)
-        if seq is None:
-            return None
-        chunk = seq.num_scheduled = min(seq.num_new_tokens, max(1, budget))
-        self.blocks.commit(seq, seq.num_cached + chunk)
-        return ScheduledStep([seq], [chunk], True)
+            take(seq)
+        return scheduled
 
     def _decode_batch(self) -> list[Sequence]:
         batch: list[Sequence] = []
@@ -111,3 +146,82 @@ class Scheduler:
         seq.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
+
+
+class Budget:
+    """What the prompt chunks of one step may still take: tokens, and (while sequences decode) seconds of
+    predicted cost."""
+
+    def __init__(self, tokens: int, max_chunk: int):
+        self.tokens, self.max_chunk = tokens, max_chunk
+        self.seconds: float | None = None  # None: no time limit (nothing is decoding)
+        self.fit: tuple[float, float, float] | None = None
+
+    def left(self) -> bool:
+        return self.tokens > 0 and (self.seconds is None or self.seconds > 0)
+
+    def take(self, cached: int, wanted: int) -> int:
+        """Tokens of a prompt with `cached` tokens computed that fit, at most `wanted`; the budget is charged."""
+        n = min(wanted, self.max_chunk, self.tokens)
+        if self.seconds is not None:  # the largest n with c*n + g*n*(cached + n) within the seconds left
+            _, c, g = self.fit
+            b = c + g * cached
+            most = self.seconds / b if g == 0 else (-b + math.sqrt(b * b + 4 * g * self.seconds)) / (2 * g)
+            n = min(n, max(0, int(most)))
+            self.seconds -= c * n + g * n * (cached + n)
+            if n == 0:
+                self.seconds = 0.0
+        self.tokens -= n
+        return n
+
+
+class StepCost:
+    """A step's seconds as `a + c * tokens + g * attended`, fitted by least squares to the last `window` decode-only steps
+    and the last `window` others;
+    `attended` counts the (query, key) pairs of the prompt chunks."""
+
+    DEFAULT_BUDGET = 64  # prompt tokens per step until there is a fit
+
+    def __init__(self, window: int = 32):
+        # Decode-only steps (nothing attended by chunks) are kept apart, so that a long run of mixed steps cannot
+        # push out the baseline the budget is relative to.
+        self.decode_only: deque[tuple[int, int, float]] = deque(maxlen=window)
+        self.mixed: deque[tuple[int, int, float]] = deque(maxlen=window)
+        self._fit: tuple[float, float, float] | None = None
+        self._last: tuple[float, float, float] | None = None  # the last sound fit, while noise spoils a new one
+
+    def record(self, tokens: int, attended: int, seconds: float) -> None:
+        (self.mixed if attended else self.decode_only).append((tokens, attended, seconds))
+        self._fit = None
+
+    def headroom(self, decodes: int, ratio: float) -> tuple[float, tuple | None]:
+        """(seconds that prompt chunks may add to a step of `decodes` decode rows while keeping it under `ratio`
+        times the decode-only step, the fit); (0, None) before there is a fit."""
+        fit = self._fit or self._solve() or self._last
+        if fit is None:
+            return 0.0, None
+        a, c, _ = fit
+        return (ratio - 1) * (a + c * decodes), fit
+
+    def _solve(self) -> tuple[float, float, float] | None:
+        steps = [*self.decode_only, *self.mixed]
+        if len(steps) < 4:
+            return None
+        x = torch.tensor([[1.0, t, p] for t, p, _ in steps], dtype=torch.float64)
+        y = torch.tensor([[s] for _, _, s in steps], dtype=torch.float64)
+        fit = _least_squares(x, y)
+        if fit is not None and fit[2] < 0:  # the attention term is noise here: fit without it
+            fit = _least_squares(x[:, :2], y)
+            fit = None if fit is None else (*fit, 0.0)
+        if fit is None or fit[0] < 0 or fit[1] <= 0:  # meaningless (too little spread, or noise): no fit yet
+            return None
+        self._fit = self._last = fit
+        return fit
+
+
+def _least_squares(x: torch.Tensor, y: torch.Tensor) -> tuple[float, ...] | None:
+    scale = x.abs().amax(0).clamp(min=1.0)  # columns differ by orders of magnitude
+    solution = torch.linalg.lstsq(x / scale, y).solution[:, 0] / scale
+    if torch.linalg.matrix_rank(x / scale) < x.shape[1]:
+        return None
+    return tuple(float(v) for v in solution)

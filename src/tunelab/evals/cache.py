@@ -17,4 +17,6 @@ def response_key(provider: ProviderConfig, params: dict[str, Any], messages: lis
                  repeat: int) -> str:
     identity = {"type": provider.type, "base_url": provider.base_url, "model": provider.model,
                 "adapter": provider.adapter, "chat": provider.chat, "params": params, "messages": messages, "repeat": repeat}
+    if provider.dtype is not None:  # the precision changes outputs; engine options (prefix caching...) do not
+        identity["dtype"] = provider.dtype
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()

@@ -50,6 +50,8 @@ class ProviderConfig:
     price: Price | None = None
     adapter: str | None = None
     dtype: str | None = None  # type: tunelab: float32 | bfloat16 | float16 (default: as stored)
+    # type: tunelab: keyword options of tunelab.engine.LLM (enable_prefix_caching, max_num_seqs, ...)
+    engine: dict[str, Any] = field(default_factory=dict)
     # A provider used only by judges is not itself evaluated.
     judge_only: bool = False
     # None: chat (the model's chat template / chat completions) when the model has one.
@@ -306,7 +308,7 @@ def _prompt(d: Any, src: str, where: str) -> PromptConfig:
 def _provider(d: Any, src: str, where: str) -> ProviderConfig:
     d = _mapping(d, src, where, "{id, type, model, ...}")
     _no_unknown(d, {"id", "type", "model", "base_url", "api_key_env", "params", "price", "adapter", "judge_only", "chat",
-                    "structured_output"}, src, where + ".")
+                    "structured_output", "dtype", "engine"}, src, where + ".")
     ptype = d.get("type", "openai")
     if ptype not in ("openai", "tunelab"):
         raise EvalError(f"{src}: {where}.type: expected 'openai' or 'tunelab', got {ptype!r}")
@@ -324,7 +326,39 @@ def _provider(d: Any, src: str, where: str) -> ProviderConfig:
                           base_url=d.get("base_url"), api_key_env=d.get("api_key_env"), params=params, price=price,
                           adapter=d.get("adapter"), judge_only=bool(d.get("judge_only", False)),
                           chat=_optional_bool(d, "chat", src, where),
-                          structured_output=_optional_bool(d, "structured_output", src, where))
+                          structured_output=_optional_bool(d, "structured_output", src, where),
+                          dtype=_dtype(d, ptype, src, where), engine=_engine_options(d, ptype, src, where))
+
+
+ENGINE_OPTIONS = {"enable_prefix_caching": bool, "max_num_seqs": int, "max_model_len": int, "kv_cache_memory": int,
+                  "block_size": int, "max_num_batched_tokens": int, "max_prefill_chunk": int}
+
+
+def _dtype(d: dict[str, Any], ptype: str, src: str, where: str) -> str | None:
+    value = d.get("dtype")
+    if value is None:
+        return None
+    if ptype != "tunelab":
+        raise EvalError(f"{src}: {where}.dtype: only for type tunelab (an endpoint chooses its own precision)")
+    if value not in ("float32", "bfloat16", "float16"):
+        raise EvalError(f"{src}: {where}.dtype: expected float32, bfloat16 or float16, got {value!r}")
+    return value
+
+
+def _engine_options(d: dict[str, Any], ptype: str, src: str, where: str) -> dict[str, Any]:
+    """`engine:` of a tunelab provider: options of tunelab.engine.LLM, each checked by name and type."""
+    if d.get("engine") is None:
+        return {}
+    if ptype != "tunelab":
+        raise EvalError(f"{src}: {where}.engine: only for type tunelab (the in-process engine's options)")
+    options = _mapping(d["engine"], src, where + ".engine", "{enable_prefix_caching, max_num_seqs, ...}")
+    _no_unknown(options, set(ENGINE_OPTIONS), src, where + ".engine.")
+    for key, value in options.items():
+        kind = ENGINE_OPTIONS[key]
+        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 1)):
+            expected = "true or false" if kind is bool else "a positive integer"
+            raise EvalError(f"{src}: {where}.engine.{key}: expected {expected}, got {value!r}")
+    return dict(options)
 
 
 def _optional_bool(d: dict[str, Any], key: str, src: str, where: str) -> bool | None:

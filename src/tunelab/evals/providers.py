@@ -202,7 +202,8 @@ class TunelabProvider:
 
                 adapters = {"adapter": self.config.adapter} if self.config.adapter else None
                 try:
-                    llm = await asyncio.to_thread(LLM, self.config.model, adapters=adapters, dtype=self.config.dtype)
+                    llm = await asyncio.to_thread(LLM, self.config.model, adapters=adapters, dtype=self.config.dtype,
+                                                  **self.config.engine)
                 except Exception as exc:  # noqa: BLE001 - every item records why
                     self._load_error = ProviderError(f"{self.config.id}: cannot load {self.config.model}: "
                                                      f"{type(exc).__name__}: {exc}")

@@ -23,10 +23,10 @@ from typing import Any, Iterator
 
 from tunelab.evals.errors import EvalError
 from tunelab.evals.liveness import owner_alive, this_process
-from tunelab.storage.sqlite import retry_locked, statements as _statements
+from tunelab.storage.sqlite import connect, immediate, migrate, schema_version, table_exists
 
-# Each entry upgrades the schema by one version; PRAGMA user_version records how
-# many have been applied. Never edit an entry once released: append a new one.
+# The "evals" component of storage.sqlite's versioning: each entry upgrades the schema
+# by one version. Never edit an entry once released: append a new one.
 MIGRATIONS: tuple[str, ...] = (
     # v1
     """
@@ -118,6 +118,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE verdicts ADD COLUMN error TEXT;     -- the judge call itself failed (redone on resume)
     ALTER TABLE verdicts ADD COLUMN key TEXT;       -- judges.judge_key: resume redoes a verdict whose key changed
     """,
+    # v3: the version moves to tunelab_schema (storage/sqlite.py). PRAGMA user_version, where v1 and v2 recorded it,
+    # stays at 3 so that a tunelab from before the move refuses the file as too new instead of taking it for an
+    # empty one and creating the tables again.
+    """
+    PRAGMA user_version = 3;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -176,19 +182,12 @@ class Store:
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.conn = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None,
-                                        check_same_thread=False)
+            # NORMAL is durable across application crashes in WAL mode; only an OS
+            # crash can lose the last commits, which a rerun then recomputes.
+            self.conn = connect(self.path, timeout_s=timeout_s, synchronous="NORMAL")
         except sqlite3.Error as exc:
             raise EvalError(f"{self.path}: cannot open results database: {exc}") from exc
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-        # Switching a new file to WAL answers "database is locked" at once, without the
-        # busy handler, when another connection is doing the same: retry it ourselves.
-        retry_locked(lambda: self.conn.execute("PRAGMA journal_mode = WAL"), timeout_s)
-        # NORMAL is durable across application crashes in WAL mode; only an OS
-        # crash can lose the last commits, which a rerun then recomputes.
-        self.conn.execute("PRAGMA synchronous = NORMAL")
-        retry_locked(self._migrate, timeout_s)
+        migrate(self.conn, "evals", MIGRATIONS, too_new=self._too_new, legacy=_legacy_version, timeout_s=timeout_s)
 
     # ---- public API -------------------------------------------------------
 
@@ -203,7 +202,7 @@ class Store:
 
     @property
     def schema_version(self) -> int:
-        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+        return schema_version(self.conn, "evals") or 0
 
     def runs(self) -> list[RunInfo]:
         """All runs, oldest first, with item/output/error counts."""
@@ -286,16 +285,10 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A short write transaction. IMMEDIATE takes the write lock up front so a
-        concurrent writer waits on busy_timeout instead of failing mid-transaction."""
-        retry_locked(lambda: self.conn.execute("BEGIN IMMEDIATE"), 60.0)
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
+        """A short write transaction (storage.sqlite.immediate): a concurrent writer
+        waits on busy_timeout instead of failing mid-transaction."""
+        with immediate(self.conn, 60.0) as conn:
+            yield conn
 
     def create_run(self, config_json: dict[str, Any], *, description: str | None, config_path: str | None) -> str:
         """A new run, owned by this process until it finishes."""
@@ -412,19 +405,17 @@ class Store:
 
     # ---- helpers ----------------------------------------------------------
 
-    def _migrate(self) -> None:
-        if self.schema_version > SCHEMA_VERSION:
-            raise EvalError(f"{self.path}: database schema v{self.schema_version} is newer than this tunelab "
-                            f"(v{SCHEMA_VERSION}); upgrade tunelab")
-        if self.schema_version == SCHEMA_VERSION:
-            return
-        with self.transaction() as c:
-            # Re-read inside the lock: another process may have migrated meanwhile.
-            current = int(c.execute("PRAGMA user_version").fetchone()[0])
-            for version in range(current, SCHEMA_VERSION):
-                for statement in _statements(MIGRATIONS[version]):
-                    c.execute(statement)
-            c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    def _too_new(self, found: int, known: int) -> EvalError:
+        return EvalError(f"{self.path}: database schema v{found} is newer than this tunelab (v{known}); "
+                         "upgrade tunelab")
+
+
+def _legacy_version(conn: sqlite3.Connection) -> int:
+    """The version a results file from before tunelab_schema (v1, v2) recorded in PRAGMA user_version; 0 for a
+    file without the evals tables (new, or holding only review's)."""
+    if not table_exists(conn, "runs"):
+        return 0
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
 _PUT_OUTPUT = """INSERT OR REPLACE INTO outputs (run_id, item_id, variant, prompt_id, provider_id, repeat,

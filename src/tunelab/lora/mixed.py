@@ -25,7 +25,7 @@ def per_row_adapters(model: nn.Module, adapters: Sequence[str | None]) -> Iterat
 
     `with per_row_adapters(model, ["a", "b", None, "a"]): logits = model(input_ids)`
     """
-    with routed(model, Routing.per_row(adapters)):
+    with routed(model, _known(model, Routing.per_row(adapters))):
         yield model
 
 
@@ -36,15 +36,17 @@ def per_token_adapters(model: nn.Module, adapters: Sequence[str], index: torch.T
 
     `with per_token_adapters(model, ["a", "b"], torch.tensor([0, 0, 0, 1, 1, -1])): logits = model(ids)`
     """
-    with routed(model, Routing.per_token_index(adapters, index)):
+    with routed(model, _known(model, Routing.per_token_index(adapters, index))):
         yield model
 
 
 @contextlib.contextmanager
 def routed(model: nn.Module, routing: Routing) -> Iterator[nn.Module]:
-    """Every adapter layer of `model` gets `routing` as its forward argument inside the block (checked once here)."""
+    """Every adapter layer of `model` gets `routing` as its forward argument inside the block. The adapter names are
+    trusted: a caller checks them once at its edge (`per_row_adapters` does, the engine's `LLM.make_sequence` does for
+    its requests); what is checked here is the model's state, which can change between blocks (a merge)."""
     modules = list(adapter_modules(model))
-    _check(model, modules, routing)
+    _check(modules, routing)
 
     def give_routing(module, args, kwargs):
         return args, {**kwargs, "routing": routing}
@@ -57,11 +59,15 @@ def routed(model: nn.Module, routing: Routing) -> Iterator[nn.Module]:
             handle.remove()
 
 
-def _check(model: nn.Module, modules: list[LoraLayer | ModulesToSave], routing: Routing) -> None:
+def _known(model: nn.Module, routing: Routing) -> Routing:
     state = adapter_state(model)
     unknown = sorted({a for a in routing.names if a not in state.configs})
     if unknown:
         raise LoraError(f"unknown adapter(s) {unknown} in mixed batch; this model has {list(state.configs)}")
+    return routing
+
+
+def _check(modules: list[LoraLayer | ModulesToSave], routing: Routing) -> None:
     for m in modules:
         if isinstance(m, LoraLayer) and m.merged_adapters:
             raise LoraError(f"adapters {m.merged_adapters} are merged into the base weights; unmerge(model) before "

@@ -6,14 +6,15 @@ QKV). Module names are canonical (`layers.3.self_attn.q_proj`); `checkpoint_name
 maps them to the names a Hugging Face checkpoint uses, so LoRA targets and adapter
 files speak the ecosystem's language.
 
-KV-cache interface: `forward(..., cache=...)` takes any object with three members:
-`update(layer_idx, k, v) -> (k_all, v_all)`, an int `offset` (slots already
-filled, the default start of position ids) and `advance(n)` (called once per
-forward). `KVCache` below is the contiguous one used by `generate`; the engine's
-paged step implements the same three (it passes explicit position ids, so its
-`offset` stays 0 and `advance` has nothing to do) and may pass its own boolean
-`attn_mask` ([B, 1, T, S], True = attend), or a dict {sliding_window: mask} when
-layers differ in window (key None for full attention).
+KV-cache interface: `forward(..., cache=...)` takes any object with one method,
+`attend(layer_idx, q, k, v, mask) -> out`: it stores the layer's new keys and values
+(q [B, H, S, D] and k, v [B, kv_heads, S, D], RoPE applied) and returns the
+attention output [B, H, S, D]. `KVCache` below is the contiguous one `generate`
+uses: it also tracks how many slots are filled (`offset`, the default start of
+position ids), which the model advances after each forward. The engine's paged
+step (engine/model_runner.py) packs several sequences into one row, passes
+explicit position ids, and builds its own per-sequence masks, so `mask` is only
+the contiguous path's.
 """
 
 from __future__ import annotations
@@ -68,11 +69,13 @@ class Transformer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache=None,
-        attn_mask: torch.Tensor | dict | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final hidden states [batch, seq, hidden], after the last norm and before lm_head."""
         batch, seq = input_ids.shape
-        offset = cache.offset if cache is not None else 0
+        # Only the contiguous cache has a fill offset and wants masks built here; a paged step masks for itself.
+        contiguous = cache is None or isinstance(cache, KVCache)
+        offset = cache.offset if isinstance(cache, KVCache) else 0
         if position_ids is None:
             position_ids = default_position_ids(batch, seq, offset, attention_mask, input_ids.device)
         x = self.embed_tokens(input_ids)
@@ -84,10 +87,7 @@ class Transformer(nn.Module):
         masks = {}
         for layer in self.layers:
             window = layer.self_attn.sliding_window
-            if isinstance(attn_mask, dict):
-                # The engine builds one mask per sliding window (None = full attention).
-                mask = attn_mask[window]
-            elif attn_mask is not None:
+            if attn_mask is not None or not contiguous:
                 mask = attn_mask
             else:
                 if window not in masks:
@@ -97,7 +97,7 @@ class Transformer(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(layer, x, rope, mask, None, use_reentrant=False)
             else:
                 x = layer(x, rope, mask, cache)
-        if cache is not None:
+        if isinstance(cache, KVCache):
             cache.advance(seq)
         return self.norm(x)
 
@@ -165,30 +165,24 @@ class Attention(nn.Module):
 
     def forward(self, x, rope, mask, cache=None):
         batch, seq, _ = x.shape
+        heads, kv_heads = self.num_heads, self.num_kv_heads
         if hasattr(self, "qkv_proj"):
-            q_size = self.num_heads * self.head_dim
-            kv_size = self.num_kv_heads * self.head_dim
-            q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
+            # [B, T, heads + 2 kv_heads, D]: q and k are rotated together, one RoPE for both (half the small ops)
+            qkv = self.qkv_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+            qk, v = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
+            if rope is not None:
+                qk = apply_rope(qk, *rope)
+            q, k = qk[:, :heads], qk[:, heads:]
         else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
-        k = k.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        if rope is not None:
-            cos, sin = rope
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q = self.q_proj(x).view(batch, seq, heads, self.head_dim).transpose(1, 2)
+            k = self.k_proj(x).view(batch, seq, kv_heads, self.head_dim).transpose(1, 2)
+            v = self.v_proj(x).view(batch, seq, kv_heads, self.head_dim).transpose(1, 2)
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)
-            q = q.to(k.dtype)  # a cache may keep K/V wider than the weights (the engine's fp32 cache on CPU)
-        if mask is None:
-            # No padding and no window: plain causal (or, for one new token, everything).
-            out = F.scaled_dot_product_attention(
-                q, k, v, is_causal=seq > 1 and k.shape[2] == seq, enable_gqa=self.num_kv_heads != self.num_heads
-            )
+            out = cache.attend(self.layer_idx, q, k, v, mask)
         else:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, enable_gqa=self.num_kv_heads != self.num_heads
-            )
+            out = attention(q, k, v, mask)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1).to(x.dtype))
 
 
@@ -260,19 +254,28 @@ class KVCache:
         self.max_len = max_len
         self.offset = 0
 
-    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor):
+    def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
         end = self.offset + k.shape[2]
         if end > self.max_len:
             raise ModelError(f"KV cache full: {end} positions needed, {self.max_len} allocated")
         self.k[layer_idx, :, :, self.offset : end] = k
         self.v[layer_idx, :, :, self.offset : end] = v
-        return self.k[layer_idx, :, :, :end], self.v[layer_idx, :, :, :end]
+        return attention(q.to(self.k.dtype), self.k[layer_idx, :, :, :end], self.v[layer_idx, :, :, :end], mask)
 
     def advance(self, n: int) -> None:
         self.offset += n
 
 
 # ---------------------------------------------------------------------- helpers
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """SDPA with grouped-query heads; `mask` None means plain causal (or, for one query, everything)."""
+    gqa = q.shape[1] != k.shape[1]
+    if mask is None:
+        seq = q.shape[2]
+        return F.scaled_dot_product_attention(q, k, v, is_causal=seq > 1 and k.shape[2] == seq, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
 def default_position_ids(batch, seq, offset, attention_mask, device) -> torch.Tensor:
     if attention_mask is None:
         return torch.arange(offset, offset + seq, device=device).expand(batch, seq)

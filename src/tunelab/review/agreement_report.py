@@ -8,15 +8,13 @@ import io
 import json
 from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from rich.console import Console
 from rich.table import Table
 
 from tunelab.review.agreement import PREF_NAME, _human_mean, _majority
 from tunelab.review.levels import STATS, short_verdict
 from tunelab.review.levels import fmt as fmt_ci
-
-_ENV = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(["html"]))
+from tunelab.review.render import TEMPLATES
 
 # One line per statistic the inter-rater report names, shown under its tables and in the HTML.
 INTER_RATER_EXPLAIN = {
@@ -111,7 +109,7 @@ def metric_label(report: dict, metric: str, dimension: str | None = None) -> str
 
 
 def write_levels_html(report: dict, path: str | Path) -> None:
-    html = _ENV.get_template("validation.html").render(report=report, fmt=fmt_ci, stats=STATS,
+    html = TEMPLATES.get_template("validation.html").render(report=report, fmt=fmt_ci, stats=STATS,
                                                        label=lambda m, d=None: metric_label(report, m, d))
     Path(path).write_text(html, encoding="utf-8")
 
@@ -125,7 +123,7 @@ def _footnote(explain: dict) -> str:
 def write_html(report: dict, path: str | Path, dims: dict | None = None, scores: dict | None = None) -> None:
     """`dims` / `scores` (from `plot_data`) add the scatter and confusion-matrix plots."""
     plots = _plots(dims or {}, scores or {})
-    html = _ENV.get_template("agreement.html").render(report=report, fmt=fmt, plots=plots,
+    html = TEMPLATES.get_template("agreement.html").render(report=report, fmt=fmt, plots=plots,
                                                       explanations=INTER_RATER_EXPLAIN)
     Path(path).write_text(html, encoding="utf-8")
 

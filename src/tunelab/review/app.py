@@ -15,21 +15,15 @@ from urllib.parse import quote, urlsplit
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException
 
 from tunelab.review.auth import (ADMIN_COOKIE, ADMIN_SESSION_S, LINK_USES, SESSION_S, Authenticator, hash_token,
                                  session_cookie, set_cookie)
 from tunelab.review.errors import ReviewError
-from tunelab.review.render import markdown
+from tunelab.review.render import TEMPLATES
 from tunelab.review.store import ReviewStore
 
 log = logging.getLogger("tunelab.review")
-TEMPLATES = Environment(
-    loader=FileSystemLoader(Path(__file__).parent / "templates"),
-    autoescape=select_autoescape(["html"]),  # model output is untrusted text
-)
-TEMPLATES.filters["markdown"] = markdown
 
 
 def create_app(db_path: str | Path, admin_token: str) -> FastAPI:

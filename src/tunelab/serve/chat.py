@@ -15,7 +15,7 @@ from tunelab.serve.context import ServeContext, choice_params, prompts_usage, sa
 from tunelab.serve.protocol import ApiError, ChatCompletionRequest
 from tunelab.serve.request_body import check_limits, parse, read_json
 from tunelab.serve.responses import ChoiceView, chat_choice, chat_deltas
-from tunelab.serve.streams import finals, merged, sse, start_all
+from tunelab.serve.streams import finals, merged, sse
 from tunelab.serve.tools import template_messages, template_renders_tools, tool_grammar
 
 router = APIRouter()
@@ -25,7 +25,6 @@ router = APIRouter()
 async def chat(request: Request, ctx: ServeContext = Depends(serve_context)):
     body = parse(ChatCompletionRequest, await read_json(request, ctx.limits))
     check_limits(body, ctx.limits)
-    adapter = ctx.adapter_for(body.model)
     _check_fields(body)
     tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
     await _check_template_renders(ctx, tools)
@@ -44,7 +43,7 @@ async def chat(request: Request, ctx: ServeContext = Depends(serve_context)):
     jobs = [(prompt, choice_params(params, j)) for j in range(body.n)]
     views = [ChoiceView(i, tools=grammar is not None) for i in range(body.n)]
     rid = f"chatcmpl-{uuid.uuid4().hex}"
-    streams = await start_all(ctx.engine, jobs, adapter, rid)
+    streams = await ctx.start(jobs, body.model, rid)
     created_at = int(time.time())
     if body.stream:
         head = {"id": rid, "object": "chat.completion.chunk", "created": created_at, "model": body.model}

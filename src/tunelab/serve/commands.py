@@ -36,16 +36,12 @@ def serve_command(
     import uvicorn
 
     from tunelab.engine import LLM, AsyncLLM, EngineError
+    from tunelab.engine.commands import adapter_flags
     from tunelab.models import ModelError
     from tunelab.serve import create_app
     from tunelab.serve.request_body import Limits
 
-    adapters = {}
-    for item in adapter:
-        name, sep, directory = item.partition("=")
-        if not sep or not name or not directory:
-            raise typer.BadParameter(f"--adapter {item!r}: expected name=DIR")
-        adapters[name] = directory
+    adapters = adapter_flags(adapter)
     try:
         llm = LLM(model_path, dtype=dtype, device=device, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
                   kv_cache_memory=kv_cache_memory, adapters=adapters)

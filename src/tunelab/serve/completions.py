@@ -12,7 +12,7 @@ from tunelab.serve.context import ServeContext, choice_params, prompts_usage, sa
 from tunelab.serve.protocol import ApiError, CompletionRequest
 from tunelab.serve.request_body import check_limits, parse, read_json
 from tunelab.serve.responses import ChoiceView, completion_choice, completion_delta
-from tunelab.serve.streams import finals, merged, sse, start_all
+from tunelab.serve.streams import finals, merged, sse
 
 router = APIRouter()
 
@@ -21,7 +21,6 @@ router = APIRouter()
 async def completions(request: Request, ctx: ServeContext = Depends(serve_context)):
     body = parse(CompletionRequest, await read_json(request, ctx.limits))
     check_limits(body, ctx.limits)
-    adapter = ctx.adapter_for(body.model)
     prompts = _prompts(body)
     params = sampling_params(body, body.max_tokens, logprobs=body.logprobs)
     prefixes = [""] * len(prompts)
@@ -31,7 +30,7 @@ async def completions(request: Request, ctx: ServeContext = Depends(serve_contex
     jobs = [(p, choice_params(params, j)) for p in prompts for j in range(body.n)]
     views = [ChoiceView(i, prefix=prefixes[i // body.n]) for i in range(len(jobs))]
     rid = f"cmpl-{uuid.uuid4().hex}"
-    streams = await start_all(ctx.engine, jobs, adapter, rid)
+    streams = await ctx.start(jobs, body.model, rid)
     head = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": body.model}
     if body.stream:
         async def chunks():

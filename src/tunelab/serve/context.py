@@ -1,20 +1,22 @@
-"""What every route of the server shares: the engine, the served model's name, the limits, and the request fields
-that become engine `SamplingParams`. `create_app` builds one `ServeContext`; routes receive it through
-`Depends(serve_context)`.
+"""What every route of the server shares: the engine, the served model's name, the limits, the request fields
+that become engine `SamplingParams`, and starting a request's choices on the adapter its `model` names.
+`create_app` builds one `ServeContext`; routes receive it through `Depends(serve_context)`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from tunelab.engine import AsyncLLM, EngineError, RequestOutput, SamplingParams
+from tunelab.engine import AsyncLLM, EngineError, RequestOutput, SamplingParams, UnknownAdapter
 from tunelab.engine.sampling_params import SEED_MAX
 from tunelab.serve.protocol import ApiError
 from tunelab.serve.request_body import Limits, logit_bias
 from tunelab.serve.responses import TokenText, usage
+from tunelab.serve.streams import start_all
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -32,15 +34,16 @@ class ServeContext:
         self.llm = self.engine.llm
         self.tokens = TokenText(self.llm)
 
-    def adapter_for(self, model: str) -> str | None:
-        """The request's `model` field picks the LoRA adapter, as in vLLM: the base model's name runs the base."""
-        llm = self.llm
-        if model in (self.model_name, llm.model_path):
-            return None
-        if model in llm.adapters:
-            return model
-        raise ApiError(404, f"The model `{model}` does not exist; this server has "
-                       f"{[self.model_name, *sorted(llm.adapters)]}", param="model", code="model_not_found")
+    async def start(self, jobs, model: str, rid: str) -> list[AsyncIterator[RequestOutput]]:
+        """Start every choice (`streams.start_all`) on the adapter the request's `model` names, as in vLLM: the base
+        model's name runs the base. The engine is what knows whether that adapter is loaded; its refusal becomes
+        OpenAI's 404 for a model that does not exist."""
+        adapter = None if model in (self.model_name, self.llm.model_path) else model
+        try:
+            return await start_all(self.engine, jobs, adapter, rid)
+        except UnknownAdapter as exc:
+            raise ApiError(404, f"The model `{model}` does not exist; this server has "
+                           f"{[self.model_name, *exc.loaded]}", param="model", code="model_not_found") from None
 
 
 def serve_context(request: Request) -> ServeContext:

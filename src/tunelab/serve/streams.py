@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from tunelab.engine import AsyncLLM, EngineError, EngineFailure, QueueFull, RequestOutput
+from tunelab.engine import AsyncLLM, EngineError, EngineFailure, QueueFull, RequestOutput, UnknownAdapter
 from tunelab.models import ModelError
 from tunelab.serve.protocol import ApiError, error_body
 
@@ -42,6 +42,8 @@ async def _start(engine: AsyncLLM, prompt, params, adapter, rid) -> AsyncIterato
         first = await stream.__anext__()
     except QueueFull as exc:
         raise ApiError(429, str(exc), "rate_limit_error", code="queue_full") from None
+    except UnknownAdapter:
+        raise  # the caller knows which model the request named (ServeContext.start)
     except (EngineError, ModelError) as exc:
         raise ApiError(400, str(exc), param=str(exc).split(":")[0]) from None
     except EngineFailure as exc:

@@ -65,6 +65,8 @@ def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[str],
                     conn.execute(statement)
             conn.execute(f"INSERT OR REPLACE INTO {SCHEMA_TABLE} VALUES (?, ?)", (component, len(migrations)))
 
+    if schema_version(conn, component) == len(migrations):
+        return  # the common case, a file already up to date, takes no write lock
     retry_locked(run, timeout_s)
 
 
