@@ -68,3 +68,31 @@ def test_tiny_kv_budget_preempts_and_still_matches(references, family):
     for prompt, out in zip(ids, outs):
         assert out.token_ids == hf_greedy(ref, prompt)
     assert llm.block_manager.num_used == 0
+
+
+def test_dense_decode_rows_stay_equal_to_the_paged_blocks_as_sequences_come_and_go(references):
+    """Sequences join and leave the decode batch at different steps (rows move to stay packed, the copy grows);
+    after every step each decoding sequence's dense row holds exactly the K/V in its paged blocks."""
+    path, _ = references("llama")
+    llm = LLM(path, max_num_seqs=8, block_size=4)
+    runner, slots = llm.runner, llm.runner.slots
+    lengths = [3, 9, 5, 14, 2, 7]  # tokens to generate: finishing at different steps
+    pending = [llm.make_sequence(llm.tokenizer.encode(p), SamplingParams(max_tokens=n, ignore_eos=True))
+               for p, n in zip(PROMPTS + PROMPTS[:2], lengths)]
+    moved = 0
+    while pending or llm.has_work():
+        if pending and len(pending) % 2 == len(llm.scheduler.running) % 2:  # stagger the arrivals
+            llm.add_sequence(pending.pop(0))
+        before = dict(slots.row_of)
+        llm.step()
+        moved += sum(1 for seq_id, row in slots.row_of.items() if seq_id in before and before[seq_id] != row)
+        for seq in llm.scheduler.running:
+            row = slots.row_of.get(seq.seq_id)
+            if row is None:
+                continue
+            n = slots.length[row]
+            assert n == seq.num_cached
+            index = torch.tensor([runner._slot(seq, p) for p in range(n)])
+            assert torch.equal(slots.k[:, row, :, :n], runner.k_cache.index_select(1, index).transpose(1, 2))
+            assert torch.equal(slots.v[:, row, :, :n], runner.v_cache.index_select(1, index).transpose(1, 2))
+    assert moved > 0, "a row moved to keep the rows packed"

@@ -229,12 +229,15 @@ class DecodeSlots:
         """Room for `rows` rows of `columns` tokens, growing (and copying the live rows) when short."""
         if self.k is not None and rows <= self.k.shape[1] and columns <= self.capacity:
             return True
-        new_rows = max(rows, 0 if self.k is None else self.k.shape[1])
+        old_rows = 0 if self.k is None else self.k.shape[1]
         new_cap = max(self.capacity, -(-(columns * 5 // 4 + 32) // 64) * 64)  # grow ahead: copies stay rare
-        shape = (self.layers, new_rows, self.heads, new_cap, self.dim)
-        if torch.Size(shape).numel() > self.max_elements:
+        # Rows grow ahead too (doubling) when that fits, so sequences joining one by one do not copy every time.
+        fits = [r for r in (max(rows, 2 * old_rows), max(rows, old_rows))
+                if self.layers * r * self.heads * new_cap * self.dim <= self.max_elements]
+        if not fits:
             self.release_all()
             return False
+        shape = (self.layers, fits[0], self.heads, new_cap, self.dim)
         # Zeros: columns past a short row's length are read (under a False mask) and must not hold NaN.
         k = torch.zeros(shape, dtype=self.dtype, device=self.device)
         v = torch.zeros(shape, dtype=self.dtype, device=self.device)
