@@ -2,7 +2,8 @@
 or listed below with the reason it is not run; a command added to the docs without a decision fails the test.
 
 Run here (offline, ~35 s of CPU): README's `info` and both `generate` lines, and tuning.md's `tune tune.yaml` (the
-page's own tune.yaml and data, steps cut to 10 for time) followed by its `generate --adapter`. Where a page names
+page's own tune.yaml and data, steps cut to 10 for time) followed by its `generate --adapter`, and benchmarks.md's
+`build --quant int4`. Where a page names
 the built-in model it is replaced by a tiny random llama (`BUILTIN` -> `TINY`): the 135M-parameter model would take
 minutes to tune on a CPU, and tests/models/test_docs_models.py already runs `info` and `generate` on the real one.
 """
@@ -24,6 +25,7 @@ RUN = {
     ("tuning.md", "tunelab tune tune.yaml"),
     ("tuning.md", f'tunelab generate --model {BUILTIN} --adapter capitals-lora --prompt "The capital of Kenya is" '
                   "--max-tokens 8"),
+    ("benchmarks.md", f"tunelab build {BUILTIN} --quant int4 -o smollm2-int4"),
 }
 ELSEWHERE = {  # (page, command prefix): the test that runs it
     ("models.md", "tunelab "): "tests/models/test_docs_models.py (the real built-in model)",
@@ -127,6 +129,7 @@ def test_the_runnable_commands_run(tmp_path):
         if "generate" in command:
             assert "completion tokens" in out.stdout + out.stderr, command
     assert (tmp_path / "capitals-lora" / "adapter_model.safetensors").exists()
+    assert json.loads((tmp_path / "smollm2-int4" / "tunelab-build.json").read_text())["quant"]["mode"] == "int4"
 
 
 def _json_block(page) -> str:

@@ -58,6 +58,10 @@ class BenchResult:
     stall: dict | None = None  # time between tokens while a long prompt is admitted (measure_stall)
     llama_cpp_b1_tok_s: float | None = None
     llama_cpp_sequential_tok_s: float | None = None  # the N requests through llama.cpp one after another
+    build: str | None = None  # the `tunelab build` directory measured, if any
+    quant: str | None = None  # its weight quantisation (int8 / int4)
+    # A quantised build's 16-bit counterparts on the same device: {dtype: {"b1_tok_s", "concurrent_tok_s"}}.
+    sixteen_bit: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -67,20 +71,14 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
                        device: str = "cpu", dtype: str = "float32", layers: int = 8, hidden: int = 512,
                        seed: int = 0, bandwidth_mbytes: int = 512, model: str | None = None, repeat: int = 1,
                        hf_sample: int | None = None, single_prompt_tokens: int = 70, stall_prompt_tokens: int = 0,
-                       against_gguf: str | None = None, log=print) -> BenchResult:
-    AutoModelForCausalLM = _transformers().AutoModelForCausalLM
+                       against_gguf: str | None = None, build: str | None = None, log=print) -> BenchResult:
+    """With `build` (a `tunelab build` directory), tunelab runs the build as built and transformers its source
+    model; `model` and `dtype` are then taken from the build's manifest."""
+    from tunelab.engine import SamplingParams
 
-    from tunelab.engine import LLM, SamplingParams
-    from tunelab.models.checkpoint import resolve_checkpoint
-
-    torch_dtype = getattr(torch, dtype)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = resolve_checkpoint(model) if model else write_random_llama(Path(tmp), layers=layers, hidden=hidden,
-                                                                           seed=seed)
-        ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
-        llm = LLM(path, dtype=torch_dtype, device=device, max_num_seqs=max(requests, 1),
-                  max_model_len=max(prompt_tokens, single_prompt_tokens, stall_prompt_tokens)
-                  + max(new_tokens, single_tokens) + 8)
+    model, dtype, quant = _build_options(build, device) if build else (model, dtype, None)
+    max_model_len = max(prompt_tokens, single_prompt_tokens, stall_prompt_tokens) + max(new_tokens, single_tokens) + 8
+    ref, llm, path = _load_sides(model, build, dtype, device, max(requests, 1), max_model_len, layers, hidden, seed)
     gen = torch.Generator().manual_seed(seed)
     vocab = llm.model.config.vocab_size
     prompts = [torch.randint(3, vocab, (prompt_tokens,), generator=gen).tolist() for _ in range(requests)]
@@ -90,8 +88,9 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
     bandwidth = measure_bandwidth(device, bandwidth_mbytes)
     weights = _bytes_read_per_token(llm.model)
     roofline = bandwidth / weights
-    load = _load_average()
-    log(f"model: {model or 'random Llama'} ({llm.model.num_parameters() / 1e6:.1f}M parameters), tunelab {dtype} vs "
+    load, params = _load_average(), _parameter_count(llm.model)
+    ours_label = f"build {build} ({quant + ' weights, ' if quant else ''}{dtype})" if build else dtype
+    log(f"model: {model or 'random Llama'} ({params / 1e6:.1f}M parameters), tunelab {ours_label} vs "
         f"transformers float32, {device}, {torch.get_num_threads()} threads; copy bandwidth "
         f"{bandwidth / 1e9:.1f} GB/s; load average {load:.2f}")
 
@@ -131,10 +130,14 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
     llama_seq = llama and _llama_cpp_sequential_side(llama, prompts[:hf_sample], new_tokens, repeat,
                                                      total / ours_s, log)
     stall = _stall_side(llm, stall_prompt_tokens, seed, log) if stall_prompt_tokens else None
+    llm = None  # one engine's KV cache at a time
+    sixteen = _sixteen_bit_side(path, device, quant, (single, single_tokens, ours_b1), (
+        prompts, new_tokens, total / ours_s), repeat, max(requests, 1), max_model_len, log) if quant else None
     return BenchResult(
+        build=build, quant=quant, sixteen_bit=sixteen,
         stall=stall, llama_cpp_b1_tok_s=llama_b1 and round(llama_b1, 1), model=str(model or "random-llama"),
         llama_cpp_sequential_tok_s=llama_seq and round(llama_seq, 1), device=device, dtype=dtype,
-        params_millions=round(llm.model.num_parameters() / 1e6, 1), threads=torch.get_num_threads(),
+        params_millions=round(params / 1e6, 1), threads=torch.get_num_threads(),
         load_average=round(load, 2), repeats=repeat, bandwidth_gbs=round(bandwidth / 1e9, 2),
         bytes_per_token_mb=round(weights / 1e6, 1), roofline_tok_s=round(roofline, 1),
         hf_b1_tok_s=round(hf_b1, 1), ours_b1_tok_s=round(ours_b1, 1), b1_ratio=round(ours_b1 / hf_b1, 2),
@@ -145,9 +148,72 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
     )
 
 
+def _build_options(build: str, device: str) -> tuple[str, str, str | None]:
+    """(source model, dtype, quantisation mode or None) of a build directory."""
+    from tunelab.engine.build import MANIFEST, check_build
+
+    manifest = check_build(build, device)
+    if manifest is None:
+        raise EngineError(f"--build {build}: not a tunelab build (no {MANIFEST}); make one with `tunelab build`, or "
+                          "pass a checkpoint with --model")
+    return manifest.source, manifest.dtype, manifest.quant["mode"] if manifest.quant else None
+
+
+def _parameter_count(model) -> int:
+    """Parameters, counting a quantised layer's weight matrix (held in integer buffers) as its float shape."""
+    from tunelab.models.quantize import Int4Linear, Int8Linear
+
+    quantised = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, (Int4Linear, Int8Linear)))
+    return model.num_parameters() + quantised
+
+
+def _load_sides(model, build, dtype, device, max_num_seqs, max_model_len, layers, hidden, seed):
+    """(transformers float32 on the source model, tunelab's LLM, the source checkpoint's path)."""
+    from tunelab.engine import LLM
+    from tunelab.models.checkpoint import resolve_checkpoint
+
+    AutoModelForCausalLM = _transformers().AutoModelForCausalLM
+    with tempfile.TemporaryDirectory() as tmp:
+        path = resolve_checkpoint(model) if model else write_random_llama(Path(tmp), layers=layers, hidden=hidden,
+                                                                           seed=seed)
+        ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+        llm = LLM(build or path, dtype=None if build else getattr(torch, dtype), device=device,
+                  max_num_seqs=max_num_seqs, max_model_len=max_model_len)
+    return ref, llm, path
+
+
+def _sixteen_bit_side(path, device, quant, single, concurrent, repeat, max_num_seqs, max_model_len, log) -> dict:
+    """The same source model in float16 and bfloat16 (converted at load), same workloads: whether the quantised
+    build is worth it on this device, said in the output rather than left to the reader."""
+    from tunelab.engine import LLM, SamplingParams
+
+    (prompt, single_tokens, quant_b1), (prompts, new_tokens, quant_con) = single, concurrent
+    result = {}
+    for dtype in ("float16", "bfloat16"):
+        llm = LLM(path, dtype=getattr(torch, dtype), device=device, max_num_seqs=max_num_seqs,
+                  max_model_len=max_model_len)
+        llm.generate([prompt[:16]], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
+        b1 = statistics.median(single_tokens / _timed(lambda: llm.generate(
+            [prompt], SamplingParams(max_tokens=single_tokens, ignore_eos=True))) for _ in range(repeat))
+        con = statistics.median(len(prompts) * new_tokens / _timed(lambda: llm.generate(
+            prompts, SamplingParams(max_tokens=new_tokens, ignore_eos=True))) for _ in range(repeat))
+        result[dtype] = {"b1_tok_s": round(b1, 1), "concurrent_tok_s": round(con, 1)}
+        del llm
+    for label, key, ours in (("batch 1", "b1_tok_s", quant_b1), (f"{len(prompts)} concurrent", "concurrent_tok_s",
+                                                                  quant_con)):
+        best = max(result, key=lambda d: result[d][key])
+        ratio = ours / result[best][key]
+        verdict = "faster than" if ratio >= 1 else "SLOWER than"
+        log(f"{label}: {quant} {ours:.1f} tok/s, float16 {result['float16'][key]:.1f}, bfloat16 "
+            f"{result['bfloat16'][key]:.1f}: {quant} is {ratio:.2f}x {best}, {verdict} 16-bit on this device")
+    return result
+
+
 def _bytes_read_per_token(model) -> int:
-    """Weight bytes one decode step reads: every matrix but the embedding gather (the tied head reads it whole)."""
-    weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    """Weight bytes one decode step reads: every matrix but the embedding gather (the tied head reads it whole);
+    quantised layers' integers and scales are buffers."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    weights = sum(p.numel() * p.element_size() for n, p in tensors if "embed_tokens" not in n)
     if model.config.tie_word_embeddings:
         weights += model.lm_head.weight.numel() * model.lm_head.weight.element_size()
     return weights

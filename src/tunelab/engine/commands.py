@@ -31,19 +31,28 @@ def build_command(
     output: str = typer.Option(..., "-o", "--output", help="New directory for the build."),
     adapter: list[str] = typer.Option([], "--adapter", help="NAME=DIR of a PEFT adapter (repeatable)."),
     merge: bool = typer.Option(False, "--merge", help="Fold the adapters into the weights."),
-    dtype: str = typer.Option("float16", "--dtype", help="float16 | bfloat16 | float32. On AVX2 CPUs float16 "
-                                                           "decodes one sequence fastest, bfloat16 many at once."),
+    dtype: str = typer.Option(None, "--dtype", help="float16 | bfloat16 | float32 (default float16; bfloat16 with "
+                                                     "--quant). On AVX2 CPUs float16 decodes one sequence fastest, "
+                                                     "bfloat16 many at once."),
+    quant: str = typer.Option(None, "--quant", help="int8 | int4: weight-only quantisation of the projection "
+                                                    "layers (default: none). See docs/benchmarks.md for when it is "
+                                                    "faster than 16-bit."),
+    group_size: int = typer.Option(None, "--group-size", help="int4: input columns per scale (32, 64, 128, 256; "
+                                                              "default 32)."),
     device: str = typer.Option("cpu", "--device", help="Where the build will run."),
 ) -> None:
     """Convert a model (and adapters) once for a device: weights in the target dtype, adapters merged, a manifest."""
     from tunelab.engine.build import build
     from tunelab.engine.errors import EngineError
+    from tunelab.models.config import ModelError
 
     try:
-        manifest = build(model, output, dtype=dtype, device=device, adapters=adapter_flags(adapter), merge=merge)
-    except EngineError as e:
+        manifest = build(model, output, dtype=dtype, device=device, adapters=adapter_flags(adapter), merge=merge,
+                         quant=quant, group_size=group_size)
+    except (EngineError, ModelError) as e:
         raise typer.BadParameter(str(e)) from None
-    typer.echo(f"built {output}: {manifest.dtype} for {manifest.device_kind}, source sha256 "
+    weights = manifest.dtype if manifest.quant is None else f"{manifest.quant['mode']} weights, {manifest.dtype}"
+    typer.echo(f"built {output}: {weights} for {manifest.device_kind}, source sha256 "
                f"{manifest.source_sha256[:12]}, merged: {sorted(manifest.merged_adapters) or 'none'}")
 
 
@@ -71,6 +80,9 @@ def bench_generate(
                                                           "the N requests one by one (needs llama-cpp-python)."),
     gguf: str = typer.Option(None, "--gguf", help="GGUF file for --against llama-cpp (default: the built-in "
                                                   "model's, for --model smollm2-135m-instruct)."),
+    build: str = typer.Option(None, "--build", help="A `tunelab build` directory: tunelab runs it as built, "
+                                                     "transformers runs its source model; a quantised build is also "
+                                                     "timed against the source in float16 and bfloat16."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON at the end."),
 ) -> None:
     """tunelab's engine vs transformers `generate`: batch 1 and N concurrent requests, side by side."""
@@ -81,6 +93,8 @@ def bench_generate(
 
     if dtype not in ("float32", "bfloat16", "float16"):
         raise typer.BadParameter(f"--dtype: expected float32, bfloat16 or float16, got {dtype!r}")
+    if build and (model or dtype != "float32"):
+        raise typer.BadParameter("--build: a build fixes the model and dtype; drop --model and --dtype")
     if against not in (None, "llama-cpp"):
         raise typer.BadParameter(f"--against: only llama-cpp is supported, got {against!r}")
     if against and importlib.util.find_spec("llama_cpp") is None:
@@ -100,7 +114,7 @@ def bench_generate(
                                     model=model, repeat=repeat, hf_sample=hf_sample,
                                     single_prompt_tokens=single_prompt_tokens,
                                     stall_prompt_tokens=stall_prompt_tokens,
-                                    against_gguf=gguf if against else None)
+                                    against_gguf=gguf if against else None, build=build)
     except EngineError as e:
         raise typer.BadParameter(str(e)) from None
     if json_out:

@@ -13,6 +13,7 @@ from tunelab.lora.config import LoraConfig
 from tunelab.lora.errors import LoraError
 from tunelab.lora.layers import LoraEmbedding, LoraLinear, ModulesToSave, LoraLayer
 from tunelab.lora.targets import find_modules_to_save, find_targets
+from tunelab.models.quantize import is_quantized
 
 _STATE_ATTR = "_tunelab_lora"
 
@@ -46,6 +47,10 @@ def add(model: nn.Module, config: LoraConfig, adapter_name: str) -> None:
     if config.init == "pissa" and existing:
         raise LoraError("init='pissa' rewrites the base weights, so it cannot share a model with other adapters "
                         f"(already has {existing})")
+    if is_quantized(model):
+        raise LoraError("this model's projection weights are quantised (int8/int4), and LoRA in tunelab wraps only "
+                        "float layers; merge the adapter before quantising: tunelab build MODEL --adapter NAME=DIR "
+                        "--merge --quant ...")
     # Resolve everything before touching the model, so a bad config leaves it unchanged.
     paths = find_targets(model, config)
     save_paths = find_modules_to_save(model, config.modules_to_save) if config.modules_to_save else []

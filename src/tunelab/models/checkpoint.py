@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from tunelab.models.config import ModelConfig, ModelError
+from tunelab.models.quantize import pack_for_kernels, prepare_quantized, quant_config
 from tunelab.models.tokenizer import Tokenizer
 from tunelab.models.transformer import Transformer
 
@@ -116,8 +117,13 @@ def _is_gguf(path: Path) -> bool:
 
 def load_model(path: Path, config: ModelConfig, dtype=None, device="cpu") -> Transformer:
     dtype = _dtype(dtype)
+    quant = quant_config(config.hf_config, str(path / "config.json"))
+    if quant is not None:
+        dtype = _quantized_dtype(path, config, quant, dtype)
     with torch.device("meta"):
         model = Transformer(config)
+        if quant is not None:  # its projections are integer tensors: give the model the modules that hold them
+            prepare_quantized(model, quant, dtype)
     expected = {name: p for name, p in model.state_dict().items()}
     tied = config.tie_word_embeddings
     state = {}
@@ -136,18 +142,31 @@ def load_model(path: Path, config: ModelConfig, dtype=None, device="cpu") -> Tra
                 f"{path}: tensor {hf_name!r} has shape {tuple(tensor.shape)}, "
                 f"config.json implies {tuple(expected[name].shape)}"
             )
-        state[name] = tensor.to(device=device, dtype=dtype or tensor.dtype).contiguous()
+        cast = dtype if tensor.is_floating_point() else None  # a quantised model's integers stay integers
+        state[name] = tensor.to(device=device, dtype=cast or tensor.dtype).contiguous()
     missing = [n for n in expected if n not in state and not (tied and n == "lm_head.weight")]
     if missing:
         raise ModelError(f"{path}: missing tensors {[model.checkpoint_name(n) for n in missing[:8]]}")
     model.load_state_dict(state, strict=False, assign=True)
     if tied:
         model.lm_head.weight = model.embed_tokens.weight
+    if quant is not None:
+        pack_for_kernels(model)
     if config.positions == "rope":
         from tunelab.models.transformer import rope_inv_freq
 
         model.inv_freq = rope_inv_freq(config).to(device)
     return model.eval()
+
+
+def _quantized_dtype(path: Path, config: ModelConfig, quant, asked):
+    """A quantised checkpoint runs in the dtype its scales were rounded to; converting would defeat the build."""
+    stored = _dtype(config.torch_dtype or "float32")
+    if asked is not None and asked != stored:
+        raise ModelError(f"{path}: a {quant.mode} checkpoint computes in {str(stored).removeprefix('torch.')}, the "
+                         f"dtype its scales were made for; dtype={str(asked).removeprefix('torch.')} was asked. Drop "
+                         "the dtype option, or build again from the float model with the dtype you want")
+    return stored
 
 
 def checkpoint_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
