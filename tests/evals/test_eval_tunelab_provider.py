@@ -163,6 +163,10 @@ def test_dtype_and_engine_options_reach_the_engine(tmp_path, tiny_checkpoint, mo
     ((kwargs, llm),) = made
     assert kwargs["dtype"] == "bfloat16" and next(llm.model.parameters()).dtype == torch.bfloat16
     assert not llm.block_manager.prefix_caching and llm.scheduler.max_num_seqs == 2
+    stored = cfg.to_dict()["providers"][0]  # a run's stored config says its precision and engine options
+    assert stored["dtype"] == "bfloat16" and stored["engine"] == provider["engine"]
+    assert EvalConfig.from_dict({**cfg.to_dict(), "dataset": "data.jsonl"}, source="again.yaml",
+                                base_dir=tmp_path).providers[0].engine == provider["engine"]
     (prov,) = cfg.providers
     key = response_key(prov, {}, [], 0)
     prov.engine = {}

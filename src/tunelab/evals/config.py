@@ -141,7 +141,7 @@ class EvalConfig:
         for p in self.providers:
             d = {"id": p.id, "type": p.type, "model": p.model, "base_url": p.base_url, "api_key_env": p.api_key_env,
                  "params": p.params, "adapter": p.adapter, "judge_only": p.judge_only or None, "chat": p.chat,
-                 "structured_output": p.structured_output,
+                 "structured_output": p.structured_output, "dtype": p.dtype, "engine": p.engine or None,
                  "price": None if p.price is None else {"input_per_1m": p.price.input_per_1m,
                                                         "output_per_1m": p.price.output_per_1m}}
             out["providers"].append(_drop_none(d))
