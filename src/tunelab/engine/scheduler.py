@@ -221,7 +221,7 @@ class StepCost:
 
 def _least_squares(x: torch.Tensor, y: torch.Tensor) -> tuple[float, ...] | None:
     scale = x.abs().amax(0).clamp(min=1.0)  # columns differ by orders of magnitude
-    solution = torch.linalg.lstsq(x / scale, y).solution[:, 0] / scale
-    if torch.linalg.matrix_rank(x / scale) < x.shape[1]:
+    scaled = x / scale
+    if torch.linalg.matrix_rank(scaled) < x.shape[1]:  # a column never varied: nothing to fit it from
         return None
-    return tuple(float(v) for v in solution)
+    return tuple(float(v) for v in torch.linalg.lstsq(scaled, y).solution[:, 0] / scale)
