@@ -308,6 +308,7 @@ class PagedAttention:
 
     def __init__(self, runner, input_ids, position_ids, write_slots, last_index, decode, chunks, adapters, lengths):
         self.runner = runner
+        self.dtype = runner.dtype  # attention's, the cache's
         self.input_ids, self.position_ids = input_ids, position_ids
         self.write_slots, self.last_index = write_slots, last_index
         self.decode: DecodePlan | None = decode

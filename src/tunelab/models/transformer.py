@@ -6,7 +6,8 @@ QKV). Module names are canonical (`layers.3.self_attn.q_proj`); `checkpoint_name
 maps them to the names a Hugging Face checkpoint uses, so LoRA targets and adapter
 files speak the ecosystem's language.
 
-KV-cache interface: `forward(..., cache=...)` takes any object with one method,
+KV-cache interface: `forward(..., cache=...)` takes any object with a `dtype` (the
+dtype attention runs in: q, k and v are converted to it before RoPE) and one method,
 `attend(layer_idx, q, k, v, mask) -> out`: it stores the layer's new keys and values
 (q [B, H, S, D] and k, v [B, kv_heads, S, D], RoPE applied) and returns the
 attention output [B, H, S, D]. `KVCache` below is the contiguous one `generate`
@@ -83,7 +84,8 @@ class Transformer(nn.Module):
             x = x + self.embed_positions(position_ids)
             rope = None
         else:
-            rope = rope_cos_sin(self.inv_freq, position_ids, x.dtype)
+            # in the dtype attention runs in: the cache's when there is one (see Attention.forward)
+            rope = rope_cos_sin(self.inv_freq, position_ids, x.dtype if cache is None else cache.dtype)
         masks = {}
         for layer in self.layers:
             window = layer.self_attn.sliding_window
@@ -167,8 +169,11 @@ class Attention(nn.Module):
         batch, seq, _ = x.shape
         heads, kv_heads = self.num_heads, self.num_kv_heads
         if hasattr(self, "qkv_proj"):
-            # [B, T, heads + 2 kv_heads, D]: q and k are rotated together, one RoPE for both (half the small ops)
+            # [B, T, heads + 2 kv_heads, D]: q and k are rotated together, one RoPE for both (half the small ops);
+            # converted once to the dtype attention runs in (the cache's: float32 on CPU whatever the weights).
             qkv = self.qkv_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+            if cache is not None:
+                qkv = qkv.to(cache.dtype)
             qk, v = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
             if rope is not None:
                 qk = apply_rope(qk, *rope)
@@ -177,6 +182,8 @@ class Attention(nn.Module):
             q = self.q_proj(x).view(batch, seq, heads, self.head_dim).transpose(1, 2)
             k = self.k_proj(x).view(batch, seq, kv_heads, self.head_dim).transpose(1, 2)
             v = self.v_proj(x).view(batch, seq, kv_heads, self.head_dim).transpose(1, 2)
+            if cache is not None:
+                q, k, v = q.to(cache.dtype), k.to(cache.dtype), v.to(cache.dtype)
             if rope is not None:
                 q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
@@ -251,6 +258,7 @@ class KVCache:
         shape = (config.num_layers, batch, config.num_kv_heads, max_len, config.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.dtype = dtype
         self.max_len = max_len
         self.offset = 0
 
