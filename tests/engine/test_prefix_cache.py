@@ -115,7 +115,7 @@ def test_outputs_equal_after_eviction(tiny_checkpoint):
     for i in range(6):
         llm.generate([llm.tokenizer.encode(f"unrelated text number {i} " * 6)], params)
     hits, partial = llm.block_manager._cached_prefix(Sequence(prompts[0], params, None))
-    assert hits == [] and (partial is None or partial.length <= 1)  # at most a first token in common
+    assert hits == [] and (partial is None or partial[1] <= 1)  # at most a first token in common
     assert llm.generate([prompts[0]], params)[0].token_ids == first == hf_greedy(ref, prompts[0], 8)
     # and a token-level match on blocks computed after the eviction
     assert llm.generate([prompts[1]], params)[0].token_ids == hf_greedy(ref, prompts[1], 8)
@@ -135,19 +135,22 @@ def test_blocks_keyed_for_a_failed_step_are_not_reused(tiny_checkpoint, monkeypa
 
 def test_a_token_level_match_in_the_same_step_copies_k_v_written_in_that_step(tiny_checkpoint, family):
     """B shares 20 tokens with A and is admitted in A's step: 16 come from A's first block, 4 are copied from A's
-    second block, whose K/V that same step computes. Copied too early, B's logits would see zeros."""
+    second block, whose K/V that same step computes. C shares 22 with B: 6 are copied from B's second block, whose
+    first 4 are that step's copy from A. Copied too early, or out of order, the logits would see zeros."""
     path = tiny_checkpoint(family)
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    a, b = sharing(20, [17, 9])
+    a, b = sharing(20, [17, 13])
+    c = b[:22] + sharing(0, [12], seed=1)[0]  # B's first 22 tokens, then its own
     llm = LLM(path, block_size=16, max_num_seqs=4)
-    for ids in (a, b):
+    for ids in (a, b, c):
         llm.add_sequence(llm.make_sequence(ids, SamplingParams(max_tokens=1)))
     step = llm.scheduler.schedule()
-    assert step.num_tokens == [len(a), len(b) - 20]  # one step; B computes all but the 20 shared tokens
-    assert step.seqs[1].prefix_copy is not None and step.seqs[1].prefix_copy.length == 4
+    assert step.num_tokens == [len(a), len(b) - 20, len(c) - 22]  # one step; each computes only what it lacks
+    first, second, third = step.seqs
+    assert second.prefix_copy.src == first.block_table[1] and third.prefix_copy.src == second.block_table[1]
     logits = llm.runner.run(step.seqs)
     with torch.no_grad():
-        expected = torch.stack([ref(torch.tensor([ids])).logits[0, -1] for ids in (a, b)])
+        expected = torch.stack([ref(torch.tensor([ids])).logits[0, -1] for ids in (a, b, c)])
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
 
 
@@ -216,3 +219,17 @@ def test_a_one_token_first_chunk_after_a_same_step_hit_is_not_read_before_it_is_
         outs = llm.generate([first, second], SamplingParams(max_tokens=6))
         assert llm.block_manager.hit_tokens == len(second) - 1
         assert [o.token_ids for o in outs] == [hf_greedy(ref, first, 6), hf_greedy(ref, second, 6)]
+
+
+def test_token_level_matches_survive_preemption_and_release_every_block(tiny_checkpoint):
+    path = tiny_checkpoint("llama")
+    probe = LLM(path, block_size=8)
+    per_token = probe.runner.bytes_per_token(probe.model)
+    llm = LLM(path, block_size=8, kv_cache_memory=per_token * 8 * 12)  # 12 blocks: one request fits, four do not
+    prompts = sharing(20, [10, 12, 9, 14])
+    params = SamplingParams(max_tokens=12, ignore_eos=True)
+    outs = [o.token_ids for o in llm.generate(prompts, params)]
+    assert llm.scheduler.num_preemptions > 0 and llm.block_manager.hit_tokens > 0
+    plain = LLM(path, block_size=8, enable_prefix_caching=False)  # room for all: no preemption
+    assert outs == [o.token_ids for o in plain.generate(prompts, params)]
+    assert llm.block_manager.num_used == 0  # every block and every pinned copy source was released

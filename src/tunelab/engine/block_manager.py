@@ -11,13 +11,15 @@ out again: the free list is ordered least-recently-freed first, so eviction is L
 full and the step being scheduled computes its K/V (`commit`); a sequence admitted later, even in the same step,
 can share it (the runner writes every chunk's K/V before any chunk attends).
 
-Matching is token-granular, as SGLang's radix cache: after the shared full blocks, the next cached block in the
-chain (same parent key and adapter: an index, not a scan) whose first k tokens are the prompt's next k gives them
-too. Its slots cannot be shared, since the sequence writes the rest of that block, so the sequence gets a fresh block
-and the step copies the k tokens' K/V into it (`BlockCopy`, carried on the sequence until its first chunk ran; the
-runner copies per layer after the step's writes, so a source computed in the same step is complete). The source
-block is pinned (held) until then: it cannot be evicted or handed out in between. The prompt's last token is never
-taken from the cache: it must run through the model anyway to give the logits of the first new token.
+Matching is token-granular, as SGLang's radix cache: after the shared full blocks, the next cached full block in
+the chain whose first k tokens are the prompt's next k gives those k too (an index from (parent key, adapter, first
+token) to such blocks makes this a lookup, not a scan). Its slots cannot be shared, since the sequence writes the
+rest of that block, so the sequence gets a fresh block and its first chunk copies the k tokens' K/V into it
+(`BlockCopy`, on the sequence; the runner copies per layer after the step's writes and in scheduling order, so a
+source computed, or itself copied into, in the same step is complete). The source is pinned (held) from admission
+until that step ran (`copied`, which the engine calls after every step, or `release`), so it is never evicted or
+handed out in between; when the free list cannot spare it, the match stops at whole blocks. The prompt's last token
+is never taken from the cache: it must run through the model anyway to give the logits of the first new token.
 """
 
 from __future__ import annotations
@@ -66,9 +68,9 @@ class BlockManager:
         False (and nothing changed) when the free list cannot cover it."""
         hits, partial = self._cached_prefix(seq)
         new = self.blocks_needed(num_tokens) - len(hits)
-        if partial and not self._room(hits + [partial.src], new):
+        if partial and not self._room(hits + [partial[0]], new):
             partial = None  # no room to hold the copy's source as well: compute those few tokens instead
-        held = hits + [partial.src] if partial else hits
+        held = hits + [partial[0]] if partial else hits
         if not self._room(held, new):
             return False
         for b in held:
@@ -78,8 +80,8 @@ class BlockManager:
         self._keys[seq.seq_id] = [self.key_of[b] for b in hits]
         if partial:
             seq.block_table.append(self._take())
-            seq.prefix_copy = BlockCopy(partial.src, seq.block_table[-1], partial.length)
-            seq.num_cached += partial.length
+            seq.prefix_copy = BlockCopy(partial[0], seq.block_table[-1], partial[1])
+            seq.num_cached += partial[1]
         self.queried_tokens += len(seq)
         self.hit_tokens += seq.num_cached
         self.grow(seq, num_tokens)
@@ -122,9 +124,9 @@ class BlockManager:
         return self.hit_tokens / self.queried_tokens if self.queried_tokens else 0.0
 
     # ------------------------------------------------------------------ helpers
-    def _cached_prefix(self, seq: Sequence) -> tuple[list[int], BlockCopy | None]:
-        """The cached blocks of `seq`'s leading full blocks, then the longest partial match of the next block
-        (as a copy whose `dst` is not chosen yet)."""
+    def _cached_prefix(self, seq: Sequence) -> tuple[list[int], tuple[int, int] | None]:
+        """The cached blocks of `seq`'s leading full blocks, then (a cached block, k) for the longest partial match
+        of the next block: its first k tokens are `seq`'s next k."""
         if not self.prefix_caching:
             return [], None
         hits, key, bs = [], b"", self.block_size
@@ -141,7 +143,7 @@ class BlockManager:
             return hits, None
         candidates = self.children.get((key, seq.adapter, wanted[0]), {})
         length, src = max(((_common_length(wanted, t), b) for b, t in candidates.items()), default=(0, None))
-        return hits, BlockCopy(src, -1, length) if length else None
+        return hits, (src, length) if length else None
 
     def _register_full_blocks(self, seq: Sequence, computed: int) -> None:
         keys = self._keys.setdefault(seq.seq_id, [])

@@ -304,7 +304,9 @@ class PagedAttention:
         v_tokens = v[0].transpose(0, 1).to(v_cache.dtype)
         k_cache.index_copy_(0, self.write_slots, k_tokens)
         v_cache.index_copy_(0, self.write_slots, v_tokens)
-        for src, dst in self.copies:  # after the writes: a source block computed in this very step is complete
+        # After the writes: a source block computed in this very step is complete. In scheduling order: a source may
+        # itself have received an earlier copy of this step.
+        for src, dst in self.copies:
             k_cache[dst] = k_cache[src]
             v_cache[dst] = v_cache[src]
         q = q.to(k_cache.dtype)
