@@ -4,13 +4,15 @@ A step packs every scheduled token into one row [1, T], with no padding: first o
 then the prompt chunks being prefilled. The projections and MLPs run once over all T tokens, so a decode batch and
 the prompt chunks admitted beside it share one read of the weights; attention is the only per-sequence work, and the
 model hands it to the step (`PagedAttention.attend`):
-  - every new key and value is written into its paged-cache slot (the paged blocks are the source of truth, and what
-    the prefix cache shares); then a token-level prefix hit's K/V are copied into its sequence's own block (its
-    source may have been computed in this very step);
+  - every new key and value reaches its paged-cache slot by the end of the step (the paged blocks are the source of
+    truth, and what the prefix cache shares): prompt tokens in each layer, before any chunk attends; then a
+    token-level prefix hit's K/V are copied into its sequence's own block (the source may be computed in this step);
   - decode tokens attend through `DecodeSlots`, a dense copy of the decoding sequences' K/V in which each sequence
     keeps its row while it decodes and appends one column per step: its blocks are gathered once, when it starts
     decoding, rather than at every step. Rows stay packed (a finished sequence's row is refilled by the last one),
-    so one SDPA call covers the whole decode batch;
+    so one SDPA call covers the whole decode batch. A decode token is written to its row only, and the step's
+    decode tokens are copied to their paged slots after the last layer, all layers at once (the scheduler keys a
+    block for the prefix cache only once its K/V are there, so no chunk of the same step can read such a slot);
   - a prompt chunk with nothing cached before it attends to its own keys (causal); a later chunk, or a prompt whose
     prefix the prefix cache supplied, gathers its blocks.
 Only each sequence's last token goes through lm_head.
@@ -47,6 +49,8 @@ class ModelRunner:
         # Zeros, not empty: masked slots still enter SDPA's weighted sum (with weight 0), and 0 * NaN is NaN.
         self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        # Per-layer views made once: indexing the cache by layer in every layer of every step is an op each time.
+        self.k_layers, self.v_layers = self.k_cache.unbind(0), self.v_cache.unbind(0)
         self.windows = [layer.self_attn.sliding_window for layer in model.layers]
         # The dense decode copy may take at most as much memory as the paged cache itself.
         self.slots = DecodeSlots(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device,
@@ -80,6 +84,7 @@ class ModelRunner:
         with self._routing(step):
             hidden = self._hidden(step.input_ids, position_ids=step.position_ids, cache=step)
             logits = self.model.lm_head(hidden[0, step.last_index])
+        self.slots.flush(step.decode, self, step.decode_slots)
         for seq, n in zip(seqs, num_tokens):  # only on success: a failed step can be retried row by row
             seq.num_cached += n
             seq.num_scheduled = 0
@@ -179,7 +184,9 @@ class DecodePlan:
     rows: int  # the decode tokens are rows 0..rows-1
     context: int  # columns SDPA reads this step
     masks: dict  # {sliding window: bool [rows, 1, 1, context], or None when every row sees every column}
-    append_index: torch.Tensor  # flat [rows * heads] column of each (row, head) in a layer's [rows*heads*cap, dim]
+    append_index: torch.Tensor  # flat [heads * rows]: the column of each (head, row) in a layer's [rows*heads*cap, dim]
+    k_views: tuple  # per layer, the [rows, heads, context, dim] SDPA reads this step
+    v_views: tuple
 
 
 class DecodeSlots:
@@ -190,7 +197,7 @@ class DecodeSlots:
     def __init__(self, layers, heads, dim, dtype, device, max_elements):
         self.layers, self.heads, self.dim, self.dtype, self.device = layers, heads, dim, dtype, device
         self.max_elements = max_elements
-        self.k = self.v = None
+        self.k = self.v = self.k_flat = self.v_flat = None
         self.row_of: dict[int, int] = {}  # seq_id -> row
         self.length: list[int] = []  # tokens held per row
 
@@ -209,21 +216,37 @@ class DecodeSlots:
             if seq.seq_id not in self.row_of:
                 self._fill(seq, runner)
         order = sorted(range(len(seqs)), key=lambda j: self.row_of[seqs[j].seq_id])
-        lengths = torch.tensor([seqs[j].num_cached for j in order])
-        context = int(lengths.max()) + 1
-        k = torch.arange(context)[None, :]
-        allowed = k <= lengths[:, None]
-        masks = {w: (allowed if w is None else allowed & (k > lengths[:, None] - w))[:, None, None].to(self.device)
-                 for w in set(runner.windows)}
-        if None in masks and bool((lengths == context - 1).all()):
-            masks[None] = None  # every row attends to all `context` columns: SDPA needs no mask
-        rows = torch.arange(len(seqs))[:, None] * self.heads + torch.arange(self.heads)[None, :]
-        append = (rows * self.capacity + lengths[:, None]).reshape(-1).to(self.device)
-        return DecodePlan(order, [seqs[j].seq_id for j in order], len(seqs), context, masks, append)
+        lengths = [seqs[j].num_cached for j in order]
+        n, context = len(seqs), max(lengths) + 1
+        uniform = min(lengths) == context - 1
+        masks = {}
+        for w in set(runner.windows):
+            if uniform and (w is None or w >= context):
+                masks[w] = None  # every row attends to all `context` columns: SDPA needs no mask
+                continue
+            cached = torch.tensor(lengths)[:, None]
+            k = torch.arange(context)[None, :]
+            allowed = k <= cached if w is None else (k <= cached) & (k > cached - w)
+            masks[w] = allowed[:, None, None].to(self.device)
+        # Head-major (head, row) order, the order of a step's k[:, :, :rows] flattened: no reshuffle before the copy.
+        heads = torch.arange(self.heads)[:, None]
+        append = ((torch.arange(n)[None, :] * self.heads + heads) * self.capacity
+                  + torch.tensor(lengths)[None, :]).reshape(-1).to(self.device)
+        views = (self.k[:, :n, :, :context].unbind(0), self.v[:, :n, :, :context].unbind(0))
+        return DecodePlan(order, [seqs[j].seq_id for j in order], n, context, masks, append, *views)
 
     @property
     def capacity(self) -> int:
         return 0 if self.k is None else self.k.shape[3]
+
+    def flush(self, plan: DecodePlan | None, runner: ModelRunner, slots: torch.Tensor) -> None:
+        """Copy the step's decode tokens from their dense rows into their paged slots, all layers at once (during
+        the step they were written only to the rows: two copies per step instead of two per layer)."""
+        if plan is None:
+            return
+        for dense, cache in ((self.k, runner.k_cache), (self.v, runner.v_cache)):
+            new = dense.view(self.layers, -1, self.dim).index_select(1, plan.append_index)  # [layers, heads*rows, dim]
+            cache.index_copy_(1, slots, new.view(self.layers, self.heads, plan.rows, self.dim).transpose(1, 2))
 
     def commit(self, plan: DecodePlan | None) -> None:
         if plan is not None:
@@ -231,7 +254,7 @@ class DecodeSlots:
                 self.length[self.row_of[seq_id]] += 1
 
     def release_all(self) -> None:
-        self.k = self.v = None
+        self.k = self.v = self.k_flat = self.v_flat = None
         self.row_of.clear()
         self.length = []
 
@@ -256,6 +279,9 @@ class DecodeSlots:
             k[:, :used, :, : self.capacity] = self.k[:, :used]
             v[:, :used, :, : self.capacity] = self.v[:, :used]
         self.k, self.v = k, v
+        # Per-layer [rows * heads * capacity, dim] views, made once per buffer, for the appends of every step.
+        self.k_flat = [t.view(-1, self.dim) for t in k.unbind(0)]
+        self.v_flat = [t.view(-1, self.dim) for t in v.unbind(0)]
         return True
 
     def _fill(self, seq: Sequence, runner: ModelRunner) -> None:
@@ -292,6 +318,8 @@ class PagedAttention:
         self.input_ids, self.position_ids = input_ids, position_ids
         self.write_slots, self.last_index = write_slots, last_index
         self.decode: DecodePlan | None = decode
+        rows = decode.rows if decode is not None else 0
+        self.decode_slots, self.prompt_slots = write_slots[:rows], write_slots[rows:]
         self.chunks: list[PromptChunk] = chunks
         self.adapters, self.lengths = adapters, lengths
         self.copies: list[tuple[slice, slice]] = list(copies)  # (source slots, destination slots): token-level hits
@@ -299,36 +327,40 @@ class PagedAttention:
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
         """q [1, H, T, D], k/v [1, KV, T, D] -> [1, H, T, D]; the new keys and values are stored first."""
         runner = self.runner
-        k_cache, v_cache = runner.k_cache[layer_idx], runner.v_cache[layer_idx]
-        k_tokens = k[0].transpose(0, 1).to(k_cache.dtype)  # [T, KV, D]
-        v_tokens = v[0].transpose(0, 1).to(v_cache.dtype)
-        k_cache.index_copy_(0, self.write_slots, k_tokens)
-        v_cache.index_copy_(0, self.write_slots, v_tokens)
-        # After the writes: a source block computed in this very step is complete. In scheduling order: a source may
-        # itself have received an earlier copy of this step.
-        for src, dst in self.copies:
-            k_cache[dst] = k_cache[src]
-            v_cache[dst] = v_cache[src]
-        q = q.to(k_cache.dtype)
+        dtype = runner.dtype
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        rows = self.decode.rows if self.decode is not None else 0
+        if rows < k.shape[2]:  # prompt tokens into their paged slots, before any chunk reads them
+            k_cache, v_cache = runner.k_layers[layer_idx], runner.v_layers[layer_idx]
+            k_cache.index_copy_(0, self.prompt_slots, k[0, :, rows:].transpose(0, 1))
+            v_cache.index_copy_(0, self.prompt_slots, v[0, :, rows:].transpose(0, 1))
+            # After the writes: a source block computed in this very step is complete. In scheduling order: a
+            # source may itself have received an earlier copy of this step. (A copy always comes with a prompt row.)
+            for src, dst in self.copies:
+                k_cache[dst] = k_cache[src]
+                v_cache[dst] = v_cache[src]
         window = runner.windows[layer_idx]
         parts = []
         if self.decode is not None:
-            parts.append(self._decode(layer_idx, q, k_tokens, v_tokens, window))
+            parts.append(self._decode(layer_idx, q, k, v, window))
         for chunk in self.chunks:
-            parts.append(self._chunk(chunk, k_cache, v_cache, q, k, v, window))
+            parts.append(self._chunk(chunk, runner.k_layers[layer_idx], runner.v_layers[layer_idx], q, k, v, window))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
-    def _decode(self, layer_idx, q, k_tokens, v_tokens, window) -> torch.Tensor:
+    def _decode(self, layer_idx, q, k, v, window) -> torch.Tensor:
+        """The decode rows: append this step's K/V to each sequence's dense row (only there: `DecodeSlots.flush`
+        writes their paged slots after the step), then one SDPA call over all rows."""
         plan, slots = self.decode, self.runner.slots
-        n, dim = plan.rows, slots.dim
-        kb, vb = slots.k[layer_idx], slots.v[layer_idx]  # [rows, KV, capacity, D]
-        # one flat index_copy per tensor: advanced-index assignment costs ~3x more per layer
-        kb.view(-1, dim).index_copy_(0, plan.append_index, k_tokens[:n].reshape(-1, dim))
-        vb.view(-1, dim).index_copy_(0, plan.append_index, v_tokens[:n].reshape(-1, dim))
-        q_rows = q[0, :, :n].transpose(0, 1).unsqueeze(2)  # [rows, H, 1, D]
-        out = F.scaled_dot_product_attention(q_rows, kb[:n, :, : plan.context], vb[:n, :, : plan.context],
-                                             attn_mask=plan.masks[window], enable_gqa=q.shape[1] != kb.shape[1])
-        return out.squeeze(2).transpose(0, 1).unsqueeze(0)  # [1, H, rows, D]
+        n = plan.rows
+        if n < k.shape[2]:
+            q, k, v = q[:, :, :n], k[:, :, :n], v[:, :, :n]
+        dim = slots.dim
+        # One flat index_copy per tensor (advanced-index assignment costs ~3x more per layer).
+        slots.k_flat[layer_idx].index_copy_(0, plan.append_index, k.reshape(-1, dim))
+        slots.v_flat[layer_idx].index_copy_(0, plan.append_index, v.reshape(-1, dim))
+        out = F.scaled_dot_product_attention(q.permute(2, 1, 0, 3), plan.k_views[layer_idx], plan.v_views[layer_idx],
+                                             attn_mask=plan.masks[window], enable_gqa=q.shape[1] != k.shape[1])
+        return out.permute(2, 1, 0, 3)  # [rows, H, 1, D] -> [1, H, rows, D]
 
     def _chunk(self, chunk: PromptChunk, k_cache, v_cache, q, k, v, window) -> torch.Tensor:
         a, b = chunk.offset, chunk.offset + chunk.length

@@ -93,6 +93,8 @@ class Scheduler:
             self.running.remove(seq)
         if seq in self.waiting:
             self.waiting.remove(seq)
+        if reason != "error":
+            self.blocks.commit(seq, seq.num_cached)  # the blocks its last decode steps filled
         self.blocks.release(seq, keep_cached=reason != "error")
 
     # ------------------------------------------------------------------ helpers
@@ -134,7 +136,9 @@ class Scheduler:
                     break
             else:
                 self.blocks.grow(seq, len(seq) + 1)
-                self.blocks.commit(seq, len(seq))
+                # Key only blocks already in the paged cache: a decode token's K/V reach their paged slot after the
+                # step (model_runner's DecodeSlots.flush), so a chunk of this step must not find its block shared.
+                self.blocks.commit(seq, seq.num_cached)
                 seq.num_scheduled = 1
                 batch.append(seq)
         return batch
