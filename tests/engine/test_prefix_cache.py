@@ -233,3 +233,17 @@ def test_token_level_matches_survive_preemption_and_release_every_block(tiny_che
     plain = LLM(path, block_size=8, enable_prefix_caching=False)  # room for all: no preemption
     assert outs == [o.token_ids for o in plain.generate(prompts, params)]
     assert llm.block_manager.num_used == 0  # every block and every pinned copy source was released
+
+
+def test_a_failed_step_with_a_token_level_match_releases_its_pin_and_caches_nothing(tiny_checkpoint, monkeypatch):
+    path = tiny_checkpoint("llama")
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    llm = LLM(path, max_num_seqs=4)
+    prompts = sharing(20, [17, 9])  # admitted together: the second copies 4 tokens from the first's block
+    real_run = llm.runner.run
+    monkeypatch.setattr(llm.runner, "run", lambda seqs: (_ for _ in ()).throw(RuntimeError("kernel failure")))
+    assert [o.finish_reason for o in llm.generate(prompts, SamplingParams(max_tokens=6))] == ["error", "error"]
+    assert llm.block_manager.num_used == 0 and not llm.block_manager.key_of  # nothing unwritten stays cached
+    monkeypatch.setattr(llm.runner, "run", real_run)
+    outs = llm.generate(prompts, SamplingParams(max_tokens=6))
+    assert [o.token_ids for o in outs] == [hf_greedy(ref, p, 6) for p in prompts]
