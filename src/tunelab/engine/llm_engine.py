@@ -161,6 +161,8 @@ class LLM:
         # Sequences whose computed tokens reach their end sample a token; a chunk short of its prompt's end does not.
         samples = [seq.num_cached + seq.num_scheduled == len(seq) for seq in step.seqs]
         results = next_tokens(run, step.seqs, samples)
+        for seq in step.seqs:  # before any failed row is released, so a source it computed loses its key
+            self.block_manager.copied(seq)
         seqs = [seq for seq, token in zip(step.seqs, results) if token is not None]
         tokens = [token for token in results if token is not None]
         outputs = []

@@ -5,7 +5,8 @@ then the prompt chunks being prefilled. The projections and MLPs run once over a
 the prompt chunks admitted beside it share one read of the weights; attention is the only per-sequence work, and the
 model hands it to the step (`PagedAttention.attend`):
   - every new key and value reaches its paged-cache slot by the end of the step (the paged blocks are the source of
-    truth, and what the prefix cache shares): prompt tokens in each layer, before any chunk attends;
+    truth, and what the prefix cache shares): prompt tokens in each layer, before any chunk attends; then a
+    token-level prefix hit's K/V are copied into its sequence's own block (the source may be computed in this step);
   - decode tokens attend through `DecodeSlots`, a dense copy of the decoding sequences' K/V in which each sequence
     keeps its row while it decodes and appends one column per step: its blocks are gathered once, when it starts
     decoding, rather than at every step. Rows stay packed (a finished sequence's row is refilled by the last one),
@@ -92,8 +93,10 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ helpers
     def _prepare(self, seqs: list[Sequence], news: list[int]) -> PagedAttention:
-        decoding = [i for i, n in enumerate(news) if n == 1]
-        prompts = [i for i, n in enumerate(news) if n != 1]
+        # A first chunk of one token (the prefix cache supplied the rest) is not a decode: the dense copy would read
+        # its cached K/V before this step writes them (a block computed beside it, a token-level copy).
+        decoding = [i for i, n in enumerate(news) if n == 1 and seqs[i].output_ids and seqs[i].prefix_copy is None]
+        prompts = [i for i in range(len(news)) if i not in decoding]
         decode = self.slots.plan([seqs[i] for i in decoding], self) if decoding else None
         if decode is None and decoding:  # no room for the dense copy: these tokens gather their blocks instead
             prompts, decoding = decoding + prompts, []
@@ -106,12 +109,15 @@ class ModelRunner:
         order = decoding + prompts
         is_prompt = set(prompts)
         ids, positions, slots, last = [], [], [], [0] * len(seqs)
-        chunks = []
+        chunks, copies = [], []
         for i in order:
             seq, n = seqs[i], news[i]
             start = seq.num_cached
             if i in is_prompt:
                 chunks.append(self._chunk(seq, len(ids), start, n))
+            if seq.prefix_copy is not None:
+                c, bs = seq.prefix_copy, self.block_size
+                copies.append((slice(c.src * bs, c.src * bs + c.length), slice(c.dst * bs, c.dst * bs + c.length)))
             ids += seq.token_ids[start : start + n]
             positions += range(start, start + n)
             slots += [self._slot(seq, p) for p in range(start, start + n)]
@@ -120,7 +126,7 @@ class ModelRunner:
         return PagedAttention(
             self, torch.tensor([ids], device=dev), torch.tensor([positions], device=dev),
             torch.tensor(slots, device=dev), torch.tensor(last, device=dev), decode, chunks,
-            adapters=[seqs[i].adapter for i in order], lengths=[news[i] for i in order],
+            adapters=[seqs[i].adapter for i in order], lengths=[news[i] for i in order], copies=copies,
         )
 
     def _slot(self, seq: Sequence, position: int) -> int:
@@ -306,7 +312,8 @@ class DecodeSlots:
 class PagedAttention:
     """One step's packed inputs and the attention the model calls in every layer (`attend`)."""
 
-    def __init__(self, runner, input_ids, position_ids, write_slots, last_index, decode, chunks, adapters, lengths):
+    def __init__(self, runner, input_ids, position_ids, write_slots, last_index, decode, chunks, adapters, lengths,
+                 copies=()):
         self.runner = runner
         self.dtype = runner.dtype  # attention's, the cache's
         self.input_ids, self.position_ids = input_ids, position_ids
@@ -316,6 +323,7 @@ class PagedAttention:
         self.decode_slots, self.prompt_slots = write_slots[:rows], write_slots[rows:]
         self.chunks: list[PromptChunk] = chunks
         self.adapters, self.lengths = adapters, lengths
+        self.copies: list[tuple[slice, slice]] = list(copies)  # (source slots, destination slots): token-level hits
 
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
         """q [1, H, T, D], k/v [1, KV, T, D] -> [1, H, T, D]; the new keys and values are stored first."""
@@ -327,6 +335,11 @@ class PagedAttention:
             k_cache, v_cache = runner.k_layers[layer_idx], runner.v_layers[layer_idx]
             k_cache.index_copy_(0, self.prompt_slots, k[0, :, rows:].transpose(0, 1))
             v_cache.index_copy_(0, self.prompt_slots, v[0, :, rows:].transpose(0, 1))
+            # After the writes: a source block computed in this very step is complete. In scheduling order: a
+            # source may itself have received an earlier copy of this step. (A copy always comes with a prompt row.)
+            for src, dst in self.copies:
+                k_cache[dst] = k_cache[src]
+                v_cache[dst] = v_cache[src]
         window = runner.windows[layer_idx]
         parts = []
         if self.decode is not None:
