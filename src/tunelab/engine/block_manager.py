@@ -117,6 +117,7 @@ class BlockManager:
                 self._forget(b)
         seq.block_table = []
         seq.num_cached = 0
+        seq.stepped = False
         self._keys.pop(seq.seq_id, None)
 
     @property

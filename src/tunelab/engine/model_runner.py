@@ -88,14 +88,16 @@ class ModelRunner:
         for seq, n in zip(seqs, num_tokens):  # only on success: a failed step can be retried row by row
             seq.num_cached += n
             seq.num_scheduled = 0
+            seq.stepped = True
         self.slots.commit(step.decode)
         return logits.float()
 
     # ------------------------------------------------------------------ helpers
     def _prepare(self, seqs: list[Sequence], news: list[int]) -> PagedAttention:
-        # A first chunk of one token (the prefix cache supplied the rest) is not a decode: the dense copy would read
-        # its cached K/V before this step writes them (a block computed beside it, a token-level copy).
-        decoding = [i for i, n in enumerate(news) if n == 1 and seqs[i].output_ids and seqs[i].prefix_copy is None]
+        # A first chunk of one token (the prefix cache supplied the rest, also for a preempted sequence coming back)
+        # is not a decode: the dense copy would read its cached K/V before this step writes them (a block computed
+        # beside it, a token-level copy).
+        decoding = [i for i, n in enumerate(news) if n == 1 and seqs[i].stepped]
         prompts = [i for i in range(len(news)) if i not in decoding]
         decode = self.slots.plan([seqs[i] for i in decoding], self) if decoding else None
         if decode is None and decoding:  # no room for the dense copy: these tokens gather their blocks instead

@@ -35,6 +35,9 @@ class Sequence:
         self.num_cached = 0  # tokens whose K/V are in the cache
         self.num_scheduled = 0  # tokens the step being run computes (a prompt chunk, or 1 when decoding)
         self.prefix_copy = None  # block_manager.BlockCopy: cached K/V its first chunk copies (token-level hit)
+        # A step with it has run since its blocks were allocated, so every K/V it holds is written (a cache hit's
+        # block may be computed by another row of the very step it is admitted in).
+        self.stepped = False
         self.finish_reason: str | None = None
         self.error: str | None = None  # why this request alone failed (finish_reason "error")
         self.constraint = constraint  # grammar.Constraint when the output must follow a schema or grammar
