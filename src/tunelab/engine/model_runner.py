@@ -328,10 +328,9 @@ class PagedAttention:
         self.copies: list[tuple[slice, slice]] = list(copies)  # (source slots, destination slots): token-level hits
 
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
-        """q [1, H, T, D], k/v [1, KV, T, D] -> [1, H, T, D]; the new keys and values are stored first."""
+        """q [1, H, T, D], k/v [1, KV, T, D], already in `self.dtype` (the model converts them) -> [1, H, T, D]; the
+        new keys and values are stored first."""
         runner = self.runner
-        dtype = runner.dtype
-        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         rows = self.decode.rows if self.decode is not None else 0
         if rows < k.shape[2]:  # prompt tokens into their paged slots, before any chunk reads them
             k_cache, v_cache = runner.k_layers[layer_idx], runner.v_layers[layer_idx]
