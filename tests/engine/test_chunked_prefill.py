@@ -63,12 +63,18 @@ def test_a_burst_of_prompts_is_prefilled_in_one_packed_step(tiny_checkpoint):
 def test_step_cost_fit_sizes_chunks_to_the_stall_ratio():
     cost = StepCost()
     assert cost.headroom(4, 1.7) == (0.0, None)  # no measurements yet: Budget falls back to a token count
-    # seconds = 20 ms + 1 ms per token + 1 us per attended (query, key) pair, exactly
-    for tokens, attended in ((4, 0), (40, 900), (4, 0), (100, 6000), (8, 0), (20, 2000), (64, 20000)):
-        cost.record(tokens, attended, 0.020 + 0.001 * tokens + 1e-6 * attended)
+    # A decode-only step of d rows: 20 ms + 1 ms per row; prompt chunks add 1 ms per token and 1 us per attended
+    # (query, key) pair, exactly.
+    def record(decodes, tokens=0, attended=0):
+        cost.record(decodes, tokens, attended, 0.020 + 0.001 * (decodes + tokens) + 1e-6 * attended)
+
+    for decodes, tokens, attended in ((4, 0, 0), (4, 0, 0), (4, 36, 900), (8, 0, 0), (4, 96, 6000), (4, 16, 2000),
+                                      (4, 60, 20000)):
+        record(decodes, tokens, attended)
     seconds, fit = cost.headroom(4, 1.7)
-    assert fit == pytest.approx((0.020, 0.001, 1e-6), rel=1e-6)
+    assert fit == pytest.approx((0.001, 1e-6), rel=1e-6)
     assert seconds == pytest.approx(0.7 * (0.020 + 0.004))
+    assert cost.headroom(6, 1.7)[0] == pytest.approx(0.7 * 0.026)  # a decode count not seen: the fitted line
     # a chunk late in a long prompt attends to more keys, so fewer of its tokens fit: n*1ms + n*(s+n)*1us <= 16.8ms
     early, late = Budget(1000, 1000), Budget(1000, 1000)
     for budget in (early, late):
@@ -76,3 +82,29 @@ def test_step_cost_fit_sizes_chunks_to_the_stall_ratio():
     n_early, n_late = early.take(0, 2000), late.take(1500, 500)
     assert n_early == 16 and n_late == 6
     assert 0.001 * n_late + 1e-6 * n_late * (1500 + n_late) <= seconds < 0.001 * 7 + 1e-6 * 7 * 1507
+
+
+def test_step_cost_baseline_is_the_present_decode_count_not_a_past_workload():
+    cost = StepCost()
+    for _ in range(20):  # a past burst: 32 streams decoding, and a prefill with nothing decoding
+        cost.record(32, 0, 0, 0.200)
+        cost.record(0, 4096, 10**6, 5.0)
+    for _ in range(3):  # now 4 streams
+        cost.record(4, 0, 0, 0.040)
+    for tokens in (10, 20):  # chunks beside them: 2 ms per token
+        cost.record(4, tokens, 0, 0.040 + 0.002 * tokens)
+    seconds, fit = cost.headroom(4, 1.7)
+    assert seconds == pytest.approx(0.7 * 0.040)
+    assert fit == pytest.approx((0.002, 0.0), abs=1e-9)
+
+
+def test_a_one_token_last_chunk_is_a_prompt_chunk_not_a_decode(tiny_checkpoint):
+    # The last chunk of a prompt may be one token; only a sequence past its prompt takes the dense decode path (a
+    # prompt mid-way there would gather its whole context into a dense row at every such step, and free it again).
+    path = tiny_checkpoint("llama")
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ids = ref_ids = LLM(path).tokenizer.encode(PROMPTS[0])
+    llm = LLM(path, block_size=4, max_num_seqs=2, max_prefill_chunk=len(ids) - 1)
+    out = llm.generate([ids], SamplingParams(max_tokens=4))[0].token_ids
+    assert out == hf_greedy(ref, ref_ids, 4)
+    assert llm.runner.decode_paths["dense"] == len(out) - 1  # the three decodes, not the one-token chunk

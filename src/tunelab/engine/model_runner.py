@@ -94,10 +94,11 @@ class ModelRunner:
 
     # ------------------------------------------------------------------ helpers
     def _prepare(self, seqs: list[Sequence], news: list[int]) -> PagedAttention:
-        # A first chunk of one token (the prefix cache supplied the rest, also for a preempted sequence coming back)
-        # is not a decode: the dense copy would read its cached K/V before this step writes them (a block computed
-        # beside it, a token-level copy).
-        decoding = [i for i, n in enumerate(news) if n == 1 and seqs[i].stepped]
+        # A decode is the next token of a sequence past its prompt. A one-token prompt chunk is not: neither the last
+        # of a long prompt's chunks, nor a first chunk whose rest the prefix cache supplied (also for a preempted
+        # sequence coming back), where the dense copy would read cached K/V before this step writes them (a block
+        # computed beside it, a token-level copy).
+        decoding = [i for i, n in enumerate(news) if n == 1 and seqs[i].stepped and seqs[i].output_ids]
         prompts = [i for i in range(len(news)) if i not in decoding]
         decode = self.slots.plan([seqs[i] for i in decoding], self) if decoding else None
         if decode is None and decoding:  # no room for the dense copy: these tokens gather their blocks instead

@@ -9,7 +9,8 @@ weights.
 The budget: with nothing decoding, a step may take `max_num_batched_tokens` of prompt (a burst of requests is
 prefilled in a few large steps). While sequences decode, prompt chunks are sized so that the step costs at most
 `STALL_RATIO` times a decode-only step, so a long prompt is admitted a chunk at a time without slowing the running
-streams beyond that. Step cost is modelled as `a + c * tokens + g * attended`, where `attended` counts (query, key)
+streams beyond that. The decode-only step is measured (the recent ones with the same number of decodes, see
+`StepCost`), and what chunks add is modelled as `c * tokens + g * attended`, where `attended` counts (query, key)
 pairs of the prompt chunks (a chunk of n tokens after s cached ones attends to n * (s + n)), fitted by least
 squares to the recent steps' measured times (`record`): late chunks of a long prompt cost more than early ones, and
 the budget knows it. `max_prefill_chunk` caps any one sequence's chunk.
@@ -24,6 +25,7 @@ than swapping on CPU, and exact). No request is admitted in a step that preempte
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from dataclasses import dataclass
 
@@ -81,10 +83,10 @@ class Scheduler:
 
     def record(self, step: ScheduledStep, seconds: float) -> None:
         """The measured time of a step just run, for the budget of the next ones."""
-        # Only prompt chunks count here: a decode row's attention is part of its per-token cost.
+        # Only prompt chunks count here: a decode row's attention is part of the decode-only baseline.
         attended = sum(n * (s.num_cached + n) for s, n in zip(step.seqs[step.num_decodes:],
                                                               step.num_tokens[step.num_decodes:]))
-        self.cost.record(sum(step.num_tokens), attended, seconds)
+        self.cost.record(step.num_decodes, step.prompt_tokens, attended, seconds)
 
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.status = Status.FINISHED
@@ -159,7 +161,7 @@ class Budget:
     def __init__(self, tokens: int, max_chunk: int):
         self.tokens, self.max_chunk = tokens, max_chunk
         self.seconds: float | None = None  # None: no time limit (nothing is decoding)
-        self.fit: tuple[float, float, float] | None = None
+        self.fit: tuple[float, float] | None = None  # StepCost's (c, g)
 
     def left(self) -> bool:
         return self.tokens > 0 and (self.seconds is None or self.seconds > 0)
@@ -168,7 +170,7 @@ class Budget:
         """Tokens of a prompt with `cached` tokens computed that fit, at most `wanted`; the budget is charged."""
         n = min(wanted, self.max_chunk, self.tokens)
         if self.seconds is not None:  # the largest n with c*n + g*n*(cached + n) within the seconds left
-            _, c, g = self.fit
+            c, g = self.fit
             b = c + g * cached
             most = self.seconds / b if g == 0 else (-b + math.sqrt(b * b + 4 * g * self.seconds)) / (2 * g)
             n = min(n, max(0, int(most)))
@@ -180,44 +182,68 @@ class Budget:
 
 
 class StepCost:
-    """A step's seconds as `a + c * tokens + g * attended`, fitted by least squares to the last `window` decode-only steps
-    and the last `window` others;
-    `attended` counts the (query, key) pairs of the prompt chunks."""
+    """What a step costs, from the recent steps' measured times.
+
+    - A decode-only step of d sequences (the baseline the stall ratio is relative to): the median of the recent ones
+      with exactly d; for a d not seen lately, a line `a + b * d` fitted to the recent decode-only steps.
+    - What prompt chunks add to a step that decodes: `c * tokens + g * attended`, fitted by least squares to the
+      recent steps that had both, each less its baseline; `attended` counts the (query, key) pairs of the chunks.
+
+    Steps that decode nothing stall no one and are left out: a burst prefilled at once, or the float16 CPU path's
+    different kernels for many rows, says little about a small chunk beside a few decodes. Measuring the baseline
+    per decode count keeps a past workload (32 streams, say) from skewing the budget of the present one (4)."""
 
     DEFAULT_BUDGET = 64  # prompt tokens per step until there is a fit
 
     def __init__(self, window: int = 32):
-        # Decode-only steps (nothing attended by chunks) are kept apart, so that a long run of mixed steps cannot
-        # push out the baseline the budget is relative to.
-        self.decode_only: deque[tuple[int, int, float]] = deque(maxlen=window)
-        self.mixed: deque[tuple[int, int, float]] = deque(maxlen=window)
-        self._fit: tuple[float, float, float] | None = None
-        self._last: tuple[float, float, float] | None = None  # the last sound fit, while noise spoils a new one
+        self.decode_only: deque[tuple[int, float]] = deque(maxlen=2 * window)  # (decodes, seconds)
+        self.mixed: deque[tuple[int, int, float]] = deque(maxlen=window)  # (chunk tokens, attended, extra seconds)
+        self._fit: tuple[float, float] | None = None
+        self._last: tuple[float, float] | None = None  # the last sound fit, while noise spoils a new one
 
-    def record(self, tokens: int, attended: int, seconds: float) -> None:
-        (self.mixed if attended else self.decode_only).append((tokens, attended, seconds))
-        self._fit = None
+    def record(self, decodes: int, tokens: int, attended: int, seconds: float) -> None:
+        """A step that ran `decodes` decode rows and `tokens` prompt-chunk tokens in `seconds`."""
+        if decodes == 0:
+            return
+        if tokens == 0:
+            self.decode_only.append((decodes, seconds))
+            return
+        base = self.baseline(decodes)
+        if base is not None:
+            self.mixed.append((tokens, attended, seconds - base))
+            self._fit = None
+
+    def baseline(self, decodes: int) -> float | None:
+        """Seconds of a decode-only step of `decodes` rows; None before any was measured."""
+        same = [s for d, s in self.decode_only if d == decodes][-8:]
+        if len(same) >= 2:
+            return statistics.median(same)
+        if len({d for d, _ in self.decode_only}) < 2:
+            return same[0] if same else None
+        x = torch.tensor([[1.0, d] for d, _ in self.decode_only], dtype=torch.float64)
+        y = torch.tensor([[s] for _, s in self.decode_only], dtype=torch.float64)
+        line = _least_squares(x, y)
+        return None if line is None or line[0] + line[1] * decodes <= 0 else line[0] + line[1] * decodes
 
     def headroom(self, decodes: int, ratio: float) -> tuple[float, tuple | None]:
         """(seconds that prompt chunks may add to a step of `decodes` decode rows while keeping it under `ratio`
-        times the decode-only step, the fit); (0, None) before there is a fit."""
+        times the decode-only step, the fit (c, g)); (0, None) before there is a fit."""
+        base = self.baseline(decodes)
         fit = self._fit or self._solve() or self._last
-        if fit is None:
+        if base is None or fit is None:
             return 0.0, None
-        a, c, _ = fit
-        return (ratio - 1) * (a + c * decodes), fit
+        return (ratio - 1) * base, fit
 
-    def _solve(self) -> tuple[float, float, float] | None:
-        steps = [*self.decode_only, *self.mixed]
-        if len(steps) < 4:
+    def _solve(self) -> tuple[float, float] | None:
+        if len(self.mixed) < 2:
             return None
-        x = torch.tensor([[1.0, t, p] for t, p, _ in steps], dtype=torch.float64)
-        y = torch.tensor([[s] for _, _, s in steps], dtype=torch.float64)
+        x = torch.tensor([[n, p] for n, p, _ in self.mixed], dtype=torch.float64)
+        y = torch.tensor([[s] for _, _, s in self.mixed], dtype=torch.float64)
         fit = _least_squares(x, y)
-        if fit is not None and fit[2] < 0:  # the attention term is noise here: fit without it
-            fit = _least_squares(x[:, :2], y)
-            fit = None if fit is None else (*fit, 0.0)
-        if fit is None or fit[0] < 0 or fit[1] <= 0:  # meaningless (too little spread, or noise): no fit yet
+        if fit is None or fit[1] < 0:  # the attention term never varied, or is noise here: fit without it
+            fit = _least_squares(x[:, :1], y)
+            fit = None if fit is None else (fit[0], 0.0)
+        if fit is None or fit[0] <= 0:  # meaningless (too little spread, or noise): no fit yet
             return None
         self._fit = self._last = fit
         return fit
