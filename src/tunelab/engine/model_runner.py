@@ -98,8 +98,9 @@ class ModelRunner:
         # of a long prompt's chunks, nor a first chunk whose rest the prefix cache supplied (also for a preempted
         # sequence coming back), where the dense copy would read cached K/V before this step writes them (a block
         # computed beside it, a token-level copy).
-        decoding = [i for i, n in enumerate(news) if n == 1 and seqs[i].stepped and seqs[i].output_ids]
-        prompts = [i for i in range(len(news)) if i not in decoding]
+        is_decode = [n == 1 and seq.stepped and bool(seq.output_ids) for seq, n in zip(seqs, news)]
+        decoding = [i for i, d in enumerate(is_decode) if d]
+        prompts = [i for i, d in enumerate(is_decode) if not d]
         decode = self.slots.plan([seqs[i] for i in decoding], self) if decoding else None
         if decode is None and decoding:  # no room for the dense copy: these tokens gather their blocks instead
             prompts, decoding = decoding + prompts, []
@@ -320,7 +321,7 @@ class PagedAttention:
         self.runner = runner
         self.dtype = runner.dtype  # attention's, the cache's
         self.input_ids, self.position_ids = input_ids, position_ids
-        self.write_slots, self.last_index = write_slots, last_index
+        self.last_index = last_index
         self.decode: DecodePlan | None = decode
         rows = decode.rows if decode is not None else 0
         self.decode_slots, self.prompt_slots = write_slots[:rows], write_slots[rows:]

@@ -189,9 +189,9 @@ class StepCost:
     - What prompt chunks add to a step that decodes: `c * tokens + g * attended`, fitted by least squares to the
       recent steps that had both, each less its baseline; `attended` counts the (query, key) pairs of the chunks.
 
-    Steps that decode nothing stall no one and are left out: a burst prefilled at once, or the float16 CPU path's
-    different kernels for many rows, says little about a small chunk beside a few decodes. Measuring the baseline
-    per decode count keeps a past workload (32 streams, say) from skewing the budget of the present one (4)."""
+    Steps that decode nothing stall no one and are left out (a burst prefilled at once says little about a small
+    chunk beside a few decodes). Measuring the baseline per decode count keeps a past workload (32 streams, say)
+    from skewing the budget of the present one (4)."""
 
     DEFAULT_BUDGET = 64  # prompt tokens per step until there is a fit
 
