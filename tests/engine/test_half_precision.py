@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tunelab.engine import LLM, SamplingParams
+from tunelab.engine.errors import EngineError
 from tunelab.models.generation import perplexity
 
 HELD_OUT = ("The capital of France is Paris, and the capital of Germany is Berlin. A fox is quick and brown; the "
@@ -52,3 +53,8 @@ def test_fp32_weights_are_stored_transposed_on_cpu(tiny_checkpoint):
     llm = LLM(tiny_checkpoint("llama"), max_num_seqs=2)
     weight = llm.model.layers[0].mlp.down_proj.weight
     assert not weight.is_contiguous() and weight.t().is_contiguous()
+
+
+def test_compile_is_refused_on_cpu_with_a_clear_error(tiny_checkpoint):
+    with pytest.raises(EngineError, match="compile=True is for GPUs"):
+        LLM(tiny_checkpoint("llama"), device="cpu", compile=True)

@@ -45,6 +45,11 @@ class LLM:
         max_prefill_chunk: int | None = None,
     ):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if compile and torch.device(device).type == "cpu":
+            # Measured on torch 2.13: compiling the paged step took 79 s on 2 cores and then failed inside inductor's
+            # shape propagation, so every request would fail; refuse it up front.
+            raise EngineError("compile=True is for GPUs: on CPU, torch.compile of the engine's step fails with torch "
+                              "2.13 (see docs/serving.md); leave compile off")
         build = check_build(model_path, device) if Path(str(model_path)).is_dir() else None
         if build is not None and adapters is None:
             adapters = build.adapters  # a build's unmerged adapters are served by default
