@@ -370,7 +370,7 @@ class PagedAttention:
         a, b = chunk.offset, chunk.offset + chunk.length
         gqa = q.shape[1] != k.shape[1]
         if chunk.blocks is None:
-            keys, values = k[:, :, a:b].to(k_cache.dtype), v[:, :, a:b].to(v_cache.dtype)
+            keys, values = k[:, :, a:b], v[:, :, a:b]  # already in the cache dtype (the model converts them)
         else:
             keys, values = self._gather(k_cache, chunk.blocks), self._gather(v_cache, chunk.blocks)
         if chunk.masks is None:
