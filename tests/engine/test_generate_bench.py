@@ -24,3 +24,24 @@ def test_against_llama_cpp_without_it_says_how_to_install(monkeypatch):
     assert importlib.util.find_spec("llama_cpp") is None
     result = CliRunner().invoke(app, ["bench", "generate", "--against", "llama-cpp"])
     assert result.exit_code != 0 and "pip install llama-cpp-python" in result.output
+
+
+def test_bench_refuses_a_rate_from_failed_requests(monkeypatch):
+    """A request that fails early finishes fast: the bench must say so rather than report the inflated rate."""
+    import pytest
+
+    from tunelab.engine import LLM
+    from tunelab.engine.errors import EngineError
+
+    real = LLM.generate
+
+    def failing(self, prompts, params=None, **kw):
+        outs = real(self, prompts, params, **kw)
+        if len(prompts) > 1:  # the concurrent run: one request fails after its first token
+            outs[1].completion_tokens, outs[1].finish_reason, outs[1].error = 1, "error", "RuntimeError: boom"
+        return outs
+
+    monkeypatch.setattr(LLM, "generate", failing)
+    with pytest.raises(EngineError, match="ended after 1 of 3 tokens \\(error: RuntimeError: boom\\)"):
+        run_generate_bench(requests=2, prompt_tokens=8, new_tokens=3, single_tokens=3, layers=1, hidden=64,
+                           bandwidth_mbytes=16, stall_prompt_tokens=0, log=lambda *_: None)

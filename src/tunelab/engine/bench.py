@@ -7,6 +7,7 @@ float32 (the reference the targets are stated against); tunelab runs in `--dtype
 `--repeat` interleaved runs:
   - batch 1: decode tokens/s of each and their ratio, with the memory-bandwidth roofline (every weight but the
     embedding table is read once per token; bandwidth measured with a large tensor copy) and the fraction reached;
+    on a GPU also without CUDA graphs (`enforce_eager`), so graphs on vs off is measured side by side;
   - N concurrent requests (P prompt tokens, T new tokens each): tunelab's aggregate tokens/s with all requests
     submitted at once vs transformers generating them one after another. Sequential requests are identical work,
     so transformers runs `hf_sample` of them and its time is scaled to N (said so in the output);
@@ -62,6 +63,9 @@ class BenchResult:
     quant: str | None = None  # its weight quantisation (int8 / int4)
     # A quantised build's 16-bit counterparts on the same device: {dtype: {"b1_tok_s", "concurrent_tok_s"}}.
     sixteen_bit: dict | None = None
+    # GPU: the same engine without CUDA graphs (enforce_eager=True), same workloads.
+    eager_b1_tok_s: float | None = None
+    eager_concurrent_tok_s: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -71,14 +75,16 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
                        device: str = "cpu", dtype: str = "float32", layers: int = 8, hidden: int = 512,
                        seed: int = 0, bandwidth_mbytes: int = 512, model: str | None = None, repeat: int = 1,
                        hf_sample: int | None = None, single_prompt_tokens: int = 70, stall_prompt_tokens: int = 0,
-                       against_gguf: str | None = None, build: str | None = None, log=print) -> BenchResult:
+                       against_gguf: str | None = None, build: str | None = None, heads: int = 8,
+                       kv_heads: int | None = None, log=print) -> BenchResult:
     """With `build` (a `tunelab build` directory), tunelab runs the build as built and transformers its source
     model; `model` and `dtype` are then taken from the build's manifest."""
     from tunelab.engine import SamplingParams
 
     model, dtype, quant = _build_options(build, device) if build else (model, dtype, None)
     max_model_len = max(prompt_tokens, single_prompt_tokens, stall_prompt_tokens) + max(new_tokens, single_tokens) + 8
-    ref, llm, path = _load_sides(model, build, dtype, device, max(requests, 1), max_model_len, layers, hidden, seed)
+    shape = {"layers": layers, "hidden": hidden, "heads": heads, "kv_heads": kv_heads, "seed": seed}
+    ref, llm, eager, path = _load_sides(model, build, dtype, device, max(requests, 1), max_model_len, shape)
     gen = torch.Generator().manual_seed(seed)
     vocab = llm.model.config.vocab_size
     prompts = [torch.randint(3, vocab, (prompt_tokens,), generator=gen).tolist() for _ in range(requests)]
@@ -100,15 +106,15 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
             ref.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n, do_sample=False,
                          pad_token_id=0)  # min_new_tokens masks EOS, as ignore_eos does on our side
 
-    def ours(batch, n):
-        llm.generate(batch, SamplingParams(max_tokens=n, ignore_eos=True))
+    def ours(batch, n, engine=None):
+        check_complete((engine or llm).generate(batch, SamplingParams(max_tokens=n, ignore_eos=True)), n)
 
     hf(single[:16], 4)
-    ours([single[:16]], 4)  # warm-up: first-call allocations and kernel selection
-    hf_b1, ours_b1, hf_seq, ours_con = [], [], [], []
+    ours([single[:16]], 4)  # warm-up: first-call allocations, kernel selection, the batch-1 CUDA graph
+    hf_b1, ours_b1 = [], []
     for _ in range(repeat):  # interleaved, so a burst of load from elsewhere hits both sides alike
-        hf_b1.append(single_tokens / _timed(lambda: hf(single, single_tokens)))
-        ours_b1.append(single_tokens / _timed(lambda: ours([single], single_tokens)))
+        hf_b1.append(single_tokens / _timed(lambda: hf(single, single_tokens), device))
+        ours_b1.append(single_tokens / _timed(lambda: ours([single], single_tokens), device))
     hf_b1, ours_b1 = statistics.median(hf_b1), statistics.median(ours_b1)
     log(f"batch 1 ({single_prompt_tokens}-token prompt, {single_tokens} new): transformers {hf_b1:.1f} tok/s, "
         f"tunelab {ours_b1:.1f} tok/s ({ours_b1 / hf_b1:.2f}x); roofline {roofline:.1f} tok/s, "
@@ -118,15 +124,12 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
     llama = LlamaCpp(against_gguf, torch.get_num_threads(), context) if against_gguf else None
     llama_b1 = _llama_cpp_side(llama, single, single_tokens, repeat, ours_b1, log) if llama else None
 
-    for _ in range(repeat):
-        hf_seq.append(_timed(lambda: [hf(p, new_tokens) for p in prompts[:hf_sample]]) * requests / hf_sample)
-        ours_con.append(_timed(lambda: ours(prompts, new_tokens)))
-    hf_seq_s, ours_s = statistics.median(hf_seq), statistics.median(ours_con)
+    hf_seq_s, ours_s = _concurrent_side(hf, ours, prompts, new_tokens, hf_sample, repeat, device, log)
     total = requests * new_tokens
-    scaled = "" if hf_sample == requests else f", {hf_sample} run and scaled to {requests}"
-    log(f"{requests} concurrent ({prompt_tokens} prompt + {new_tokens} new each): transformers one by one "
-        f"{total / hf_seq_s:.1f} tok/s ({hf_seq_s:.1f}s{scaled}), tunelab {total / ours_s:.1f} tok/s "
-        f"({ours_s:.1f}s): {hf_seq_s / ours_s:.1f}x")
+    eager_b1, eager_con = _eager_side(lambda b, n: ours(b, n, eager), (single, single_tokens), (prompts, new_tokens),
+                                      repeat, device, (ours_b1, total / ours_s), roofline, log) if eager else (None,
+                                                                                                      None)
+    eager = None
     llama_seq = llama and _llama_cpp_sequential_side(llama, prompts[:hf_sample], new_tokens, repeat,
                                                      total / ours_s, log)
     stall = _stall_side(llm, stall_prompt_tokens, seed, log) if stall_prompt_tokens else None
@@ -134,7 +137,8 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
     sixteen = _sixteen_bit_side(path, device, quant, (single, single_tokens, ours_b1), (
         prompts, new_tokens, total / ours_s), repeat, max(requests, 1), max_model_len, log) if quant else None
     return BenchResult(
-        build=build, quant=quant, sixteen_bit=sixteen,
+        build=build, quant=quant, sixteen_bit=sixteen, eager_b1_tok_s=eager_b1 and round(eager_b1, 1),
+        eager_concurrent_tok_s=eager_con and round(eager_con, 1),
         stall=stall, llama_cpp_b1_tok_s=llama_b1 and round(llama_b1, 1), model=str(model or "random-llama"),
         llama_cpp_sequential_tok_s=llama_seq and round(llama_seq, 1), device=device, dtype=dtype,
         params_millions=round(params / 1e6, 1), threads=torch.get_num_threads(),
@@ -146,6 +150,45 @@ def run_generate_bench(requests: int = 32, prompt_tokens: int = 128, new_tokens:
         ours_concurrent_tok_s=round(total / ours_s, 1), concurrent_ratio=round(hf_seq_s / ours_s, 2),
         hf_sequential_s=round(hf_seq_s, 2), ours_concurrent_s=round(ours_s, 2), hf_sequential_measured=hf_sample,
     )
+
+
+def _concurrent_side(hf, ours, prompts, new_tokens, hf_sample, repeat, device, log) -> tuple[float, float]:
+    """Seconds for the N requests: transformers one after another (`hf_sample` run, scaled to N), tunelab all at
+    once; interleaved like batch 1."""
+    requests, hf_seq, ours_con = len(prompts), [], []
+    for _ in range(repeat):
+        hf_seq.append(_timed(lambda: [hf(p, new_tokens) for p in prompts[:hf_sample]], device) * requests / hf_sample)
+        ours_con.append(_timed(lambda: ours(prompts, new_tokens), device))
+    hf_seq_s, ours_s = statistics.median(hf_seq), statistics.median(ours_con)
+    total = requests * new_tokens
+    scaled = "" if hf_sample == requests else f", {hf_sample} run and scaled to {requests}"
+    log(f"{requests} concurrent ({len(prompts[0])} prompt + {new_tokens} new each): transformers one by one "
+        f"{total / hf_seq_s:.1f} tok/s ({hf_seq_s:.1f}s{scaled}), tunelab {total / ours_s:.1f} tok/s "
+        f"({ours_s:.1f}s): {hf_seq_s / ours_s:.1f}x")
+    return hf_seq_s, ours_s
+
+
+def _eager_side(run, single, concurrent, repeat, device, graphed, roofline, log) -> tuple[float, float]:
+    """GPU: the same workloads through the engine without CUDA graphs (`enforce_eager`): (batch-1, concurrent)
+    tokens/s, after the graphed runs rather than interleaved with them (GPUs are not shared like this CPU)."""
+    (prompt, single_tokens), (prompts, new_tokens) = single, concurrent
+    run([prompt[:16]], 4)  # warm-up
+    b1 = statistics.median(single_tokens / _timed(lambda: run([prompt], single_tokens), device) for _ in range(repeat))
+    con = statistics.median(len(prompts) * new_tokens / _timed(lambda: run(prompts, new_tokens), device)
+                            for _ in range(repeat))
+    log(f"without CUDA graphs (enforce_eager): batch 1 {b1:.1f} tok/s (reached {b1 / roofline:.0%}), "
+        f"{len(prompts)} concurrent {con:.1f} tok/s; CUDA graphs {graphed[0] / b1:.2f}x and {graphed[1] / con:.2f}x")
+    return b1, con
+
+
+def check_complete(outputs, new_tokens: int) -> None:
+    """A rate counts only requests that produced every token asked for: a request that failed early would make
+    the engine look faster than it is (seen once on a GPU, where a failing CUDA graph ended requests early)."""
+    for out in outputs:
+        if out.completion_tokens != new_tokens:
+            raise EngineError(f"bench: request {out.request_id} ended after {out.completion_tokens} of {new_tokens} "
+                              f"tokens ({out.finish_reason}{': ' + out.error if out.error else ''}); no rate is "
+                              "reported for a run with failed requests")
 
 
 def _build_options(build: str, device: str) -> tuple[str, str, str | None]:
@@ -167,19 +210,20 @@ def _parameter_count(model) -> int:
     return model.num_parameters() + quantised
 
 
-def _load_sides(model, build, dtype, device, max_num_seqs, max_model_len, layers, hidden, seed):
-    """(transformers float32 on the source model, tunelab's LLM, the source checkpoint's path)."""
+def _load_sides(model, build, dtype, device, max_num_seqs, max_model_len, shape):
+    """(transformers float32 on the source model, tunelab's LLM, on a GPU the same LLM without CUDA graphs (else
+    None), the source checkpoint's path)."""
     from tunelab.engine import LLM
     from tunelab.models.checkpoint import resolve_checkpoint
 
     AutoModelForCausalLM = _transformers().AutoModelForCausalLM
     with tempfile.TemporaryDirectory() as tmp:
-        path = resolve_checkpoint(model) if model else write_random_llama(Path(tmp), layers=layers, hidden=hidden,
-                                                                           seed=seed)
+        path = resolve_checkpoint(model) if model else write_random_llama(Path(tmp), **shape)
         ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
-        llm = LLM(build or path, dtype=None if build else getattr(torch, dtype), device=device,
-                  max_num_seqs=max_num_seqs, max_model_len=max_model_len)
-    return ref, llm, path
+        engines = [LLM(build or path, dtype=None if build else getattr(torch, dtype), device=device,
+                       max_num_seqs=max_num_seqs, max_model_len=max_model_len, enforce_eager=eager)
+                   for eager in ((False, True) if torch.device(device).type == "cuda" else (False,))]
+    return ref, engines[0], engines[1] if len(engines) > 1 else None, path
 
 
 def _sixteen_bit_side(path, device, quant, single, concurrent, repeat, max_num_seqs, max_model_len, log) -> dict:
@@ -193,10 +237,12 @@ def _sixteen_bit_side(path, device, quant, single, concurrent, repeat, max_num_s
         llm = LLM(path, dtype=getattr(torch, dtype), device=device, max_num_seqs=max_num_seqs,
                   max_model_len=max_model_len)
         llm.generate([prompt[:16]], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
-        b1 = statistics.median(single_tokens / _timed(lambda: llm.generate(
-            [prompt], SamplingParams(max_tokens=single_tokens, ignore_eos=True))) for _ in range(repeat))
-        con = statistics.median(len(prompts) * new_tokens / _timed(lambda: llm.generate(
-            prompts, SamplingParams(max_tokens=new_tokens, ignore_eos=True))) for _ in range(repeat))
+        b1 = statistics.median(single_tokens / _timed(lambda: check_complete(llm.generate(
+            [prompt], SamplingParams(max_tokens=single_tokens, ignore_eos=True)), single_tokens), device)
+            for _ in range(repeat))
+        con = statistics.median(len(prompts) * new_tokens / _timed(lambda: check_complete(llm.generate(
+            prompts, SamplingParams(max_tokens=new_tokens, ignore_eos=True)), new_tokens), device)
+            for _ in range(repeat))
         result[dtype] = {"b1_tok_s": round(b1, 1), "concurrent_tok_s": round(con, 1)}
         del llm
     for label, key, ours in (("batch 1", "b1_tok_s", quant_b1), (f"{len(prompts)} concurrent", "concurrent_tok_s",
@@ -303,20 +349,27 @@ def measure_stall(llm, long_prompt_tokens: int = 2000, streams: int = 4, idle_st
                                  SamplingParams(max_tokens=1, ignore_eos=True))
     llm.add_sequence(long_seq)
     busy = run_until(lambda: long_seq.finished)
+    failed = [s for s in [*ids, long_seq] if s.finish_reason == "error"]
     for seq in ids:
         llm.abort(seq.request_id)
+    if failed:
+        raise EngineError(f"bench: a request failed while measuring the stall ({failed[0].error}); no figure is "
+                          "reported for a run with failed requests")
     idle_ms, busy_ms = 1e3 * statistics.median(idle), 1e3 * statistics.median(busy)
     return {"idle_ms": round(idle_ms, 1), "admitting_median_ms": round(busy_ms, 1),
             "admitting_max_ms": round(1e3 * max(busy), 1), "ratio_median": round(busy_ms / idle_ms, 2)}
 
 
-def write_random_llama(path: Path, layers: int = 8, hidden: int = 512, seed: int = 0) -> Path:
-    """A random Llama-style checkpoint with a word-level tokenizer (the bench feeds token ids)."""
+def write_random_llama(path: Path, layers: int = 8, hidden: int = 512, seed: int = 0, heads: int = 8,
+                       kv_heads: int | None = None) -> Path:
+    """A random Llama-style checkpoint with a word-level tokenizer (the bench feeds token ids). `--layers 22
+    --hidden 2048 --heads 32 --kv-heads 4` is TinyLlama-1.1B's shape."""
     from tokenizers import Tokenizer, models
 
     transformers = _transformers()
     config = transformers.LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=hidden * 11 // 4,
-                                      num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=8,
+                                      num_hidden_layers=layers, num_attention_heads=heads,
+                                      num_key_value_heads=kv_heads or heads,
                                       max_position_embeddings=2048, bos_token_id=0, eos_token_id=1,
                                       tie_word_embeddings=False)
     torch.manual_seed(seed)

@@ -69,6 +69,10 @@ def bench_generate(
                                                            "(transformers always runs float32)."),
     layers: int = typer.Option(8, "--layers", min=1, help="Random model only."),
     hidden: int = typer.Option(512, "--hidden", min=64, help="Random model only."),
+    heads: int = typer.Option(8, "--heads", min=1, help="Random model only: attention heads."),
+    kv_heads: int = typer.Option(None, "--kv-heads", min=1, help="Random model only: key/value heads (default: "
+                                                                 "--heads). 22 layers, hidden 2048, 32 heads, 4 kv "
+                                                                 "heads is TinyLlama-1.1B's shape."),
     threads: int = typer.Option(2, "--threads", min=1, help="torch CPU threads for both sides."),
     repeat: int = typer.Option(3, "--repeat", min=1, help="Interleaved repetitions; medians are reported."),
     hf_sample: int = typer.Option(4, "--hf-sample", min=1,
@@ -114,7 +118,8 @@ def bench_generate(
                                     model=model, repeat=repeat, hf_sample=hf_sample,
                                     single_prompt_tokens=single_prompt_tokens,
                                     stall_prompt_tokens=stall_prompt_tokens,
-                                    against_gguf=gguf if against else None, build=build)
+                                    against_gguf=gguf if against else None, build=build, heads=heads,
+                                    kv_heads=kv_heads)
     except EngineError as e:
         raise typer.BadParameter(str(e)) from None
     if json_out:

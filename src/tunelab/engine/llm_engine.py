@@ -43,6 +43,7 @@ class LLM:
         compile: bool = False,
         enable_prefix_caching: bool = True,
         max_prefill_chunk: int | None = None,
+        enforce_eager: bool = False,
     ):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if compile and torch.device(device).type == "cpu":
@@ -73,8 +74,10 @@ class LLM:
         self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs,
                                    max_num_batched_tokens or max(self.max_model_len, 4096), max_prefill_chunk)
+        # On a GPU, decode steps replay CUDA graphs unless `enforce_eager` (vLLM's switch); CPUs have no graphs.
         self.runner = ModelRunner(self.model, num_blocks, block_size, has_adapters=bool(self.adapters),
-                                  compile=compile)
+                                  compile=compile, max_decode_rows=max_num_seqs,
+                                  cuda_graphs=not enforce_eager and torch.device(device).type == "cuda")
         self.eos = eos_token_ids(self.model, self.tokenizer)
         self.stats = {"requests": 0, "prompt_tokens": 0, "generation_tokens": 0, "finished": 0, "aborted": 0,
                       "failed": 0}

@@ -32,7 +32,7 @@ from tunelab.models.transformer import Transformer
 
 class ModelRunner:
     def __init__(self, model: Transformer, num_blocks: int, block_size: int, has_adapters: bool = False,
-                 compile: bool = False, fuse: bool = True):
+                 compile: bool = False, fuse: bool = True, cuda_graphs: bool = False, max_decode_rows: int = 64):
         self.model = model
         self.block_size = block_size
         self.has_adapters = has_adapters
@@ -67,6 +67,12 @@ class ModelRunner:
         self._hidden = model.hidden_states
         if compile:  # GPU: fuse the small decode kernels; shapes vary, so compile dynamically.
             self._hidden = torch.compile(model.hidden_states, dynamic=True)
+        # GPU: decode-only steps replay CUDA graphs (engine/cuda_graphs.py); not with adapters (per-token routing).
+        self.graphs = None
+        if cuda_graphs and not has_adapters:
+            from tunelab.engine.cuda_graphs import DecodeGraphs
+
+            self.graphs = DecodeGraphs(self, max_decode_rows, capture=self.device.type == "cuda")
 
     @staticmethod
     def bytes_per_token(model: Transformer) -> int:
@@ -81,9 +87,13 @@ class ModelRunner:
         `num_scheduled`, else all it lacks); logits [rows, vocab] (float32) at the last of them, in `seqs` order."""
         num_tokens = num_tokens or [s.num_scheduled or s.num_new_tokens for s in seqs]
         step = self._prepare(seqs, num_tokens)
-        with self._routing(step):
-            hidden = self._hidden(step.input_ids, position_ids=step.position_ids, cache=step)
-            logits = self.model.lm_head(hidden[0, step.last_index])
+        logits = self.graphs.run(step) if step.graphed else None
+        if logits is not None:  # decode rows only; the graph's logits are in row order, `last_index` maps them
+            logits = logits[step.last_index]
+        else:
+            with self._routing(step):
+                hidden = self._hidden(step.input_ids, position_ids=step.position_ids, cache=step)
+                logits = self.model.lm_head(hidden[0, step.last_index])
         self.slots.flush(step.decode, self, step.decode_slots)
         for seq, n in zip(seqs, num_tokens):  # only on success: a failed step can be retried row by row
             seq.num_cached += n
@@ -101,7 +111,10 @@ class ModelRunner:
         is_decode = [n == 1 and seq.stepped and bool(seq.output_ids) for seq, n in zip(seqs, news)]
         decoding = [i for i, d in enumerate(is_decode) if d]
         prompts = [i for i, d in enumerate(is_decode) if not d]
-        decode = self.slots.plan([seqs[i] for i in decoding], self) if decoding else None
+        # A decode-only step can replay a CUDA graph: its dense rows must then cover the padded batch.
+        graphed = self.graphs is not None and not prompts and 0 < len(decoding) <= self.graphs.max_rows
+        min_rows = self.graphs.bucket(len(decoding)) if graphed else 0
+        decode = self.slots.plan([seqs[i] for i in decoding], self, min_rows) if decoding else None
         if decode is None and decoding:  # no room for the dense copy: these tokens gather their blocks instead
             prompts, decoding = decoding + prompts, []
         if decode is not None:  # decode tokens go first, in the order of their rows
@@ -131,6 +144,7 @@ class ModelRunner:
             self, torch.tensor([ids], device=dev), torch.tensor([positions], device=dev),
             torch.tensor(slots, device=dev), torch.tensor(last, device=dev), decode, chunks,
             adapters=[seqs[i].adapter for i in order], lengths=[news[i] for i in order], copies=copies,
+            token_ids=ids, graphed=graphed and decode is not None,
         )
 
     def _slot(self, seq: Sequence, position: int) -> int:
@@ -205,8 +219,9 @@ class DecodeSlots:
         self.row_of: dict[int, int] = {}  # seq_id -> row
         self.length: list[int] = []  # tokens held per row
 
-    def plan(self, seqs: list[Sequence], runner: ModelRunner) -> DecodePlan | None:
-        """Rows for this step's decode sequences (filling the new ones), or None when the copy would not fit."""
+    def plan(self, seqs: list[Sequence], runner: ModelRunner, min_rows: int = 0) -> DecodePlan | None:
+        """Rows for this step's decode sequences (filling the new ones), or None when the copy would not fit; the
+        buffer keeps at least `min_rows` rows (a CUDA graph's padded batch)."""
         live = {s.seq_id for s in seqs}
         for seq_id in [i for i in self.row_of if i not in live]:
             self._free(seq_id)
@@ -214,7 +229,7 @@ class DecodeSlots:
             row = self.row_of.get(seq.seq_id)
             if row is not None and self.length[row] != seq.num_cached:  # recomputed elsewhere: refill
                 self._free(seq.seq_id)
-        if not self._reserve(len(seqs), max(s.num_cached for s in seqs) + 1):
+        if not self._reserve(max(len(seqs), min_rows), max(s.num_cached for s in seqs) + 1):
             return None
         for seq in seqs:
             if seq.seq_id not in self.row_of:
@@ -317,7 +332,7 @@ class PagedAttention:
     """One step's packed inputs and the attention the model calls in every layer (`attend`)."""
 
     def __init__(self, runner, input_ids, position_ids, write_slots, last_index, decode, chunks, adapters, lengths,
-                 copies=()):
+                 copies=(), token_ids=(), graphed=False):
         self.runner = runner
         self.dtype = runner.dtype  # attention's, the cache's
         self.input_ids, self.position_ids = input_ids, position_ids
@@ -328,6 +343,8 @@ class PagedAttention:
         self.chunks: list[PromptChunk] = chunks
         self.adapters, self.lengths = adapters, lengths
         self.copies: list[tuple[slice, slice]] = list(copies)  # (source slots, destination slots): token-level hits
+        self.token_ids = token_ids  # input_ids as a list, in the packed order
+        self.graphed = graphed  # served by a CUDA graph (engine/cuda_graphs.py)
 
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
         """q [1, H, T, D], k/v [1, KV, T, D], already in `self.dtype` (the model converts them) -> [1, H, T, D]; the
