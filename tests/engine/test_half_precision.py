@@ -58,3 +58,25 @@ def test_fp32_weights_are_stored_transposed_on_cpu(tiny_checkpoint):
 def test_compile_is_refused_on_cpu_with_a_clear_error(tiny_checkpoint):
     with pytest.raises(EngineError, match="compile=True is for GPUs"):
         LLM(tiny_checkpoint("llama"), device="cpu", compile=True)
+
+
+def test_bf16_one_row_products_go_through_matvec_on_avx512_bf16_cpus(tiny_checkpoint):
+    """One-row bfloat16 products use `torch.mv` where the CPU has AVX512-BF16 (its kernel reads the weight ~1.5x
+    faster there than `F.linear`'s): same values as the float64 product to bfloat16 rounding; more rows unchanged."""
+    import torch.nn.functional as F
+
+    from tunelab.engine.model_runner import _Bf16MatVecLinear, _has_avx512_bf16
+
+    llm = LLM(tiny_checkpoint("llama"), dtype=torch.bfloat16, max_num_seqs=2)
+    swapped = {type(m) for m in llm.model.modules()} & {_Bf16MatVecLinear}
+    assert bool(swapped) == _has_avx512_bf16()
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(96, 40).bfloat16()
+    x = torch.randn(1, 1, 96).bfloat16()
+    exact = F.linear(x.double(), lin.weight.double(), lin.bias.double())
+    lin.__class__ = _Bf16MatVecLinear
+    out = lin(x)
+    assert out.shape == (1, 1, 40) and out.dtype == torch.bfloat16
+    assert torch.allclose(out.double(), exact, rtol=2**-7, atol=2**-7)
+    many = torch.randn(1, 5, 96).bfloat16()
+    assert torch.equal(lin(many), F.linear(many, lin.weight, lin.bias))

@@ -114,3 +114,27 @@ def test_checkpoint_names_round_trip(tiny_checkpoint, family):
             hf = model.checkpoint_name(name)
             assert hf in theirs, (name, hf)
             assert model.module_name(hf) == name
+
+
+def test_hooks_still_fire_when_inference_skips_module_call_bookkeeping(tiny_checkpoint):
+    """Without gradients the model calls its submodules' `forward` directly (nn.Module.__call__ costs ~5 µs a call);
+    a hook on a block or a projection, or a global hook, must still see every call, with or without gradients."""
+    ours, _ = load_pretrained(tiny_checkpoint("llama"), dtype="float32")
+    ids = _inputs(batch=1, seq=5)
+    seen = []
+    block = ours.layers[1].register_forward_hook(lambda m, args, out: seen.append("block"))
+    proj = ours.layers[0].mlp.down_proj.register_forward_pre_hook(lambda m, args: seen.append("down_proj"))
+    with torch.inference_mode():
+        hooked = ours(ids)
+    assert seen == ["down_proj", "block"]
+    block.remove(), proj.remove()
+    with torch.inference_mode():
+        assert torch.equal(ours(ids), hooked)
+    assert seen == ["down_proj", "block"], "removed hooks stay removed"
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, args, out: seen.append(type(m).__name__))
+    try:
+        with torch.no_grad():
+            ours(ids)
+    finally:
+        handle.remove()
+    assert seen.count("Block") == len(ours.layers) and "RMSNorm" in seen

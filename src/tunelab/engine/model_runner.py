@@ -59,6 +59,8 @@ class ModelRunner:
             model.fuse_projections()
         if self.device.type == "cpu" and param.dtype == torch.float16:
             upcast_fp16_matmuls(model)
+        if self.device.type == "cpu" and param.dtype == torch.bfloat16 and _has_avx512_bf16():
+            bf16_single_rows_as_matvec(model)
         if self.device.type == "cpu" and param.dtype == torch.float32:
             # 16-bit weights stay [out, in]: oneDNN's bf16/fp16 matrix-vector kernels want that layout (measured
             # ~2.7x fp32 there, and ~10x slower than fp32 when stored [in, out]).
@@ -438,3 +440,30 @@ class _Fp16CpuLinear(torch.nn.Linear):
             return torch.nn.functional.linear(x, self.weight, self.bias)
         bias = None if self.bias is None else self.bias.float()
         return torch.nn.functional.linear(x.float(), self.weight.float(), bias).to(x.dtype)
+
+
+def bf16_single_rows_as_matvec(model: torch.nn.Module) -> None:
+    """CPU with AVX512-BF16, bfloat16 weights: a product of one row (decoding one sequence) goes through `torch.mv`,
+    whose bfloat16 kernel reads the weight at ~14.6 GB/s where `F.linear`'s reaches ~9.9 (measured on an Intel Xeon
+    with AVX512-BF16 and AMX, 2 threads, SmolLM2-135M's 121 projections and head with the weights out of cache:
+    27.2 -> 18.5 ms; a batch-1 decode step 38.1 -> 30.5 ms). Both accumulate in float32. Products of more rows keep
+    `F.linear` (oneDNN, AMX). LoRA layers are left alone."""
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            module.__class__ = _Bf16MatVecLinear
+
+
+class _Bf16MatVecLinear(torch.nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() != x.shape[-1]:
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        y = torch.mv(self.weight, x.reshape(-1))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*x.shape[:-1], y.shape[0])
+
+
+def _has_avx512_bf16() -> bool:
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private; absent in some torch builds
+    return bool(probe and probe())
+

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
+from torch.nn.modules import module as _nn_module
 
 from tunelab.models.config import ModelConfig, ModelError
 
@@ -98,10 +99,10 @@ class Transformer(nn.Module):
             if self.gradient_checkpointing and self.training and cache is None:
                 x = torch.utils.checkpoint.checkpoint(layer, x, rope, mask, None, use_reentrant=False)
             else:
-                x = layer(x, rope, mask, cache)
+                x = _call(layer, x, rope, mask, cache)
         if isinstance(cache, KVCache):
             cache.advance(seq)
-        return self.norm(x)
+        return _call(self.norm, x)
 
     # ------------------------------------------------------------------ naming
     def checkpoint_name(self, module_path: str) -> str:
@@ -143,8 +144,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, rope, mask, cache=None):
-        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + _call(self.self_attn, _call(self.input_layernorm, x), rope, mask, cache)
+        return x + _call(self.mlp, _call(self.post_attention_layernorm, x))
 
 
 class Attention(nn.Module):
@@ -171,7 +172,7 @@ class Attention(nn.Module):
         if hasattr(self, "qkv_proj"):
             # [B, T, heads + 2 kv_heads, D]: q and k are rotated together, one RoPE for both (half the small ops);
             # converted once to the dtype attention runs in (the cache's: float32 on CPU whatever the weights).
-            qkv = self.qkv_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+            qkv = _call(self.qkv_proj, x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
             if cache is not None:
                 qkv = qkv.to(cache.dtype)
             qk, v = qkv[:, : heads + kv_heads], qkv[:, heads + kv_heads :]
@@ -179,9 +180,9 @@ class Attention(nn.Module):
                 qk = apply_rope(qk, *rope)
             q, k = qk[:, :heads], qk[:, heads:]
         else:
-            q = self.q_proj(x).view(batch, seq, heads, self.head_dim).transpose(1, 2)
-            k = self.k_proj(x).view(batch, seq, kv_heads, self.head_dim).transpose(1, 2)
-            v = self.v_proj(x).view(batch, seq, kv_heads, self.head_dim).transpose(1, 2)
+            q = _call(self.q_proj, x).view(batch, seq, heads, self.head_dim).transpose(1, 2)
+            k = _call(self.k_proj, x).view(batch, seq, kv_heads, self.head_dim).transpose(1, 2)
+            v = _call(self.v_proj, x).view(batch, seq, kv_heads, self.head_dim).transpose(1, 2)
             if cache is not None:
                 q, k, v = q.to(cache.dtype), k.to(cache.dtype), v.to(cache.dtype)
             if rope is not None:
@@ -190,7 +191,7 @@ class Attention(nn.Module):
             out = cache.attend(self.layer_idx, q, k, v, mask)
         else:
             out = attention(q, k, v, mask)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1).to(x.dtype))
+        return _call(self.o_proj, out.transpose(1, 2).reshape(batch, seq, -1).to(x.dtype))
 
 
 class MLP(nn.Module):
@@ -206,15 +207,15 @@ class MLP(nn.Module):
 
     def forward(self, x):
         if hasattr(self, "gate_up_proj"):  # fused for inference by `fuse_projections`
-            gate_up = self.gate_up_proj(x)
+            gate_up = _call(self.gate_up_proj, x)
             half = gate_up.shape[-1] // 2  # two slices: `chunk` costs a few more dispatches per layer
-            return self.down_proj(self.act(gate_up[..., :half]) * gate_up[..., half:])
+            return _call(self.down_proj, self.act(gate_up[..., :half]) * gate_up[..., half:])
         if self.gated:
-            gate, up = self.gate_proj(x), self.up_proj(x)
+            gate, up = _call(self.gate_proj, x), _call(self.up_proj, x)
             if self.swiglu and torch.is_grad_enabled():
                 return self.down_proj(SwiGLU.apply(gate, up))
-            return self.down_proj(self.act(gate) * up)
-        return self.down_proj(self.act(self.up_proj(x)))
+            return _call(self.down_proj, self.act(gate) * up)
+        return _call(self.down_proj, self.act(_call(self.up_proj, x)))
 
 
 class SwiGLU(torch.autograd.Function):
@@ -287,6 +288,18 @@ class KVCache:
 
 
 # ---------------------------------------------------------------------- helpers
+def _call(module: nn.Module, *args):
+    """`module(*args)` without `nn.Module.__call__`'s bookkeeping when nothing could observe the difference: no
+    gradients, no hook on the module or registered globally, no `module.compile()`. That bookkeeping measured ~5 µs a
+    call on the 2-core Xeon, and a layer makes 9 calls: a batch-1 decode step of the 30-layer built-in model went
+    29.5 -> 28.1 ms (bf16, in-process A/B). LoRA's per-row routing is a forward pre-hook, so it still fires."""
+    if (torch.is_grad_enabled() or module._forward_pre_hooks or module._forward_hooks
+            or _nn_module._global_forward_pre_hooks or _nn_module._global_forward_hooks
+            or module._compiled_call_impl is not None):
+        return module(*args)
+    return module.forward(*args)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """SDPA with grouped-query heads; `mask` None means plain causal (or, for one query, everything)."""
     gqa = q.shape[1] != k.shape[1]
