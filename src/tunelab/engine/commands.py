@@ -31,9 +31,9 @@ def build_command(
     output: str = typer.Option(..., "-o", "--output", help="New directory for the build."),
     adapter: list[str] = typer.Option([], "--adapter", help="NAME=DIR of a PEFT adapter (repeatable)."),
     merge: bool = typer.Option(False, "--merge", help="Fold the adapters into the weights."),
-    dtype: str = typer.Option(None, "--dtype", help="float16 | bfloat16 | float32 (default float16; bfloat16 with "
-                                                     "--quant). On AVX2 CPUs float16 decodes one sequence fastest, "
-                                                     "bfloat16 many at once."),
+    dtype: str = typer.Option(None, "--dtype", help="float16 | bfloat16 | float32 (default: the 16-bit type that "
+                                                     "decodes one sequence fastest here: float16 on AVX2 CPUs, "
+                                                     "bfloat16 on AVX512-BF16 CPUs, GPUs and with --quant)."),
     quant: str = typer.Option(None, "--quant", help="int8 | int4: weight-only quantisation of the projection "
                                                     "layers (default: none). See docs/benchmarks.md for when it is "
                                                     "faster than 16-bit."),
