@@ -80,3 +80,11 @@ def test_bf16_one_row_products_go_through_matvec_on_avx512_bf16_cpus(tiny_checkp
     assert torch.allclose(out.double(), exact, rtol=2**-7, atol=2**-7)
     many = torch.randn(1, 5, 96).bfloat16()
     assert torch.equal(lin(many), F.linear(many, lin.weight, lin.bias))
+
+
+def test_fp16_products_are_upcast_only_on_cpus_without_avx512_fp16(tiny_checkpoint):
+    from tunelab.engine.model_runner import _cpu_flags, _Fp16CpuLinear
+
+    llm = LLM(tiny_checkpoint("llama"), dtype=torch.float16, max_num_seqs=2)
+    upcast = any(type(m) is _Fp16CpuLinear for m in llm.model.modules())
+    assert upcast == ("avx512_fp16" not in _cpu_flags())
