@@ -85,18 +85,19 @@ class DecodeGraphs:
     def _make(self, b: int):
         if not self.capture:
             return None, None
-        # Warm up on a side stream (kernel choice, lazily created tensors), then record. The warm-up computes the
-        # real step: its K/V writes are the ones the replay makes again.
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            self._forward(b)
-        torch.cuda.current_stream().wait_stream(stream)
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()  # one memory pool: graphs never run at the same time
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            logits = self._forward(b)
+        with torch.cuda.device(self.runner.device):  # streams and pools of the model's GPU, not the current one
+            # Warm up on a side stream (kernel choice, lazily created tensors), then record. The warm-up computes the
+            # real step: its K/V writes are the ones the replay makes again.
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._forward(b)
+            torch.cuda.current_stream().wait_stream(stream)
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()  # one memory pool: graphs never run at the same time
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                logits = self._forward(b)
         return graph, logits
 
     def _forward(self, b: int) -> torch.Tensor:
