@@ -45,3 +45,33 @@ def test_bench_refuses_a_rate_from_failed_requests(monkeypatch):
     with pytest.raises(EngineError, match="ended after 1 of 3 tokens \\(error: RuntimeError: boom\\)"):
         run_generate_bench(requests=2, prompt_tokens=8, new_tokens=3, single_tokens=3, layers=1, hidden=64,
                            bandwidth_mbytes=16, stall_prompt_tokens=0, log=lambda *_: None)
+
+
+def test_stall_measure_stops_and_says_so_when_a_stream_fails(tiny_checkpoint):
+    """A decoding stream that fails would never reach the phase's goal; the measure must end, not wait forever."""
+    import pytest
+
+    from tunelab.engine import LLM
+    from tunelab.engine.bench import measure_stall
+    from tunelab.engine.errors import EngineError
+
+    llm = LLM(tiny_checkpoint("llama"), max_num_seqs=8, block_size=4)
+    real = llm.runner.run
+
+    def run(seqs, num_tokens=None):
+        if any(s.request_id == victim[0] for s in seqs):
+            raise RuntimeError("boom")
+        return real(seqs, num_tokens)
+
+    victim = [None]
+    real_add = llm.add_sequence
+
+    def add(seq):  # the second stream fails from its first step on
+        if victim[0] is None and len(llm._by_id) == 1:
+            victim[0] = seq.request_id
+        real_add(seq)
+
+    llm.runner.run, llm.add_sequence = run, add
+    with pytest.raises(EngineError, match="a request failed while measuring the stall \\(RuntimeError: boom"):
+        measure_stall(llm, long_prompt_tokens=20, streams=3, idle_steps=3)
+    assert not llm.has_work()

@@ -332,7 +332,8 @@ def measure_stall(llm, long_prompt_tokens: int = 2000, streams: int = 4, idle_st
 
     def run_until(done) -> list[float]:
         gaps.clear()
-        while not done():
+        # A stream that failed stops the phase: waiting for its tokens would wait forever.
+        while not done() and not any(s.finish_reason == "error" for s in ids):
             outs = llm.step()
             now = time.perf_counter()
             for out in outs:
@@ -350,11 +351,11 @@ def measure_stall(llm, long_prompt_tokens: int = 2000, streams: int = 4, idle_st
     llm.add_sequence(long_seq)
     busy = run_until(lambda: long_seq.finished)
     failed = [s for s in [*ids, long_seq] if s.finish_reason == "error"]
-    for seq in ids:
+    for seq in [*ids, long_seq]:
         llm.abort(seq.request_id)
     if failed:
-        raise EngineError(f"bench: a request failed while measuring the stall ({failed[0].error}); no figure is "
-                          "reported for a run with failed requests")
+        raise EngineError(f"bench: a request failed while measuring the stall ({failed[0].error}); "
+                          "no figure is reported for a run with failed requests")
     idle_ms, busy_ms = 1e3 * statistics.median(idle), 1e3 * statistics.median(busy)
     return {"idle_ms": round(idle_ms, 1), "admitting_median_ms": round(busy_ms, 1),
             "admitting_max_ms": round(1e3 * max(busy), 1), "ratio_median": round(busy_ms / idle_ms, 2)}
