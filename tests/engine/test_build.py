@@ -67,9 +67,9 @@ def test_adapter_flags_are_read_one_way_by_build_and_serve(tmp_path, command):
 
 def test_default_dtype_is_the_fastest_16_bit_type_for_the_device():
     from tunelab.engine.build import default_dtype
-    from tunelab.engine.model_runner import _has_avx512_bf16
+    from tunelab.engine.cpu_kernels import has_avx512_bf16
 
     # measured: float16 decodes one sequence fastest on AVX2 CPUs, bfloat16 on AVX512-BF16 ones
-    assert default_dtype(None, "cpu") == ("bfloat16" if _has_avx512_bf16() else "float16")
+    assert default_dtype(None, "cpu") == ("bfloat16" if has_avx512_bf16() else "float16")
     assert default_dtype(None, "cuda") == "bfloat16"
     assert default_dtype({"mode": "int4"}, "cpu") == "bfloat16"

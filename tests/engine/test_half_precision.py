@@ -29,9 +29,9 @@ def test_half_precision_perplexity_within_one_percent_of_fp32(tiny_checkpoint, d
     ids = llm.tokenizer.encode(HELD_OUT)
     assert next(llm.model.parameters()).dtype == dtype
     # the KV cache is float32 on CPU, bfloat16 for bfloat16 weights where AVX512-BF16 makes bf16 attention faster
-    from tunelab.engine.model_runner import _has_avx512_bf16
+    from tunelab.engine.cpu_kernels import has_avx512_bf16
 
-    bf16_cache = dtype == torch.bfloat16 and _has_avx512_bf16()
+    bf16_cache = dtype == torch.bfloat16 and has_avx512_bf16()
     assert llm.runner.k_cache.dtype == (torch.bfloat16 if bf16_cache else torch.float32)
     ours = perplexity(llm.model, ids, window=len(ids))
     reference = hf_perplexity(path, ids)
@@ -69,11 +69,11 @@ def test_bf16_one_row_products_go_through_matvec_on_avx512_bf16_cpus(tiny_checkp
     faster there than `F.linear`'s): same values as the float64 product to bfloat16 rounding; more rows unchanged."""
     import torch.nn.functional as F
 
-    from tunelab.engine.model_runner import _Bf16MatVecLinear, _has_avx512_bf16
+    from tunelab.engine.cpu_kernels import _Bf16MatVecLinear, has_avx512_bf16
 
     llm = LLM(tiny_checkpoint("llama"), dtype=torch.bfloat16, max_num_seqs=2)
     swapped = {type(m) for m in llm.model.modules()} & {_Bf16MatVecLinear}
-    assert bool(swapped) == _has_avx512_bf16()
+    assert bool(swapped) == has_avx512_bf16()
     torch.manual_seed(0)
     lin = torch.nn.Linear(96, 40).bfloat16()
     x = torch.randn(1, 1, 96).bfloat16()
@@ -87,8 +87,8 @@ def test_bf16_one_row_products_go_through_matvec_on_avx512_bf16_cpus(tiny_checkp
 
 
 def test_fp16_products_are_upcast_only_on_cpus_without_avx512_fp16(tiny_checkpoint):
-    from tunelab.engine.model_runner import _cpu_flags, _Fp16CpuLinear
+    from tunelab.engine.cpu_kernels import _Fp16CpuLinear, cpu_flags
 
     llm = LLM(tiny_checkpoint("llama"), dtype=torch.float16, max_num_seqs=2)
     upcast = any(type(m) is _Fp16CpuLinear for m in llm.model.modules())
-    assert upcast == ("avx512_fp16" not in _cpu_flags())
+    assert upcast == ("avx512_fp16" not in cpu_flags())

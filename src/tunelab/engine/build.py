@@ -126,9 +126,9 @@ def default_dtype(qconfig, device: str = "cpu") -> str:
     """The 16-bit type that decodes one sequence fastest on the device this runs on: float16 on AVX2 CPUs (measured
     on an AMD EPYC), bfloat16 on CPUs with AVX512-BF16 (an Intel Xeon: 34 against 29 tok/s) and on GPUs; bfloat16
     under --quant (the CPU kernels want bfloat16 activations)."""
-    from tunelab.engine.model_runner import _has_avx512_bf16
+    from tunelab.engine.cpu_kernels import has_avx512_bf16
 
-    if qconfig is not None or torch.device(device).type != "cpu" or _has_avx512_bf16():
+    if qconfig is not None or torch.device(device).type != "cpu" or has_avx512_bf16():
         return "bfloat16"
     return "float16"
 

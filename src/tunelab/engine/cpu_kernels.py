@@ -1,0 +1,111 @@
+"""Which kernels a decode step gets on a CPU: the weight layout, the product kernel per dtype and row count, and the
+KV cache's dtype, chosen from the CPU's own flags, because the fastest choice differs between CPUs. Measured on the
+two boxes this project has run on (docs/serving.md, "Choosing a dtype"):
+  - AMD EPYC, AVX2 without AVX-512: float32 weights read fastest stored [in, out]; float16 one-row products are the
+    fastest 16-bit ones, and float16 multi-row products must be upcast to float32 (no fp16 matrix-matrix kernel);
+    attention over a bfloat16 cache is ~4x slower than over float32;
+  - Intel Xeon with AVX512-BF16, AVX512-FP16 and AMX: one-row bfloat16 products are fastest through `torch.mv`,
+    float16 products need no upcast, and bfloat16 attention is faster than float32.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def choose_cpu_kernels(model: torch.nn.Module) -> None:
+    """Convert `model`'s linear layers in place for this CPU (same values, same module API)."""
+    dtype = next(model.parameters()).dtype
+    if dtype == torch.float32:
+        # 16-bit weights stay [out, in]: oneDNN's bf16/fp16 matrix-vector kernels want that layout (measured
+        # ~2.7x fp32 there, and ~10x slower than fp32 when stored [in, out]).
+        store_weights_transposed(model)
+    elif dtype == torch.float16 and "avx512_fp16" not in cpu_flags():
+        upcast_fp16_matmuls(model)
+    elif dtype == torch.bfloat16 and has_avx512_bf16():
+        bf16_single_rows_as_matvec(model)
+
+
+def store_weights_transposed(model: torch.nn.Module) -> None:
+    """Keep every Linear weight as a transposed view of an [in, out] contiguous tensor. Same values, same module
+    API; but on CPU the one-row matrix-vector products of decoding run ~1.3-1.8x faster in this layout (measured with
+    MKL/oneDNN sgemv: the [out, in] layout reads the weight at about half the memory bandwidth). Tied embedding
+    weights are left alone: the embedding lookup wants rows contiguous."""
+    tied = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and id(module.weight) not in tied and module.weight.is_contiguous():
+            weight = module.weight.detach().t().contiguous().t()
+            module.weight = torch.nn.Parameter(weight, requires_grad=module.weight.requires_grad)
+
+
+def upcast_fp16_matmuls(model: torch.nn.Module) -> None:
+    """CPU without AVX512-FP16, float16 weights: products of a few rows (decoding a few sequences) stay in fp16, the
+    fastest matrix-vector kernel on AVX2 (~2x fp32); products of more rows (prefill, larger decode batches) convert
+    the weight to fp32 first, because without AVX-512 FP16 there is no fast fp16 matrix-matrix kernel (its cost grows
+    with every row: 3.5x slower than fp32 at 32 rows). fp16 -> fp32 is exact and both accumulate in fp32; LoRA
+    layers are left alone. (With AVX512-FP16 the fp16 kernel wins at every size: 44.5 against 62.4 ms for the
+    built-in model's projections at 32 rows on an Intel Xeon, so nothing is converted there.)"""
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            module.__class__ = _Fp16CpuLinear
+
+
+class _Fp16CpuLinear(torch.nn.Linear):
+    # Up to this many rows the fp16 kernel (cost ~ rows x one matrix-vector product) beats converting the weight
+    # (measured on SmolLM2-135M's projections: 4 rows 22.5 vs 31.2 ms, 8 rows 44.4 vs 42.9, 16 rows 89 vs 52).
+    DIRECT_ROWS = 6
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() <= self.DIRECT_ROWS * x.shape[-1]:
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        bias = None if self.bias is None else self.bias.float()
+        return torch.nn.functional.linear(x.float(), self.weight.float(), bias).to(x.dtype)
+
+
+def bf16_single_rows_as_matvec(model: torch.nn.Module) -> None:
+    """CPU with AVX512-BF16, bfloat16 weights: a product of one row (decoding one sequence) goes through `torch.mv`,
+    whose bfloat16 kernel reads the weight at ~14.6 GB/s where `F.linear`'s reaches ~9.9 (measured on an Intel Xeon
+    with AVX512-BF16 and AMX, 2 threads, SmolLM2-135M's 121 projections and head with the weights out of cache:
+    27.2 -> 18.5 ms; a batch-1 decode step 38.1 -> 30.5 ms). Both accumulate in float32. Products of more rows keep
+    `F.linear` (oneDNN, AMX). LoRA layers are left alone."""
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            module.__class__ = _Bf16MatVecLinear
+
+
+class _Bf16MatVecLinear(torch.nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() != x.shape[-1]:
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        y = torch.mv(self.weight, x.reshape(-1))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*x.shape[:-1], y.shape[0])
+
+
+def cache_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The KV cache's dtype (attention runs in it). On GPU the weights'. On CPU float32, except bfloat16 weights on a
+    CPU with AVX512-BF16: on AVX2, SDPA over a bf16 cache measured ~4x slower per decode step than over fp32; with
+    AVX512-BF16 it is faster (one decode row 17.3 against 19.1 µs, 32 rows 608 against 822 µs), and the q/k/v and
+    attention-output conversions around it go away."""
+    if weight.device.type != "cpu":
+        return weight.dtype
+    return torch.bfloat16 if weight.dtype == torch.bfloat16 and has_avx512_bf16() else torch.float32
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux); empty elsewhere, which keeps the choices made for the common case."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((x for x in f if x.startswith("flags")), "")
+    except OSError:
+        return frozenset()
+    return frozenset(line.partition(":")[2].split())
+
+
+def has_avx512_bf16() -> bool:
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private; absent in some torch builds
+    return bool(probe and probe())
