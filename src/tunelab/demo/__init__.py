@@ -21,6 +21,8 @@ the adapter and the eval cache, so it takes seconds.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
 import sys
 import time
@@ -32,8 +34,29 @@ from tunelab.demo.wordnet import DATA_NOUN, LICENCE, WordNetError, read_synsets,
 from tunelab.evals.ladder import HostedPrice, Rung, good_enough, hosted_cost_per_1k, ladder, machine_cost_per_1k
 
 MODEL = "smollm2-135m-instruct"
-# What a machine like the one the README's figures come from costs to rent; change it for yours (--machine-price).
-MACHINE = "2-core AMD EPYC (AVX2) VM, torch CPU"
+
+
+def describe_machine() -> str:
+    """This machine in words for the ladder's table: cores, CPU model and the vector extensions the engine's kernel
+    choices depend on (engine/cpu_kernels.py), e.g. '2-core Intel(R) Xeon(R) Processor (AVX512-BF16, AMX), torch CPU'."""
+    from tunelab.engine.cpu_kernels import cpu_flags
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.partition(":")[2].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    flags = cpu_flags()
+    isa = [label for flag, label in (("avx512_bf16", "AVX512-BF16"), ("amx_tile", "AMX")) if flag in flags]
+    if not isa:
+        isa = ["AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""]
+    extensions = f" ({', '.join(isa)})" if any(isa) else ""
+    return f"{os.cpu_count()}-core {name}{extensions}, torch CPU"
+
+
+# What a 2-vCPU VM costs to rent; change it for yours (--machine-price).
+MACHINE = describe_machine()
 MACHINE_PRICE_PER_HOUR = 0.10
 # A hosted model for comparison, at its list price on the date given (--hosted-* to change).
 HOSTED = HostedPrice(model="gpt-4o-mini", input_per_1m=0.15, output_per_1m=0.60, as_of="2024-07-18")
