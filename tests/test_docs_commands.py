@@ -81,7 +81,7 @@ NOT_RUN = {  # (page, command prefix): why not
     ("benchmarks.md", "tunelab bench generate"): "a benchmark: minutes on the real model, transformers (and "
                                                  "llama-cpp-python) as oracles; tests/engine/test_generate_bench.py "
                                                  "runs it on a small random model",
-    ("benchmarks.md", "bash scripts/gpu-check.sh"): "needs a CUDA GPU; tests/engine/test_cuda_graphs.py runs the "
+    ("benchmarks.md", "bash scripts/gpu-check.sh"): "needs a CUDA GPU; tests/engine/test_decode_graphs.py runs the "
                                                     "graphed decode step eagerly on CPU",
     ("scaling.md", "pip install vllm"): "installs another server (and needs a network)",
     ("scaling.md", "vllm serve"): "another project's server, for a GPU",

@@ -74,10 +74,10 @@ class LLM:
         self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs,
                                    max_num_batched_tokens or max(self.max_model_len, 4096), max_prefill_chunk)
-        # On a GPU, decode steps replay CUDA graphs unless `enforce_eager` (vLLM's switch); CPUs have no graphs.
+        # Decode steps replay recorded graphs (CUDA graphs, or TorchScript traces on CPU) unless `enforce_eager`
+        # (vLLM's switch).
         self.runner = ModelRunner(self.model, num_blocks, block_size, has_adapters=bool(self.adapters),
-                                  compile=compile, max_decode_rows=max_num_seqs,
-                                  cuda_graphs=not enforce_eager and torch.device(device).type == "cuda")
+                                  compile=compile, max_decode_rows=max_num_seqs, graphs=not enforce_eager)
         self.eos = eos_token_ids(self.model, self.tokenizer)
         self.stats = {"requests": 0, "prompt_tokens": 0, "generation_tokens": 0, "finished": 0, "aborted": 0,
                       "failed": 0}

@@ -33,7 +33,7 @@ from tunelab.models.transformer import Transformer
 
 class ModelRunner:
     def __init__(self, model: Transformer, num_blocks: int, block_size: int, has_adapters: bool = False,
-                 compile: bool = False, fuse: bool = True, cuda_graphs: bool = False, max_decode_rows: int = 64):
+                 compile: bool = False, fuse: bool = True, graphs: bool = False, max_decode_rows: int = 64):
         self.model = model
         self.block_size = block_size
         self.has_adapters = has_adapters
@@ -61,12 +61,14 @@ class ModelRunner:
         self._hidden = model.hidden_states
         if compile:  # GPU: fuse the small decode kernels; shapes vary, so compile dynamically.
             self._hidden = torch.compile(model.hidden_states, dynamic=True)
-        # GPU: decode-only steps replay CUDA graphs (engine/cuda_graphs.py); not with adapters (per-token routing).
+        # Decode-only steps replay recorded graphs (engine/decode_graphs.py): CUDA graphs on a GPU, TorchScript
+        # traces on a CPU; not with adapters (per-token routing is a hook, which a recording would not see).
         self.graphs = None
-        if cuda_graphs and not has_adapters:
-            from tunelab.engine.cuda_graphs import DecodeGraphs
+        if graphs and not has_adapters:
+            from tunelab.engine.decode_graphs import DecodeGraphs
 
-            self.graphs = DecodeGraphs(self, max_decode_rows, capture=self.device.type == "cuda")
+            model.requires_grad_(False)  # a recording keeps the weights as constants, which must not need gradients
+            self.graphs = DecodeGraphs(self, max_decode_rows, "cuda" if self.device.type == "cuda" else "trace")
 
     @staticmethod
     def bytes_per_token(model: Transformer) -> int:
@@ -337,7 +339,7 @@ class PagedAttention:
         self.adapters, self.lengths = adapters, lengths
         self.copies: list[tuple[slice, slice]] = list(copies)  # (source slots, destination slots): token-level hits
         self.token_ids = token_ids  # input_ids as a list, in the packed order
-        self.graphed = graphed  # served by a CUDA graph (engine/cuda_graphs.py)
+        self.graphed = graphed  # served by a CUDA graph (engine/decode_graphs.py)
 
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
         """q [1, H, T, D], k/v [1, KV, T, D], already in `self.dtype` (the model converts them) -> [1, H, T, D]; the

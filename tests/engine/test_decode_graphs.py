@@ -1,6 +1,7 @@
-"""The static decode step that CUDA graphs record (engine/cuda_graphs.py), run eagerly on CPU: greedy outputs equal
+"""The static decode step that decode graphs record (engine/decode_graphs.py), on CPU both as a TorchScript trace
+(what a CPU engine runs by default) and run as Python ("eager", the step a CUDA graph records): greedy outputs equal
 transformers' and the ordinary decode path's, with padded batches, GQA, sliding windows, sequences joining and
-leaving, and the dense buffer growing under the graphs. Capture and replay themselves need a GPU (CI has none);
+leaving, and the dense buffer growing under the graphs. CUDA capture and replay need a GPU (CI has none);
 scripts/gpu-check.sh runs them there."""
 
 import pytest
@@ -8,19 +9,27 @@ import torch
 from test_greedy_parity import PROMPTS, hf_greedy, references  # noqa: F401 - a fixture
 
 from tunelab.engine import LLM, SamplingParams
-from tunelab.engine.cuda_graphs import DecodeGraphs, _buckets
+from tunelab.engine.decode_graphs import DecodeGraphs, _buckets
 
 
-def static_llm(path, max_num_seqs=8, **kw) -> LLM:
-    llm = LLM(path, max_num_seqs=max_num_seqs, block_size=4, **kw)
-    assert llm.runner.graphs is None, "no CUDA graphs on CPU"
-    llm.runner.graphs = DecodeGraphs(llm.runner, max_num_seqs, capture=False)
+MODES = ["trace", "eager"]
+
+
+def static_llm(path, mode="trace", max_num_seqs=8, **kw) -> LLM:
+    if mode == "trace":  # the CPU default
+        llm = LLM(path, max_num_seqs=max_num_seqs, block_size=4, **kw)
+        assert llm.runner.graphs.mode == "trace"
+        return llm
+    llm = LLM(path, max_num_seqs=max_num_seqs, block_size=4, enforce_eager=True, **kw)
+    assert llm.runner.graphs is None
+    llm.runner.graphs = DecodeGraphs(llm.runner, max_num_seqs, mode)
     return llm
 
 
-def test_padded_static_decode_equals_transformers(references, family):  # noqa: F811
+@pytest.mark.parametrize("mode", MODES)
+def test_padded_static_decode_equals_transformers(references, family, mode):  # noqa: F811
     path, ref = references(family)
-    llm = static_llm(path)
+    llm = static_llm(path, mode)
     ids = [llm.tokenizer.encode(p) for p in PROMPTS]
     lengths = [20, 7, 13, 3]  # the batch shrinks as sequences finish: 3 rows run in bucket 4 (one padding row)
     outs = llm.generate(ids, [SamplingParams(max_tokens=n) for n in lengths])
@@ -31,11 +40,12 @@ def test_padded_static_decode_equals_transformers(references, family):  # noqa: 
     assert graphs.padding > 0, "some step ran a padded batch"
 
 
-def test_static_decode_survives_the_dense_buffer_growing(references):  # noqa: F811
+@pytest.mark.parametrize("mode", MODES)
+def test_static_decode_survives_the_dense_buffer_growing(references, mode):  # noqa: F811
     """A long generation outgrows the dense rows' first capacity (64 columns): the buffer is reallocated, and the
     steps after it (graphs captured on the old buffer would point at freed memory) still decode correctly."""
     path, ref = references("llama")
-    llm = static_llm(path)
+    llm = static_llm(path, mode)
     prompt = llm.tokenizer.encode(PROMPTS[1])
     first = []
     seq = llm.make_sequence(prompt, SamplingParams(max_tokens=90, ignore_eos=True))
@@ -48,7 +58,8 @@ def test_static_decode_survives_the_dense_buffer_growing(references):  # noqa: F
     assert seq.output_ids == full[0, len(prompt):].tolist()
 
 
-def test_static_decode_equals_the_ordinary_path_with_arrivals_and_sampling(references):  # noqa: F811
+@pytest.mark.parametrize("mode", MODES)
+def test_static_decode_equals_the_ordinary_path_with_arrivals_and_sampling(references, mode):  # noqa: F811
     """Sequences arriving while others decode (mixed steps take the ordinary path, decode-only steps the static
     one), seeded sampling included: the same tokens as an engine without the static step."""
     path, _ = references("mistral")  # sliding window 6, one kv head
@@ -67,8 +78,8 @@ def test_static_decode_equals_the_ordinary_path_with_arrivals_and_sampling(refer
             steps += 1
         return [s.output_ids for s in seqs]
 
-    ordinary = LLM(path, max_num_seqs=8, block_size=4)
-    static = static_llm(path)
+    ordinary = LLM(path, max_num_seqs=8, block_size=4, enforce_eager=True)
+    static = static_llm(path, mode)
     assert run(static) == run(ordinary)
     assert static.runner.graphs.replays > 0
 
@@ -82,7 +93,7 @@ def test_batch_buckets(max_rows, expected):
 
 
 def test_a_failed_capture_falls_back_to_eager_decoding(references, monkeypatch):  # noqa: F811
-    """Capturing a graph can fail on a GPU (it did once, inside torch's allocator); the requests must not: the step
+    """Recording a graph can fail (a CUDA capture did once, inside torch's allocator); the requests must not: the step
     runs eagerly, graphs stay off, and the output is what an engine without graphs gives."""
     path, ref = references("llama")
     llm = static_llm(path)
@@ -90,7 +101,7 @@ def test_a_failed_capture_falls_back_to_eager_decoding(references, monkeypatch):
     def broken(b):
         raise RuntimeError("capture failed")
 
-    monkeypatch.setattr(llm.runner.graphs, "_make", broken)
+    monkeypatch.setattr(llm.runner.graphs, "_record", broken)
     prompt = llm.tokenizer.encode(PROMPTS[0])
     (out,) = llm.generate([prompt], SamplingParams(max_tokens=12))
     assert out.token_ids == hf_greedy(ref, prompt, 12) and out.finish_reason in ("stop", "length")

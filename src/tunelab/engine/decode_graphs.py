@@ -1,4 +1,5 @@
-"""Decode steps as CUDA graphs: one graph per batch size bucket, replayed with new inputs.
+"""Decode steps as recorded graphs, one per batch size bucket, replayed with new inputs: CUDA graphs on a GPU,
+TorchScript traces on a CPU.
 
 On a GPU a decode step of a small model is bound by kernel launches, not by the GPU: measured on an H200 with a
 random TinyLlama-1.1B-shaped model in bf16, one token launches ~730 kernels, which the GPU runs in 1.9 ms while the
@@ -15,29 +16,38 @@ A graph holds the buffer's addresses, so when `DecodeSlots` reallocates (more ro
 dropped and captured again on demand (rare: the buffer grows ahead). The step after the graph (copying the new
 tokens' K/V to their paged slots, sampling) is the ordinary one.
 
-With `capture=False` the same static step runs eagerly, which is how the CPU test suite checks it against the
-ordinary decode path (CI has no GPU); capture and replay themselves are checked on a GPU by
+On a CPU the same static step is recorded with `torch.jit.trace`: the ~1,600 operations of a 30-layer decode step
+then run from TorchScript's interpreter instead of Python, which on the project's 2-core Xeon took a bfloat16
+batch-1 step of the built-in model from 26.0 to 19.7 ms (same outputs, bit for bit). `torch.jit.trace` is
+deprecated in favour of `torch.compile`, which is what failed on this step on CPU (docs/serving.md); if a trace
+fails (or a later torch drops it) the engine logs why and decodes eagerly.
+
+Modes: "cuda" (capture and replay), "trace" (CPU), "eager" (the static step run as Python, which is how the tests
+check it against the ordinary decode path: CI has no GPU); capture and replay are checked on a GPU by
 `scripts/gpu-check.sh`.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 import torch.nn.functional as F
 
 
 class DecodeGraphs:
-    def __init__(self, runner, max_rows: int, capture: bool):
+    def __init__(self, runner, max_rows: int, mode: str):
+        if mode not in ("cuda", "trace", "eager"):
+            raise ValueError(f"mode: cuda, trace or eager, not {mode!r}")
         self.runner = runner
-        self.capture = capture
+        self.mode = mode
         self.buckets = _buckets(max_rows)
         self.max_rows = self.buckets[-1]
         dev = runner.device
         # The graphs' inputs: token ids and lengths (= positions = the column each row appends to), one H2D copy.
         self.inputs = torch.zeros(2, self.max_rows, dtype=torch.long, device=dev)
-        self.graphs: dict[int, tuple] = {}  # bucket -> (graph or None, logits [bucket, vocab])
+        self.graphs: dict = {}  # bucket -> a function replaying its recorded step (logits [bucket, vocab])
         self.pool = None
         self._buffer = None  # the DecodeSlots buffer the graphs were captured on
         self.replays = 0
@@ -55,66 +65,83 @@ class DecodeGraphs:
         plan, slots = step.decode, self.runner.slots
         n = plan.rows
         b = self.bucket(n)
-        if self._buffer is not slots.k:  # reallocated since capture: the graphs point at freed memory
+        if self._buffer is not slots.k and self.mode == "cuda":
+            # reallocated since capture: the graphs point at freed memory. (A trace takes the buffers as inputs and
+            # records their sizes as sizes, so it serves the new buffer as it is.) And a new memory pool: capturing
+            # into the pool of graphs that are gone fails inside torch's allocator (an internal assert on an H200,
+            # torch 2.11).
             self.graphs.clear()
-            # and a new memory pool: capturing into the pool of graphs that are gone fails inside torch's allocator
-            # (an internal assert on an H200, torch 2.11)
             self.pool = None
-            self._buffer = slots.k
+        self._buffer = slots.k
         values = torch.zeros(2, b, dtype=torch.long)
         values[0, :n] = torch.tensor(step.token_ids[:n])
         values[1, :n] = torch.tensor(slots.length[:n])
         self.inputs[:, :b].copy_(values, non_blocking=False)
-        entry = self.graphs.get(b)
-        if entry is None:
+        replay = self.graphs.get(b)
+        if replay is None:
             try:
-                entry = self.graphs[b] = self._make(b)
-            except RuntimeError as exc:  # an optimisation failing must not fail the requests: run eagerly
+                replay = self.graphs[b] = self._record(b)
+            except Exception as exc:  # noqa: BLE001 - an optimisation failing must not fail the requests: run eagerly
                 self.failure = f"{type(exc).__name__}: {exc}"
-                _log.warning("CUDA graph capture failed; decoding without graphs from now on: %s", self.failure)
+                _log.warning("recording a decode graph (%s) failed; decoding without graphs from now on: %s",
+                             self.mode, self.failure)
                 return None
-        graph, logits = entry
-        if graph is None:  # eager (CPU): the static step itself
-            logits = self._forward(b)
-        else:
-            graph.replay()
+        logits = replay()
         self.replays += 1
         self.padding += b - n
         return logits[:n]
 
-    def _make(self, b: int):
-        if not self.capture:
-            return None, None
+    def _record(self, b: int):
+        """A function that runs the static step for bucket `b` on the current `inputs` and returns its logits."""
+        slots = self.runner.slots
+        args = (self.inputs[:, :b], slots.k, slots.v)
+        if self.mode == "eager":
+            return lambda: self._forward(self.inputs[:, :b], slots.k, slots.v)
+        if self.mode == "trace":
+            # Tracing runs the step once (its K/V writes are the ones every replay makes again). The tracer warns
+            # where Python turns a size into a number (the hidden size, whether a product has one row): constants of a
+            # bucket by design. The buffers' sizes stay sizes, so one trace serves them as they grow.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(self._forward, args, check_trace=False)
+            return lambda: traced(self.inputs[:, :b], slots.k, slots.v)
         with torch.cuda.device(self.runner.device):  # streams and pools of the model's GPU, not the current one
             # Warm up on a side stream (kernel choice, lazily created tensors), then record. The warm-up computes the
             # real step: its K/V writes are the ones the replay makes again.
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                self._forward(b)
+                self._forward(*args)
             torch.cuda.current_stream().wait_stream(stream)
             if self.pool is None:
                 self.pool = torch.cuda.graph_pool_handle()  # one memory pool: graphs never run at the same time
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                logits = self._forward(b)
-        return graph, logits
+                logits = self._forward(*args)
 
-    def _forward(self, b: int) -> torch.Tensor:
+        def replay():
+            graph.replay()
+            return logits
+
+        return replay
+
+    def _forward(self, inputs: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         runner = self.runner
-        step = StaticDecode(runner, self.inputs[0, :b], self.inputs[1, :b])
+        step = StaticDecode(runner, inputs[0], inputs[1], k, v)
         hidden = runner.model.hidden_states(step.input_ids, position_ids=step.positions, cache=step)
         return runner.model.lm_head(hidden[0])
 
 
 class StaticDecode:
-    """The cache object (`Transformer.hidden_states(cache=...)`) of one padded decode step over the dense rows."""
+    """The cache object (`Transformer.hidden_states(cache=...)`) of one padded decode step over the dense rows
+    `k`, `v` ([layers, rows, kv_heads, capacity, dim], `DecodeSlots`' buffers). They are arguments, not read from
+    `DecodeSlots`, so that a TorchScript trace takes them as inputs and writes the new K/V into them: a tensor a
+    trace finds elsewhere becomes a private constant, and the writes would go to that copy."""
 
-    def __init__(self, runner, ids: torch.Tensor, lengths: torch.Tensor):
-        slots = runner.slots
+    def __init__(self, runner, ids: torch.Tensor, lengths: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         self.dtype = runner.dtype
-        self.slots = slots
-        rows, cap = ids.shape[0], slots.capacity
+        self.k, self.v = k, v
+        rows, kv, cap = ids.shape[0], k.shape[2], k.shape[3]
         self.rows = rows
         self.input_ids, self.positions = ids[None], lengths[None]
         cols = torch.arange(cap, device=ids.device)
@@ -122,22 +149,22 @@ class StaticDecode:
         self.masks = {w: (seen if w is None else seen & (cols[None, :] > lengths[:, None] - w))[:, None, None, :]
                       for w in set(runner.windows)}
         self.windows = runner.windows
-        heads = torch.arange(slots.heads, device=ids.device)[:, None]
+        heads = torch.arange(kv, device=ids.device)[:, None]
         row = torch.arange(rows, device=ids.device)[None, :]
         # (head, row) order, as a step's k [1, kv_heads, rows, dim] flattens
-        self.append = ((row * slots.heads + heads) * cap + lengths[None, :]).reshape(-1)
+        self.append = ((row * kv + heads) * cap + lengths[None, :]).reshape(-1)
 
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
-        slots, rows = self.slots, self.rows
-        dim = slots.dim
-        slots.k_flat[layer_idx].index_copy_(0, self.append, k.reshape(-1, dim))
-        slots.v_flat[layer_idx].index_copy_(0, self.append, v.reshape(-1, dim))
-        kv, heads = slots.heads, q.shape[1]
+        rows, dim = self.rows, k.shape[-1]
+        keys, values = self.k[layer_idx], self.v[layer_idx]  # [all rows, kv_heads, capacity, dim]
+        keys.view(-1, dim).index_copy_(0, self.append, k.reshape(-1, dim))
+        values.view(-1, dim).index_copy_(0, self.append, v.reshape(-1, dim))
+        kv, heads = keys.shape[1], q.shape[1]
         group = heads // kv
         # q [1, heads, rows, dim] -> [rows, kv, group, dim]: the group's queries share their kv head's keys.
         folded = q[0].view(kv, group, rows, dim).permute(2, 0, 1, 3)
-        keys, values = slots.k[layer_idx, :rows], slots.v[layer_idx, :rows]
-        out = F.scaled_dot_product_attention(folded, keys, values, attn_mask=self.masks[self.windows[layer_idx]])
+        out = F.scaled_dot_product_attention(folded, keys[:rows], values[:rows],
+                                             attn_mask=self.masks[self.windows[layer_idx]])
         return out.permute(1, 2, 0, 3).reshape(1, heads, rows, dim)
 
 
