@@ -1,5 +1,5 @@
 """GPU checks of the engine, for a machine with CUDA (CI has none; the CPU suite runs the graphed decode step
-eagerly, tests/engine/test_cuda_graphs.py): decode steps replayed as CUDA graphs give the tokens that the eager
+eagerly, tests/engine/test_decode_graphs.py): decode steps replayed as CUDA graphs give the tokens that the eager
 engine and transformers give, and the GPU RMSNorm kernel matches Llama's form to bf16 rounding. With --profile,
 where a batch-1 decode step's GPU time goes on a random TinyLlama-1.1B-shaped model in bf16 (kernels per step, the
 matrix products' share), which explains how far batch 1 is from the bandwidth roofline.

@@ -124,7 +124,7 @@ def quant_options(quant: str | None, group_size: int | None, dtype: str | None, 
 
 def default_dtype(qconfig, device: str = "cpu") -> str:
     """The 16-bit type that decodes one sequence fastest on the device this runs on: float16 on AVX2 CPUs (measured
-    on an AMD EPYC), bfloat16 on CPUs with AVX512-BF16 (an Intel Xeon: 34 against 29 tok/s) and on GPUs; bfloat16
+    on an AMD EPYC), bfloat16 on CPUs with AVX512-BF16 (an Intel Xeon: 49 against 35 tok/s) and on GPUs; bfloat16
     under --quant (the CPU kernels want bfloat16 activations)."""
     from tunelab.engine.cpu_kernels import has_avx512_bf16
 
