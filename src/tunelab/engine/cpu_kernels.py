@@ -4,8 +4,8 @@ two boxes this project has run on (docs/serving.md, "Choosing a dtype"):
   - AMD EPYC, AVX2 without AVX-512: float32 weights read fastest stored [in, out]; float16 one-row products are the
     fastest 16-bit ones, and float16 multi-row products must be upcast to float32 (no fp16 matrix-matrix kernel);
     attention over a bfloat16 cache is ~4x slower than over float32;
-  - Intel Xeon with AVX512-BF16, AVX512-FP16 and AMX: one-row bfloat16 products are fastest through `torch.mv`,
-    float16 products need no upcast, and bfloat16 attention is faster than float32.
+  - Intel Xeon with AVX512-BF16, AVX512-FP16 and AMX: one-row bfloat16 products are fastest through `torch.mv`, and
+    float16 products need no upcast.
 """
 
 from __future__ import annotations
@@ -86,13 +86,11 @@ class _Bf16MatVecLinear(torch.nn.Linear):
 
 
 def cache_dtype(weight: torch.Tensor) -> torch.dtype:
-    """The KV cache's dtype (attention runs in it). On GPU the weights'. On CPU float32, except bfloat16 weights on a
-    CPU with AVX512-BF16: on AVX2, SDPA over a bf16 cache measured ~4x slower per decode step than over fp32; with
-    AVX512-BF16 it is faster (one decode row 17.3 against 19.1 µs, 32 rows 608 against 822 µs), and the q/k/v and
-    attention-output conversions around it go away."""
-    if weight.device.type != "cpu":
-        return weight.dtype
-    return torch.bfloat16 if weight.dtype == torch.bfloat16 and has_avx512_bf16() else torch.float32
+    """The KV cache's dtype (attention runs in it): the weights' on GPU, float32 on CPU whatever the weights. On AVX2,
+    SDPA over a bf16 cache measured ~4x slower per decode step than over fp32. With AVX512-BF16 a bf16 cache is faster
+    (batch-1 step -3%, 32 rows -4.5%), but it moved the demo's few-shot rung in bfloat16 from 1.0 to 1.5 points below
+    float32 (the bar is 1), so it is not used."""
+    return weight.dtype if weight.device.type != "cpu" else torch.float32
 
 
 @functools.lru_cache(maxsize=1)
