@@ -39,14 +39,9 @@ MODEL = "smollm2-135m-instruct"
 def describe_machine() -> str:
     """This machine in words for the ladder's table: cores, CPU model and the vector extensions the engine's kernel
     choices depend on (engine/cpu_kernels.py), e.g. '2-core Intel(R) Xeon(R) Processor (AVX512-BF16, AMX), torch CPU'."""
-    from tunelab.engine.cpu_kernels import cpu_flags
+    from tunelab.engine.cpu_kernels import cpu_flags, cpu_model
 
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.partition(":")[2].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
+    name = cpu_model() or platform.processor() or platform.machine()
     flags = cpu_flags()
     isa = [label for flag, label in (("avx512_bf16", "AVX512-BF16"), ("amx_tile", "AMX")) if flag in flags]
     if not isa:

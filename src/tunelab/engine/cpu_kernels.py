@@ -93,17 +93,25 @@ def cache_dtype(weight: torch.Tensor) -> torch.dtype:
     return weight.dtype if weight.device.type != "cpu" else torch.float32
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags (Linux); empty elsewhere, which keeps the choices made for the common case."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            line = next((x for x in f if x.startswith("flags")), "")
-    except OSError:
-        return frozenset()
-    return frozenset(line.partition(":")[2].split())
+    return frozenset(_cpuinfo("flags").split())
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux), e.g. 'Intel(R) Xeon(R) Processor'; None elsewhere."""
+    return _cpuinfo("model name") or None
 
 
 def has_avx512_bf16() -> bool:
-    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private; absent in some torch builds
-    return bool(probe and probe())
+    return "avx512_bf16" in cpu_flags()
+
+
+@functools.lru_cache(maxsize=None)
+def _cpuinfo(field: str) -> str:
+    """The value of the first `field` line of /proc/cpuinfo, or '' when there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.partition(":")[2].strip() for line in f if line.split(":")[0].strip() == field), "")
+    except OSError:
+        return ""

@@ -106,7 +106,7 @@ class ModelRunner:
         is_decode = [n == 1 and seq.stepped and bool(seq.output_ids) for seq, n in zip(seqs, news)]
         decoding = [i for i, d in enumerate(is_decode) if d]
         prompts = [i for i, d in enumerate(is_decode) if not d]
-        # A decode-only step can replay a CUDA graph: its dense rows must then cover the padded batch.
+        # A decode-only step can replay a recorded graph: its dense rows must then cover the padded batch.
         graphed = self.graphs is not None and not prompts and 0 < len(decoding) <= self.graphs.max_rows
         min_rows = self.graphs.bucket(len(decoding)) if graphed else 0
         decode = self.slots.plan([seqs[i] for i in decoding], self, min_rows) if decoding else None
@@ -216,7 +216,7 @@ class DecodeSlots:
 
     def plan(self, seqs: list[Sequence], runner: ModelRunner, min_rows: int = 0) -> DecodePlan | None:
         """Rows for this step's decode sequences (filling the new ones), or None when the copy would not fit; the
-        buffer keeps at least `min_rows` rows (a CUDA graph's padded batch)."""
+        buffer keeps at least `min_rows` rows (a recorded graph's padded batch)."""
         live = {s.seq_id for s in seqs}
         for seq_id in [i for i in self.row_of if i not in live]:
             self._free(seq_id)
