@@ -21,6 +21,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+	bash scripts/ensure-compiler.sh
 
 test: install
 	bash scripts/ensure-browser.sh

@@ -1,7 +1,8 @@
 """The static decode step that decode graphs record (engine/decode_graphs.py), on CPU both as a TorchScript trace
-(what a CPU engine runs by default) and run as Python ("eager", the step a CUDA graph records): greedy outputs equal
-transformers' and the ordinary decode path's, with padded batches, GQA, sliding windows, sequences joining and
-leaving, and the dense buffer growing under the graphs. CUDA capture and replay need a GPU (CI has none);
+(what a CPU engine runs by default) and run as Python ("eager"; "sdpa" is the step without tunelab's attention
+operator, which is what a CUDA graph records): greedy outputs equal transformers' and the ordinary decode path's,
+with padded batches, GQA, sliding windows, sequences joining and leaving, and the dense buffer growing under the
+graphs. CUDA capture and replay need a GPU (CI has none);
 scripts/gpu-check.sh runs them there."""
 
 import pytest
@@ -9,20 +10,26 @@ import torch
 from test_greedy_parity import PROMPTS, hf_greedy, references  # noqa: F401 - a fixture
 
 from tunelab.engine import LLM, SamplingParams
+from tunelab.engine.cpu_kernels import native_decode_ops
 from tunelab.engine.decode_graphs import DecodeGraphs, _buckets
 
 
-MODES = ["trace", "eager"]
+# "trace": the CPU default, a trace of the step with tunelab's native attention operator where it could be built;
+# "eager": the same step as Python; "sdpa": the step without the native operator (masked SDPA over the dense rows),
+# which is what a CUDA graph records.
+MODES = ["trace", "eager", "sdpa"]
 
 
 def static_llm(path, mode="trace", max_num_seqs=8, **kw) -> LLM:
     if mode == "trace":  # the CPU default
         llm = LLM(path, max_num_seqs=max_num_seqs, block_size=4, **kw)
         assert llm.runner.graphs.mode == "trace"
+        assert llm.runner.native_decode == native_decode_ops()
         return llm
     llm = LLM(path, max_num_seqs=max_num_seqs, block_size=4, enforce_eager=True, **kw)
     assert llm.runner.graphs is None
-    llm.runner.graphs = DecodeGraphs(llm.runner, max_num_seqs, mode)
+    llm.runner.native_decode = mode == "eager" and native_decode_ops()
+    llm.runner.graphs = DecodeGraphs(llm.runner, max_num_seqs, "eager")
     return llm
 
 

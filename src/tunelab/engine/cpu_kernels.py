@@ -4,15 +4,18 @@ two boxes this project has run on (docs/serving.md, "Choosing a dtype"):
   - AMD EPYC, AVX2 without AVX-512: float32 weights read fastest stored [in, out]; float16 one-row products are the
     fastest 16-bit ones, and float16 multi-row products must be upcast to float32 (no fp16 matrix-matrix kernel);
     attention over a bfloat16 cache is ~4x slower than over float32;
-  - Intel Xeon with AVX512-BF16, AVX512-FP16 and AMX: one-row bfloat16 products are fastest through `torch.mv`, and
-    float16 products need no upcast.
+  - Intel Xeon with AVX512-BF16, AVX512-FP16 and AMX: bfloat16 products of up to four rows are fastest through
+    tunelab's own kernel (engine/native.py), and float16 products need no upcast.
 """
 
 from __future__ import annotations
 
 import functools
+import platform
 
 import torch
+
+from tunelab.models.transformer import MLP, RMSNorm, call_module
 
 
 def choose_cpu_kernels(model: torch.nn.Module) -> None:
@@ -26,6 +29,40 @@ def choose_cpu_kernels(model: torch.nn.Module) -> None:
         upcast_fp16_matmuls(model)
     elif dtype == torch.bfloat16 and has_avx512_bf16():
         bf16_single_rows_as_matvec(model)
+    if dtype in (torch.bfloat16, torch.float16) and native_decode_ops():
+        for module in model.modules():
+            if type(module) is RMSNorm:
+                module.__class__ = _NativeRMSNorm
+            elif type(module) is MLP and module.swiglu:
+                module.__class__ = _NativeSwiGLU
+
+
+def native_decode_ops() -> bool:
+    """Whether tunelab's CPU operators (engine/csrc/decode_ops.cpp: the decode step's attention and 16-bit RMSNorm,
+    any x86-64 CPU) are available; they replace ~30 small torch operators per layer of a recorded decode step."""
+    from tunelab.engine import native
+
+    return platform.machine() in ("x86_64", "AMD64") and native.load()
+
+
+class _NativeSwiGLU(MLP):
+    """silu(gate) * up of a fused gate/up projection as one operator (torch's rounding order for 16-bit inputs)
+    instead of five (two slices, the size arithmetic a trace records, silu, the product)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, "gate_up_proj"):
+            return super().forward(x)
+        return call_module(self.down_proj, torch.ops.tunelab.silu_mul(call_module(self.gate_up_proj, x)))
+
+
+class _NativeRMSNorm(RMSNorm):
+    """A 16-bit RMSNorm as one operator, in Llama's order (normalise in float32, round, scale by the weight): the
+    same values as RMSNorm.forward's CPU form up to float32 rounding, in one dispatch instead of six."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != self.weight.dtype:
+            return super().forward(x)
+        return torch.ops.tunelab.rms_norm(x, self.weight, self.eps)
 
 
 def store_weights_transposed(model: torch.nn.Module) -> None:
@@ -65,14 +102,19 @@ class _Fp16CpuLinear(torch.nn.Linear):
 
 
 def bf16_single_rows_as_matvec(model: torch.nn.Module) -> None:
-    """CPU with AVX512-BF16, bfloat16 weights: a product of one row (decoding one sequence) goes through `torch.mv`,
-    whose bfloat16 kernel reads the weight at ~14.6 GB/s where `F.linear`'s reaches ~9.9 (measured on an Intel Xeon
-    with AVX512-BF16 and AMX, 2 threads, SmolLM2-135M's 121 projections and head with the weights out of cache:
-    27.2 -> 18.5 ms; a batch-1 decode step 38.1 -> 30.5 ms). Both accumulate in float32. Products of more rows keep
-    `F.linear` (oneDNN, AMX). LoRA layers are left alone."""
+    """CPU with AVX512-BF16, bfloat16 weights: products of one to four rows (decoding up to four sequences) go
+    through tunelab's own kernel (`engine/csrc/bf16_linear.cpp`, VDPBF16PS with the weight stream prefetched), or
+    through `torch.mv` for one row when that kernel cannot be built. Measured on an Intel Xeon with AVX512-BF16 and
+    AMX, 2 threads, SmolLM2-135M's 121 projections and head with the weights out of cache, per token: one row 14.2 ms
+    (`torch.mv` 18.9, `F.linear` 26.5, float32 through MKL 25.2); two rows 15.9 (`F.linear` 27.9); four rows 18.3
+    (28.5). All accumulate in float32. Products of more rows keep `F.linear` (oneDNN, AMX). LoRA layers are left
+    alone."""
+    from tunelab.engine import native
+
+    cls = _Bf16NativeLinear if native.load() else _Bf16MatVecLinear
     for module in model.modules():
-        if type(module) is torch.nn.Linear:
-            module.__class__ = _Bf16MatVecLinear
+        if type(module) is torch.nn.Linear and module.weight.is_contiguous():
+            module.__class__ = cls
 
 
 class _Bf16MatVecLinear(torch.nn.Linear):
@@ -83,6 +125,15 @@ class _Bf16MatVecLinear(torch.nn.Linear):
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], y.shape[0])
+
+
+class _Bf16NativeLinear(torch.nn.Linear):
+    NATIVE_ROWS = 4  # the kernel's limit; at eight rows two calls would cost more than oneDNN's one
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() > self.NATIVE_ROWS * x.shape[-1] or x.numel() == 0:
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        return torch.ops.tunelab.bf16_linear(x, self.weight, self.bias)
 
 
 def cache_dtype(weight: torch.Tensor) -> torch.dtype:

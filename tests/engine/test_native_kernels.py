@@ -1,0 +1,197 @@
+"""tunelab's own CPU kernel (engine/csrc/bf16_linear.cpp, built by engine/native.py): products of one to four rows
+with bfloat16 weights, checked against the float64 product; the build's cache and its failure path."""
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tunelab.engine import LLM, SamplingParams, native
+from tunelab.engine.cpu_kernels import _Bf16MatVecLinear, _Bf16NativeLinear, has_avx512_bf16
+
+needs_bf16_cpu = pytest.mark.skipif(not has_avx512_bf16(), reason="the kernel runs on CPUs with AVX512-BF16 only")
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    if not native.load():
+        pytest.fail("the native kernels did not build on a CPU that can run them (see the warning logged above)")
+    return torch.ops.tunelab.bf16_linear
+
+
+@needs_bf16_cpu
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("n, k", [(7, 100), (64, 576), (40, 1536), (13, 33), (9, 64), (3, 1)])
+def test_products_equal_float64_to_bfloat16_rounding(kernel, rows, n, k):
+    torch.manual_seed(rows * 1000 + n + k)
+    w, x, bias = torch.randn(n, k).bfloat16(), torch.randn(rows, k).bfloat16(), torch.randn(n).bfloat16()
+    exact = x.double() @ w.double().T + bias.double()
+    out = kernel(x, w, bias)
+    assert out.dtype == torch.bfloat16 and out.shape == (rows, n)
+    # fp32 accumulation, one rounding to bfloat16 at the end: within half an ulp of bf16 plus fp32 summation error
+    assert torch.allclose(out.double(), exact, rtol=2**-8, atol=1e-4 * k**0.5)
+    assert torch.equal(kernel(x, w, None), kernel(x, w))
+    no_bias = x.double() @ w.double().T
+    assert torch.allclose(kernel(x, w).double(), no_bias, rtol=2**-8, atol=1e-4 * k**0.5)
+
+
+@needs_bf16_cpu
+def test_leading_dimensions_and_strided_rows_are_kept(kernel):
+    torch.manual_seed(0)
+    w = torch.randn(24, 80).bfloat16()
+    x = torch.randn(1, 2, 160).bfloat16()[..., ::2]  # [1, 2, 80], not contiguous
+    out = kernel(x, w)
+    assert out.shape == (1, 2, 24)
+    assert torch.allclose(out.float(), F.linear(x.float(), w.float()), rtol=2**-7, atol=1e-3)
+
+
+@needs_bf16_cpu
+def test_bad_arguments_are_refused_with_the_reason(kernel):
+    w = torch.randn(8, 16).bfloat16()
+    with pytest.raises(RuntimeError, match="one to four rows"):
+        kernel(torch.randn(5, 16).bfloat16(), w)
+    with pytest.raises(RuntimeError, match="last dimension 16"):
+        kernel(torch.randn(1, 15).bfloat16(), w)
+    with pytest.raises(RuntimeError, match="contiguous 2-d bfloat16"):
+        kernel(torch.randn(1, 8).bfloat16(), w.t())
+    with pytest.raises(RuntimeError, match="contiguous 2-d bfloat16"):
+        kernel(torch.randn(1, 16).bfloat16(), w.float())
+
+
+@needs_bf16_cpu
+def test_engine_decodes_through_the_kernel_as_transformers_does(tiny_checkpoint, kernel):
+    """A bfloat16 engine on this CPU routes its decode products through the kernel, and its greedy tokens agree with
+    the engine without it (torch's kernels) on most positions: the two differ only in float32 summation order."""
+    path = tiny_checkpoint("llama")
+    llm = LLM(path, dtype=torch.bfloat16, max_num_seqs=4)
+    assert any(type(m) is _Bf16NativeLinear for m in llm.model.modules())
+    lin = next(m for m in llm.model.modules() if type(m) is _Bf16NativeLinear)
+    for rows in (1, 4, 5, 9):  # up to four rows through the kernel, more through F.linear, equal values either way
+        x = torch.randn(rows, lin.in_features).bfloat16()
+        assert torch.allclose(lin(x).float(), F.linear(x, lin.weight, lin.bias).float(), rtol=2**-6, atol=2e-2)
+    prompts = [[1, 5, 9, 12], [3, 3, 7, 20, 21, 2], [8], [4, 4, 4, 4, 4]]
+    params = SamplingParams(max_tokens=12, temperature=0)
+    ours = [o.token_ids for o in llm.generate(prompts, params)]
+    plain = LLM(path, dtype=torch.bfloat16, max_num_seqs=4)
+    for m in plain.model.modules():
+        if type(m) is _Bf16NativeLinear:
+            m.__class__ = _Bf16MatVecLinear
+    theirs = [o.token_ids for o in plain.generate(prompts, params)]
+    same = sum(a == b for x, y in zip(ours, theirs) for a, b in zip(x, y))
+    assert same >= 0.9 * sum(len(x) for x in ours)
+
+
+def test_the_build_is_cached_and_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_KERNEL_CACHE", str(tmp_path))
+    first = native.build()
+    assert first.parent == tmp_path and first.suffix == ".so"
+    stamp = first.stat().st_mtime_ns
+    assert native.build() == first and first.stat().st_mtime_ns == stamp
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_failed_build_names_the_compiler_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")
+    with pytest.raises(native.NativeBuildError, match="false failed"):
+        native.build()
+    assert not list(tmp_path.glob("*.so")) and not list(tmp_path.glob("*.tmp"))
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    with pytest.raises(native.NativeBuildError, match="no C\\+\\+ compiler"):
+        native.build()
+
+
+def test_without_the_kernel_the_engine_keeps_torchs_own(tiny_checkpoint, tmp_path, monkeypatch, caplog):
+    """When the kernel cannot be built the engine says why once and decodes with torch.mv / F.linear."""
+    monkeypatch.setenv("TUNELAB_NATIVE_KERNELS", "0")
+    native.load.cache_clear()
+    try:
+        assert native.load() is False
+        llm = LLM(tiny_checkpoint("llama"), dtype=torch.bfloat16, max_num_seqs=2)
+        assert not any(type(m) is _Bf16NativeLinear for m in llm.model.modules())
+        assert len(llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4, temperature=0))[0].token_ids) == 4
+    finally:
+        native.load.cache_clear()
+
+    monkeypatch.delenv("TUNELAB_NATIVE_KERNELS")
+    monkeypatch.setenv("TUNELAB_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")
+    with caplog.at_level(logging.WARNING, logger="tunelab.engine.native"):
+        try:
+            assert native.load() is False
+        finally:
+            native.load.cache_clear()
+    assert "torch's own are used instead" in caplog.text and "false failed" in caplog.text
+
+
+def reference_decode_attention(qkv, cos, sin, k, v, lengths, heads, window):
+    """The same step in torch: split, rotate (models/transformer.py's apply_rope), append, SDPA over each row's
+    positions (a window keeps the last `window`)."""
+    from tunelab.models.transformer import apply_rope
+
+    rows, kv, dim = qkv.shape[0], k.shape[1], k.shape[-1]
+    x = qkv.float().view(rows, heads + 2 * kv, dim)
+    if cos is not None:
+        qk = apply_rope(x[:, : heads + kv], cos[:, None], sin[:, None])
+    else:
+        qk = x[:, : heads + kv]
+    q, knew, vnew = qk[:, :heads], qk[:, heads:], x[:, heads + kv:]
+    out = torch.empty(rows, heads, dim)
+    for r in range(rows):
+        n = int(lengths[r])
+        k[r, :, n], v[r, :, n] = knew[r], vnew[r]
+        lo = max(0, n - window + 1) if window else 0
+        keys = k[r, :, lo: n + 1].repeat_interleave(heads // kv, 0)
+        values = v[r, :, lo: n + 1].repeat_interleave(heads // kv, 0)
+        out[r] = F.scaled_dot_product_attention(q[r][:, None], keys, values)[:, 0]
+    return out.reshape(rows, heads * dim).to(qkv.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads, kv, window, rope", [(4, 2, 0, True), (6, 6, 0, False), (8, 2, 3, True)])
+def test_decode_attention_appends_and_attends_like_sdpa(kernel, dtype, heads, kv, window, rope):
+    torch.manual_seed(heads * 10 + kv + window)
+    rows, dim, cap = 3, 16, 12
+    qkv = torch.randn(rows, (heads + 2 * kv) * dim).to(dtype)
+    lengths = torch.tensor([0, 5, 11])
+    angles = torch.randn(rows, dim // 2)
+    cos = torch.cat([angles.cos()] * 2, -1) if rope else None
+    sin = torch.cat([-angles.sin(), angles.sin()], -1) if rope else None
+    k, v = torch.randn(rows + 1, kv, cap, dim), torch.randn(rows + 1, kv, cap, dim)  # one row more: never touched
+    k_ref, v_ref = k.clone(), v.clone()
+    out = torch.ops.tunelab.decode_attention(qkv, cos, sin, k, v, lengths, heads, window, dim**-0.5)
+    ref = reference_decode_attention(qkv, cos, sin, k_ref, v_ref, lengths, heads, window)
+    assert out.dtype == dtype and out.shape == (rows, heads * dim)
+    assert torch.allclose(k, k_ref, atol=1e-6) and torch.allclose(v, v_ref)
+    tol = 1e-5 if dtype == torch.float32 else 2**-7
+    assert torch.allclose(out.float(), ref.float(), rtol=tol, atol=tol)
+
+
+def test_decode_attention_refuses_a_row_past_the_cache(kernel):
+    k = torch.zeros(1, 1, 4, 8)
+    with pytest.raises(RuntimeError, match="length 4 is outside the cache's 4 columns"):
+        torch.ops.tunelab.decode_attention(torch.randn(1, 24), None, None, k, k.clone(), torch.tensor([4]), 1, 0, 1.0)
+    with pytest.raises(RuntimeError, match="last dimension must be 24"):
+        torch.ops.tunelab.decode_attention(torch.randn(1, 23), None, None, k, k.clone(), torch.tensor([0]), 1, 0, 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_rms_norm_and_swiglu_match_the_model_to_one_rounding(kernel, dtype):
+    """The 16-bit operators give models/transformer.py's values: the same order of roundings, so at most one unit
+    in the last place apart (float32 summation and exp differ), and almost always equal."""
+    from tunelab.models.transformer import RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(576, 1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(576) + 0.5)
+    x = (torch.randn(5, 576) * 3).to(dtype)
+    ours, model = torch.ops.tunelab.rms_norm(x, norm.weight, 1e-5), norm(x)
+    gate_up = (torch.randn(3, 2, 2 * 96) * 4).to(dtype)
+    act, plain = torch.ops.tunelab.silu_mul(gate_up), F.silu(gate_up[..., :96]) * gate_up[..., 96:]
+    for a, b in ((ours, model), (act, plain)):
+        assert a.shape == b.shape and a.dtype == dtype
+        ulp = torch.finfo(dtype).eps * b.float().abs().clamp_min(torch.finfo(dtype).tiny)
+        assert ((a.float() - b.float()).abs() <= ulp * 1.01).all()
+        assert (a == b).float().mean() >= 0.99
