@@ -75,13 +75,38 @@ def test_step_cost_fit_sizes_chunks_to_the_stall_ratio():
     assert fit == pytest.approx((0.001, 1e-6), rel=1e-6)
     assert seconds == pytest.approx(0.7 * (0.020 + 0.004))
     assert cost.headroom(6, 1.7)[0] == pytest.approx(0.7 * 0.026)  # a decode count not seen: the fitted line
-    # a chunk late in a long prompt attends to more keys, so fewer of its tokens fit: n*1ms + n*(s+n)*1us <= 16.8ms
+    # a chunk late in a long prompt attends to more keys, so fewer of its tokens fit: n*1ms + n*(s+n)*1us <= 50ms
+    early, late = Budget(1000, 1000), Budget(1000, 1000)
+    for budget in (early, late):
+        budget.seconds, budget.fit = 0.050, fit
+    n_early, n_late = early.take(0, 2000), late.take(1500, 500)
+    assert n_early == 47 and n_late == 19
+    assert 0.001 * n_late + 1e-6 * n_late * (1500 + n_late) <= 0.050 < 0.001 * 20 + 1e-6 * 20 * 1520
+    # the same at the ratio's 16.8 ms: 16 tokens early; late, only 6 would fit, and the step takes one block anyway
     early, late = Budget(1000, 1000), Budget(1000, 1000)
     for budget in (early, late):
         budget.seconds, budget.fit = seconds, fit
-    n_early, n_late = early.take(0, 2000), late.take(1500, 500)
-    assert n_early == 16 and n_late == 6
-    assert 0.001 * n_late + 1e-6 * n_late * (1500 + n_late) <= seconds < 0.001 * 7 + 1e-6 * 7 * 1507
+    assert early.take(0, 2000) == 16 and late.take(1500, 500) == Budget.MIN_TOKENS == 16
+    assert late.take(0, 100) == 0 and not late.left()  # the floor is per step, not per sequence
+
+
+def test_step_cost_separates_a_mixed_steps_fixed_cost_from_its_tokens():
+    """A step with any chunk costs 25 ms more than a decode-only one (it runs eagerly), plus 0.2 ms per token.
+    The fit keeps the 25 ms out of the per-token cost (charged to the tokens, it made chunks shrink step after step,
+    to a token or two); when it alone exceeds the headroom, the chunks still get MIN_SHARE of the headroom."""
+    cost = StepCost()
+    for _ in range(3):
+        cost.record(4, 0, 0, 0.024)
+    for tokens in (64, 8, 30, 2, 16):
+        cost.record(4, tokens, 0, 0.024 + 0.025 + 0.0002 * tokens)
+    seconds, fit = cost.headroom(4, 1.7)
+    assert fit == pytest.approx((0.0002, 0.0), abs=1e-9)
+    assert seconds == pytest.approx(StepCost.MIN_SHARE * 0.7 * 0.024)
+    budget = Budget(1000, 1000)
+    budget.seconds, budget.fit = seconds, fit
+    assert budget.take(0, 2000) == 21  # 4.2 ms of tokens at 0.2 ms each
+    seconds, _ = cost.headroom(4, 3.5)  # room beyond the fixed cost: the tokens get the rest
+    assert seconds == pytest.approx(2.5 * 0.024 - 0.025)
 
 
 def test_step_cost_baseline_is_the_present_decode_count_not_a_past_workload():

@@ -10,10 +10,11 @@ The budget: with nothing decoding, a step may take `max_num_batched_tokens` of p
 prefilled in a few large steps). While sequences decode, prompt chunks are sized so that the step costs at most
 `STALL_RATIO` times a decode-only step, so a long prompt is admitted a chunk at a time without slowing the running
 streams beyond that. The decode-only step is measured (the recent ones with the same number of decodes, see
-`StepCost`), and what chunks add is modelled as `c * tokens + g * attended`, where `attended` counts (query, key)
-pairs of the prompt chunks (a chunk of n tokens after s cached ones attends to n * (s + n)), fitted by least
-squares to the recent steps' measured times (`record`): late chunks of a long prompt cost more than early ones, and
-the budget knows it. `max_prefill_chunk` caps any one sequence's chunk.
+`StepCost`), and what chunks add is modelled as `e + c * tokens + g * attended`, where `e` is the fixed cost of a
+step that carries any chunk and `attended` counts (query, key) pairs of the prompt chunks (a chunk of n tokens after
+s cached ones attends to n * (s + n)), fitted by least squares to the recent steps' measured times (`record`): late
+chunks of a long prompt cost more than early ones, and the budget knows it. `max_prefill_chunk` caps any one
+sequence's chunk.
 
 A sequence is admitted (its KV blocks allocated for the whole prompt, minus what the prefix cache already holds) when
 it starts its first chunk. Finished sequences leave, and free their blocks, as soon as their last token is sampled.
@@ -158,10 +159,15 @@ class Budget:
     """What the prompt chunks of one step may still take: tokens, and (while sequences decode) seconds of
     predicted cost."""
 
+    # Prompt tokens a step with a time limit takes at least (one block): the fit is noisy over the narrow range of
+    # chunk sizes it sees, and a slope it overstates must not starve a prompt.
+    MIN_TOKENS = 16
+
     def __init__(self, tokens: int, max_chunk: int):
         self.tokens, self.max_chunk = tokens, max_chunk
         self.seconds: float | None = None  # None: no time limit (nothing is decoding)
         self.fit: tuple[float, float] | None = None  # StepCost's (c, g)
+        self.floor = self.MIN_TOKENS
 
     def left(self) -> bool:
         return self.tokens > 0 and (self.seconds is None or self.seconds > 0)
@@ -173,9 +179,10 @@ class Budget:
             c, g = self.fit
             b = c + g * cached
             most = self.seconds / b if g == 0 else (-b + math.sqrt(b * b + 4 * g * self.seconds)) / (2 * g)
-            n = min(n, max(0, int(most)))
+            n = min(n, max(self.floor, int(most)))
+            self.floor = max(0, self.floor - n)
             self.seconds -= c * n + g * n * (cached + n)
-            if n == 0:
+            if n == 0 or self.seconds <= 0:
                 self.seconds = 0.0
         self.tokens -= n
         return n
@@ -186,20 +193,27 @@ class StepCost:
 
     - A decode-only step of d sequences (the baseline the stall ratio is relative to): the median of the recent ones
       with exactly d; for a d not seen lately, a line `a + b * d` fitted to the recent decode-only steps.
-    - What prompt chunks add to a step that decodes: `c * tokens + g * attended`, fitted by least squares to the
-      recent steps that had both, each less its baseline; `attended` counts the (query, key) pairs of the chunks.
+    - What prompt chunks add to a step that decodes: `e + c * tokens + g * attended`, fitted by least squares to the
+      recent steps that had both, each less its baseline; `attended` counts the (query, key) pairs of the chunks, and
+      `e` is what any step with a chunk costs beyond a decode-only one (on a CPU, a decode-only step replays a trace
+      and its products take tunelab's few-row kernel; a step with a chunk runs eagerly, ~20 ms more for the built-in
+      model). Without `e` the fit charged it to the tokens: chunks shrank, which made `e` look dearer per token,
+      until a 2,000-token prompt went in a token or two per step.
 
     Steps that decode nothing stall no one and are left out (a burst prefilled at once says little about a small
     chunk beside a few decodes). Measuring the baseline per decode count keeps a past workload (32 streams, say)
     from skewing the budget of the present one (4)."""
 
     DEFAULT_BUDGET = 64  # prompt tokens per step until there is a fit
+    # When `e` alone uses up the headroom, the chunks still get this share of it: a prompt must keep advancing, and
+    # since every step with a chunk then breaks the ratio anyway, fewer and larger ones stall the streams less.
+    MIN_SHARE = 0.25
 
     def __init__(self, window: int = 32):
         self.decode_only: deque[tuple[int, float]] = deque(maxlen=2 * window)  # (decodes, seconds)
         self.mixed: deque[tuple[int, int, float]] = deque(maxlen=window)  # (chunk tokens, attended, extra seconds)
-        self._fit: tuple[float, float] | None = None
-        self._last: tuple[float, float] | None = None  # the last sound fit, while noise spoils a new one
+        self._fit: tuple[float, float, float] | None = None  # (e, c, g)
+        self._last: tuple[float, float, float] | None = None  # the last sound fit, while noise spoils a new one
 
     def record(self, decodes: int, tokens: int, attended: int, seconds: float) -> None:
         """A step that ran `decodes` decode rows and `tokens` prompt-chunk tokens in `seconds`."""
@@ -226,27 +240,32 @@ class StepCost:
         return None if line is None or line[0] + line[1] * decodes <= 0 else line[0] + line[1] * decodes
 
     def headroom(self, decodes: int, ratio: float) -> tuple[float, tuple | None]:
-        """(seconds that prompt chunks may add to a step of `decodes` decode rows while keeping it under `ratio`
-        times the decode-only step, the fit (c, g)); (0, None) before there is a fit."""
+        """(seconds of `c * tokens + g * attended` that prompt chunks may add to a step of `decodes` decode rows
+        while keeping it under `ratio` times the decode-only step, the fit (c, g)); (0, None) before there is a
+        fit."""
         base = self.baseline(decodes)
         fit = self._fit or self._solve() or self._last
         if base is None or fit is None:
             return 0.0, None
-        return (ratio - 1) * base, fit
+        e, c, g = fit
+        allowed = (ratio - 1) * base
+        return max(allowed - e, self.MIN_SHARE * allowed), (c, g)
 
-    def _solve(self) -> tuple[float, float] | None:
+    def _solve(self) -> tuple[float, float, float] | None:
+        """The first of (e, c, g), (e, c), (c, g), (c) that the recent steps determine with no negative term (a
+        column that never varied, or noise, rules a form out)."""
         if len(self.mixed) < 2:
             return None
-        x = torch.tensor([[n, p] for n, p, _ in self.mixed], dtype=torch.float64)
+        rows = [(1.0, n, p) for n, p, _ in self.mixed]
         y = torch.tensor([[s] for _, _, s in self.mixed], dtype=torch.float64)
-        fit = _least_squares(x, y)
-        if fit is None or fit[1] < 0:  # the attention term never varied, or is noise here: fit without it
-            fit = _least_squares(x[:, :1], y)
-            fit = None if fit is None else (fit[0], 0.0)
-        if fit is None or fit[0] <= 0:  # meaningless (too little spread, or noise): no fit yet
-            return None
-        self._fit = self._last = fit
-        return fit
+        for cols in ((0, 1, 2), (0, 1), (1, 2), (1,)):
+            fit = _least_squares(torch.tensor([[r[i] for i in cols] for r in rows], dtype=torch.float64), y)
+            if fit is None or min(fit) < 0 or fit[cols.index(1)] <= 0:
+                continue
+            full = dict(zip(cols, fit))
+            self._fit = self._last = (full.get(0, 0.0), full[1], full.get(2, 0.0))
+            return self._fit
+        return None
 
 
 def _least_squares(x: torch.Tensor, y: torch.Tensor) -> tuple[float, ...] | None:
