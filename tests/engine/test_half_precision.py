@@ -85,8 +85,9 @@ def test_bf16_one_row_products_go_through_matvec_on_avx512_bf16_cpus(tiny_checkp
 
 
 def test_fp16_products_are_upcast_only_on_cpus_without_avx512_fp16(tiny_checkpoint):
-    from tunelab.engine.cpu_kernels import _Fp16CpuLinear, cpu_flags
+    from tunelab.engine.cpu_kernels import _Fp16CpuLinear, _Fp16NativeLinear, cpu_flags
 
     llm = LLM(tiny_checkpoint("llama"), dtype=torch.float16, max_num_seqs=2)
-    upcast = any(type(m) is _Fp16CpuLinear for m in llm.model.modules())
+    upcast = any(type(m) is _Fp16CpuLinear or (type(m) is _Fp16NativeLinear and m.upcast)
+                 for m in llm.model.modules())
     assert upcast == ("avx512_fp16" not in cpu_flags())

@@ -1,6 +1,7 @@
-// tunelab's CPU kernel for decoding with bfloat16 weights: y = x @ W^T (+ bias) for one to four rows of x, with
-// AVX512-BF16 dot products (VDPBF16PS) and float32 accumulation. Built and loaded by tunelab/engine/native.py,
-// registered as torch.ops.tunelab.bf16_linear; callers check the CPU flags first.
+// tunelab's CPU kernels for decoding with 16-bit weights: y = x @ W^T (+ bias) for one to four rows of x, with
+// float32 accumulation: bfloat16 through AVX512-BF16 dot products (VDPBF16PS), float16 through AVX-512 conversions
+// and float32 FMAs. Built and loaded by tunelab/engine/native.py,
+// registered as torch.ops.tunelab.bf16_linear and fp16_linear; callers check the CPU flags first.
 //
 // Why it exists: a decode step of a small model is a few hundred matrix-vector products, bound by how fast the
 // weights stream from memory. torch's bfloat16 matrix-vector kernels read them at ~60% of what the same two cores
@@ -75,6 +76,95 @@ void rows_range(const uint16_t* w, int64_t K, const uint16_t* x, const float* bi
   for (; n < n1; ++n) rows_block<M, 1>(w, K, x, bias, y, N, n, w_end);
 }
 
+// The same loop for float16 weights (AVX-512 F16C conversions, float32 FMAs): x is converted to float32 once (exact),
+// each weight chunk of 16 is widened to float32 (exact), and the products accumulate in float32, as torch's own
+// float16 kernels do on CPU.
+template <int M, int R>
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) void rows_block_f16(
+    const uint16_t* w, int64_t K, const float* x, const float* bias, c10::Half* y, int64_t N, int64_t n,
+    const char* w_end) {
+  __m512 acc[M][R][2];
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r][0] = acc[m][r][1] = _mm512_setzero_ps();
+  const uint16_t* w0 = w + n * K;
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    for (int r = 0; r < R; ++r) {
+      const char* ahead = reinterpret_cast<const char*>(w0 + r * K + k) + kPrefetchBytes;
+      if (ahead < w_end) _mm_prefetch(ahead, _MM_HINT_T1);
+    }
+    for (int h = 0; h < 2; ++h) {
+      __m512 wv[R];
+      for (int r = 0; r < R; ++r)
+        wv[r] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + r * K + k + 16 * h)));
+      for (int m = 0; m < M; ++m) {
+        const __m512 xv = _mm512_loadu_ps(x + m * K + k + 16 * h);
+        for (int r = 0; r < R; ++r) acc[m][r][h] = _mm512_fmadd_ps(wv[r], xv, acc[m][r][h]);
+      }
+    }
+  }
+  for (; k < K; k += 16) {  // the last 1..31 columns, 16 at a time, masked past the end of the row
+    const __mmask16 mask = K - k >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (K - k)) - 1);
+    __m512 wv[R];
+    for (int r = 0; r < R; ++r)
+      wv[r] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w0 + r * K + k));
+    for (int m = 0; m < M; ++m) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + m * K + k);
+      for (int r = 0; r < R; ++r) acc[m][r][0] = _mm512_fmadd_ps(wv[r], xv, acc[m][r][0]);
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r) {
+      float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[m][r][0], acc[m][r][1]));
+      if (bias != nullptr) v += bias[n + r];
+      y[m * N + n + r] = static_cast<c10::Half>(v);
+    }
+}
+
+template <int M, int R>
+void rows_range_f16(const uint16_t* w, int64_t K, const float* x, const float* bias, c10::Half* y, int64_t N,
+                    int64_t n0, int64_t n1) {
+  const char* w_end = reinterpret_cast<const char*>(w + n1 * K);
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) rows_block_f16<M, R>(w, K, x, bias, y, N, n, w_end);
+  for (; n < n1; ++n) rows_block_f16<M, 1>(w, K, x, bias, y, N, n, w_end);
+}
+
+at::Tensor fp16_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && weight.scalar_type() == at::kHalf,
+              "tunelab::fp16_linear: weight must be a contiguous 2-d float16 tensor");
+  const int64_t N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK(x.scalar_type() == at::kHalf && x.dim() >= 1 && x.size(-1) == K,
+              "tunelab::fp16_linear: x must be float16 with last dimension ", K);
+  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "tunelab::fp16_linear: CPU tensors only");
+  const at::Tensor rows = x.reshape({-1, K}).to(at::kFloat).contiguous();
+  const int64_t M = rows.size(0);
+  TORCH_CHECK(M >= 1 && M <= 4, "tunelab::fp16_linear: one to four rows, got ", M);
+  at::Tensor bias32;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->numel() == N, "tunelab::fp16_linear: bias must have ", N, " elements");
+    bias32 = bias->to(at::kFloat).contiguous();
+  }
+  at::Tensor y = at::empty({M, N}, x.options());
+  const auto* wp = reinterpret_cast<const uint16_t*>(weight.const_data_ptr());
+  const float* xp = rows.const_data_ptr<float>();
+  const float* bp = bias32.defined() ? bias32.const_data_ptr<float>() : nullptr;
+  auto* yp = y.mutable_data_ptr<c10::Half>();
+  constexpr int64_t kBlock = 8;
+  at::parallel_for(0, (N + kBlock - 1) / kBlock, 8, [&](int64_t b0, int64_t b1) {
+    const int64_t n0 = b0 * kBlock, n1 = std::min(N, b1 * kBlock);
+    switch (M) {
+      case 1: rows_range_f16<1, 8>(wp, K, xp, bp, yp, N, n0, n1); break;
+      case 2: rows_range_f16<2, 4>(wp, K, xp, bp, yp, N, n0, n1); break;
+      case 3: rows_range_f16<3, 2>(wp, K, xp, bp, yp, N, n0, n1); break;
+      default: rows_range_f16<4, 2>(wp, K, xp, bp, yp, N, n0, n1); break;
+    }
+  });
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = N;
+  return y.view(shape);
+}
+
 at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && weight.scalar_type() == at::kBFloat16,
               "tunelab::bf16_linear: weight must be a contiguous 2-d bfloat16 tensor");
@@ -113,6 +203,12 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& weight, const std:
 
 }  // namespace
 
-TORCH_LIBRARY(tunelab, m) { m.def("bf16_linear(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor"); }
+TORCH_LIBRARY(tunelab, m) {
+  m.def("bf16_linear(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor");
+  m.def("fp16_linear(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor");
+}
 
-TORCH_LIBRARY_IMPL(tunelab, CPU, m) { m.impl("bf16_linear", bf16_linear); }
+TORCH_LIBRARY_IMPL(tunelab, CPU, m) {
+  m.impl("bf16_linear", bf16_linear);
+  m.impl("fp16_linear", fp16_linear);
+}
