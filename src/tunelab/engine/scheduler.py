@@ -252,13 +252,14 @@ class StepCost:
         return max(allowed - e, self.MIN_SHARE * allowed), (c, g)
 
     def _solve(self) -> tuple[float, float, float] | None:
-        """The first of (e, c, g), (e, c), (c, g), (c) that the recent steps determine with no negative term (a
-        column that never varied, or noise, rules a form out)."""
+        """The first of (e, c, g), (c, g), (e, c), (c) that the recent steps determine with no negative term (a
+        column that never varied, or noise, rules a form out). Without `e` before without `g`: when the fixed cost
+        is nil, the full fit's `e` comes out as zero give or take rounding, and half the time just below it."""
         if len(self.mixed) < 2:
             return None
         rows = [(1.0, n, p) for n, p, _ in self.mixed]
         y = torch.tensor([[s] for _, _, s in self.mixed], dtype=torch.float64)
-        for cols in ((0, 1, 2), (0, 1), (1, 2), (1,)):
+        for cols in ((0, 1, 2), (1, 2), (0, 1), (1,)):
             fit = _least_squares(torch.tensor([[r[i] for i in cols] for r in rows], dtype=torch.float64), y)
             if fit is None or min(fit) < 0 or fit[cols.index(1)] <= 0:
                 continue
