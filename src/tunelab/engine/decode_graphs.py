@@ -20,9 +20,8 @@ On a CPU the same static step is recorded with `torch.jit.trace`: the ~1,600 ope
 then run from TorchScript's interpreter instead of Python, which on the project's 2-core Xeon took a bfloat16
 batch-1 step of the built-in model from 26.0 to 19.7 ms (same outputs, bit for bit). Where tunelab's CPU operators
 could be built (engine/native.py), the step's attention is one of them per layer (`_attend_native`: split, RoPE,
-append and attention over each row's own length, no mask), and with 16-bit weights its RMSNorms and SwiGLUs are too
-(engine/cpu_kernels.py): ~600 operations a step instead of ~1,600. `torch.jit.trace` is
-deprecated in favour of `torch.compile`, which is what failed on this step on CPU (docs/serving.md); if a trace
+append and attention over each row's own length, no mask, in place of ~25 operations), and with 16-bit weights its
+RMSNorms are too (engine/cpu_kernels.py). `torch.jit.trace` is deprecated in favour of `torch.compile`, which is what failed on this step on CPU (docs/serving.md); if a trace
 fails (or a later torch drops it) the engine logs why and decodes eagerly.
 
 Modes: "cuda" (capture and replay), "trace" (CPU), "eager" (the static step run as Python, which is how the tests

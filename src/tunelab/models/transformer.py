@@ -99,10 +99,10 @@ class Transformer(nn.Module):
             if self.gradient_checkpointing and self.training and cache is None:
                 x = torch.utils.checkpoint.checkpoint(layer, x, rope, mask, None, use_reentrant=False)
             else:
-                x = call_module(layer, x, rope, mask, cache)
+                x = _call(layer, x, rope, mask, cache)
         if isinstance(cache, KVCache):
             cache.advance(seq)
-        return call_module(self.norm, x)
+        return _call(self.norm, x)
 
     # ------------------------------------------------------------------ naming
     def checkpoint_name(self, module_path: str) -> str:
@@ -144,8 +144,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, rope, mask, cache=None):
-        x = x + call_module(self.self_attn, call_module(self.input_layernorm, x), rope, mask, cache)
-        return x + call_module(self.mlp, call_module(self.post_attention_layernorm, x))
+        x = x + _call(self.self_attn, _call(self.input_layernorm, x), rope, mask, cache)
+        return x + _call(self.mlp, _call(self.post_attention_layernorm, x))
 
 
 class Attention(nn.Module):
@@ -172,10 +172,10 @@ class Attention(nn.Module):
         if hasattr(self, "qkv_proj"):
             # [B, T, heads + 2 kv_heads, D]: q and k are rotated together, one RoPE for both (half the small ops);
             # converted once to the dtype attention runs in (the cache's: float32 on CPU whatever the weights).
-            qkv = call_module(self.qkv_proj, x)
+            qkv = _call(self.qkv_proj, x)
             fused = getattr(cache, "attend_qkv", None)
             if fused is not None:  # one operator splits, rotates, appends and attends (engine/decode_graphs.py)
-                return call_module(self.o_proj, fused(self.layer_idx, qkv, rope, heads))
+                return _call(self.o_proj, fused(self.layer_idx, qkv, rope, heads))
             qkv = qkv.view(batch, seq, -1, self.head_dim).transpose(1, 2)
             if cache is not None:
                 qkv = qkv.to(cache.dtype)
@@ -184,9 +184,9 @@ class Attention(nn.Module):
                 qk = apply_rope(qk, *rope)
             q, k = qk[:, :heads], qk[:, heads:]
         else:
-            q = call_module(self.q_proj, x).view(batch, seq, heads, self.head_dim).transpose(1, 2)
-            k = call_module(self.k_proj, x).view(batch, seq, kv_heads, self.head_dim).transpose(1, 2)
-            v = call_module(self.v_proj, x).view(batch, seq, kv_heads, self.head_dim).transpose(1, 2)
+            q = _call(self.q_proj, x).view(batch, seq, heads, self.head_dim).transpose(1, 2)
+            k = _call(self.k_proj, x).view(batch, seq, kv_heads, self.head_dim).transpose(1, 2)
+            v = _call(self.v_proj, x).view(batch, seq, kv_heads, self.head_dim).transpose(1, 2)
             if cache is not None:
                 q, k, v = q.to(cache.dtype), k.to(cache.dtype), v.to(cache.dtype)
             if rope is not None:
@@ -195,7 +195,7 @@ class Attention(nn.Module):
             out = cache.attend(self.layer_idx, q, k, v, mask)
         else:
             out = attention(q, k, v, mask)
-        return call_module(self.o_proj, out.transpose(1, 2).reshape(batch, seq, -1).to(x.dtype))
+        return _call(self.o_proj, out.transpose(1, 2).reshape(batch, seq, -1).to(x.dtype))
 
 
 class MLP(nn.Module):
@@ -211,15 +211,15 @@ class MLP(nn.Module):
 
     def forward(self, x):
         if hasattr(self, "gate_up_proj"):  # fused for inference by `fuse_projections`
-            gate_up = call_module(self.gate_up_proj, x)
+            gate_up = _call(self.gate_up_proj, x)
             half = gate_up.shape[-1] // 2  # two slices: `chunk` costs a few more dispatches per layer
-            return call_module(self.down_proj, self.act(gate_up[..., :half]) * gate_up[..., half:])
+            return _call(self.down_proj, self.act(gate_up[..., :half]) * gate_up[..., half:])
         if self.gated:
-            gate, up = call_module(self.gate_proj, x), call_module(self.up_proj, x)
+            gate, up = _call(self.gate_proj, x), _call(self.up_proj, x)
             if self.swiglu and torch.is_grad_enabled():
                 return self.down_proj(SwiGLU.apply(gate, up))
-            return call_module(self.down_proj, self.act(gate) * up)
-        return call_module(self.down_proj, self.act(call_module(self.up_proj, x)))
+            return _call(self.down_proj, self.act(gate) * up)
+        return _call(self.down_proj, self.act(_call(self.up_proj, x)))
 
 
 class SwiGLU(torch.autograd.Function):
@@ -292,7 +292,7 @@ class KVCache:
 
 
 # ---------------------------------------------------------------------- helpers
-def call_module(module: nn.Module, *args):
+def _call(module: nn.Module, *args):
     """`module(*args)` without `nn.Module.__call__`'s bookkeeping when nothing could observe the difference: no
     gradients, no hook on the module or registered globally, no `module.compile()`. That bookkeeping measured ~5 µs a
     call on the 2-core Xeon, and a layer makes 9 calls: a batch-1 decode step of the 30-layer built-in model went
