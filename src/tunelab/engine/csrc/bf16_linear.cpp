@@ -67,15 +67,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void rows_block(
     }
 }
 
-template <int M, int R>
-void rows_range(const uint16_t* w, int64_t K, const uint16_t* x, const float* bias, c10::BFloat16* y, int64_t N,
-                int64_t n0, int64_t n1) {
-  const char* w_end = reinterpret_cast<const char*>(w + n1 * K);
-  int64_t n = n0;
-  for (; n + R <= n1; n += R) rows_block<M, R>(w, K, x, bias, y, N, n, w_end);
-  for (; n < n1; ++n) rows_block<M, 1>(w, K, x, bias, y, N, n, w_end);
-}
-
 // The same loop for float16 weights (AVX-512 F16C conversions, float32 FMAs): x is converted to float32 once (exact),
 // each weight chunk of 16 is widened to float32 (exact), and the products accumulate in float32, as torch's own
 // float16 kernels do on CPU.
@@ -121,43 +112,72 @@ __attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) void rows_block_f1
     }
 }
 
-template <int M, int R>
-void rows_range_f16(const uint16_t* w, int64_t K, const float* x, const float* bias, c10::Half* y, int64_t N,
-                    int64_t n0, int64_t n1) {
+// What differs between the two weight types: the kernel, the type x is handed to it in, and the names.
+struct Bf16Weights {
+  using X = uint16_t;  // bfloat16 bits, paired for VDPBF16PS
+  using Y = c10::BFloat16;
+  static constexpr at::ScalarType kWeight = at::kBFloat16, kRows = at::kBFloat16;
+  static constexpr const char* kOp = "tunelab::bf16_linear";
+  static constexpr const char* kTypeName = "bfloat16";
+  template <int M, int R>
+  static void block(const uint16_t* w, int64_t K, const X* x, const float* bias, Y* y, int64_t N, int64_t n,
+                    const char* w_end) {
+    rows_block<M, R>(w, K, x, bias, y, N, n, w_end);
+  }
+};
+
+struct Fp16Weights {
+  using X = float;  // float16 x widened once, exactly
+  using Y = c10::Half;
+  static constexpr at::ScalarType kWeight = at::kHalf, kRows = at::kFloat;
+  static constexpr const char* kOp = "tunelab::fp16_linear";
+  static constexpr const char* kTypeName = "float16";
+  template <int M, int R>
+  static void block(const uint16_t* w, int64_t K, const X* x, const float* bias, Y* y, int64_t N, int64_t n,
+                    const char* w_end) {
+    rows_block_f16<M, R>(w, K, x, bias, y, N, n, w_end);
+  }
+};
+
+template <typename W, int M, int R>
+void rows_range(const uint16_t* w, int64_t K, const typename W::X* x, const float* bias, typename W::Y* y, int64_t N,
+                int64_t n0, int64_t n1) {
   const char* w_end = reinterpret_cast<const char*>(w + n1 * K);
   int64_t n = n0;
-  for (; n + R <= n1; n += R) rows_block_f16<M, R>(w, K, x, bias, y, N, n, w_end);
-  for (; n < n1; ++n) rows_block_f16<M, 1>(w, K, x, bias, y, N, n, w_end);
+  for (; n + R <= n1; n += R) W::template block<M, R>(w, K, x, bias, y, N, n, w_end);
+  for (; n < n1; ++n) W::template block<M, 1>(w, K, x, bias, y, N, n, w_end);
 }
 
-at::Tensor fp16_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && weight.scalar_type() == at::kHalf,
-              "tunelab::fp16_linear: weight must be a contiguous 2-d float16 tensor");
+template <typename W>
+at::Tensor few_row_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && weight.scalar_type() == W::kWeight, W::kOp,
+              ": weight must be a contiguous 2-d ", W::kTypeName, " tensor");
   const int64_t N = weight.size(0), K = weight.size(1);
-  TORCH_CHECK(x.scalar_type() == at::kHalf && x.dim() >= 1 && x.size(-1) == K,
-              "tunelab::fp16_linear: x must be float16 with last dimension ", K);
-  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "tunelab::fp16_linear: CPU tensors only");
-  const at::Tensor rows = x.reshape({-1, K}).to(at::kFloat).contiguous();
+  TORCH_CHECK(x.scalar_type() == W::kWeight && x.dim() >= 1 && x.size(-1) == K, W::kOp, ": x must be ",
+              W::kTypeName, " with last dimension ", K);
+  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), W::kOp, ": CPU tensors only");
+  const at::Tensor rows = x.reshape({-1, K}).to(W::kRows).contiguous();
   const int64_t M = rows.size(0);
-  TORCH_CHECK(M >= 1 && M <= 4, "tunelab::fp16_linear: one to four rows, got ", M);
+  TORCH_CHECK(M >= 1 && M <= 4, W::kOp, ": one to four rows, got ", M);
   at::Tensor bias32;
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->numel() == N, "tunelab::fp16_linear: bias must have ", N, " elements");
+    TORCH_CHECK(bias->numel() == N, W::kOp, ": bias must have ", N, " elements");
     bias32 = bias->to(at::kFloat).contiguous();
   }
   at::Tensor y = at::empty({M, N}, x.options());
   const auto* wp = reinterpret_cast<const uint16_t*>(weight.const_data_ptr());
-  const float* xp = rows.const_data_ptr<float>();
+  const auto* xp = reinterpret_cast<const typename W::X*>(rows.const_data_ptr());
   const float* bp = bias32.defined() ? bias32.const_data_ptr<float>() : nullptr;
-  auto* yp = y.mutable_data_ptr<c10::Half>();
+  auto* yp = reinterpret_cast<typename W::Y*>(y.mutable_data_ptr());
+  // Work is split in blocks of 8 output rows; small products (a 576-row projection) still use both threads.
   constexpr int64_t kBlock = 8;
   at::parallel_for(0, (N + kBlock - 1) / kBlock, 8, [&](int64_t b0, int64_t b1) {
     const int64_t n0 = b0 * kBlock, n1 = std::min(N, b1 * kBlock);
     switch (M) {
-      case 1: rows_range_f16<1, 8>(wp, K, xp, bp, yp, N, n0, n1); break;
-      case 2: rows_range_f16<2, 4>(wp, K, xp, bp, yp, N, n0, n1); break;
-      case 3: rows_range_f16<3, 2>(wp, K, xp, bp, yp, N, n0, n1); break;
-      default: rows_range_f16<4, 2>(wp, K, xp, bp, yp, N, n0, n1); break;
+      case 1: rows_range<W, 1, 8>(wp, K, xp, bp, yp, N, n0, n1); break;
+      case 2: rows_range<W, 2, 4>(wp, K, xp, bp, yp, N, n0, n1); break;
+      case 3: rows_range<W, 3, 2>(wp, K, xp, bp, yp, N, n0, n1); break;
+      default: rows_range<W, 4, 2>(wp, K, xp, bp, yp, N, n0, n1); break;
     }
   });
   std::vector<int64_t> shape = x.sizes().vec();
@@ -166,39 +186,11 @@ at::Tensor fp16_linear(const at::Tensor& x, const at::Tensor& weight, const std:
 }
 
 at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && weight.scalar_type() == at::kBFloat16,
-              "tunelab::bf16_linear: weight must be a contiguous 2-d bfloat16 tensor");
-  const int64_t N = weight.size(0), K = weight.size(1);
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.dim() >= 1 && x.size(-1) == K,
-              "tunelab::bf16_linear: x must be bfloat16 with last dimension ", K);
-  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "tunelab::bf16_linear: CPU tensors only");
-  const at::Tensor rows = x.reshape({-1, K}).contiguous();
-  const int64_t M = rows.size(0);
-  TORCH_CHECK(M >= 1 && M <= 4, "tunelab::bf16_linear: one to four rows, got ", M);
-  at::Tensor bias32;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->numel() == N, "tunelab::bf16_linear: bias must have ", N, " elements");
-    bias32 = bias->to(at::kFloat).contiguous();
-  }
-  at::Tensor y = at::empty({M, N}, x.options());
-  const auto* wp = reinterpret_cast<const uint16_t*>(weight.const_data_ptr());
-  const auto* xp = reinterpret_cast<const uint16_t*>(rows.const_data_ptr());
-  const float* bp = bias32.defined() ? bias32.const_data_ptr<float>() : nullptr;
-  auto* yp = y.mutable_data_ptr<c10::BFloat16>();
-  // Work is split in blocks of 8 output rows; small products (a 576-row projection) still use both threads.
-  constexpr int64_t kBlock = 8;
-  at::parallel_for(0, (N + kBlock - 1) / kBlock, 8, [&](int64_t b0, int64_t b1) {
-    const int64_t n0 = b0 * kBlock, n1 = std::min(N, b1 * kBlock);
-    switch (M) {
-      case 1: rows_range<1, 8>(wp, K, xp, bp, yp, N, n0, n1); break;
-      case 2: rows_range<2, 4>(wp, K, xp, bp, yp, N, n0, n1); break;
-      case 3: rows_range<3, 2>(wp, K, xp, bp, yp, N, n0, n1); break;
-      default: rows_range<4, 2>(wp, K, xp, bp, yp, N, n0, n1); break;
-    }
-  });
-  std::vector<int64_t> shape = x.sizes().vec();
-  shape.back() = N;
-  return y.view(shape);
+  return few_row_linear<Bf16Weights>(x, weight, bias);
+}
+
+at::Tensor fp16_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  return few_row_linear<Fp16Weights>(x, weight, bias);
 }
 
 }  // namespace
