@@ -10,7 +10,7 @@ import torch
 from test_greedy_parity import PROMPTS, hf_greedy, references  # noqa: F401 - a fixture
 
 from tunelab.engine import LLM, SamplingParams
-from tunelab.engine.cpu_kernels import native_decode_ops
+from tunelab.engine.cpu_kernels import native_kernels
 from tunelab.engine.decode_graphs import DecodeGraphs, _buckets
 
 
@@ -24,11 +24,11 @@ def static_llm(path, mode="trace", max_num_seqs=8, **kw) -> LLM:
     if mode == "trace":  # the CPU default
         llm = LLM(path, max_num_seqs=max_num_seqs, block_size=4, **kw)
         assert llm.runner.graphs.mode == "trace"
-        assert llm.runner.native_decode == native_decode_ops()
+        assert llm.runner.native_decode == native_kernels()
         return llm
     llm = LLM(path, max_num_seqs=max_num_seqs, block_size=4, enforce_eager=True, **kw)
     assert llm.runner.graphs is None
-    llm.runner.native_decode = mode == "eager" and native_decode_ops()
+    llm.runner.native_decode = mode == "eager" and native_kernels()
     llm.runner.graphs = DecodeGraphs(llm.runner, max_num_seqs, "eager")
     return llm
 

@@ -20,7 +20,8 @@ from tunelab.models.transformer import RMSNorm
 
 
 def choose_cpu_kernels(model: torch.nn.Module) -> None:
-    """Convert `model`'s linear layers in place for this CPU (same values, same module API)."""
+    """Convert `model`'s linear layers (and, with 16-bit weights, its RMSNorms) in place for this CPU (same values,
+    same module API)."""
     dtype = next(model.parameters()).dtype
     if dtype == torch.float32:
         # 16-bit weights stay [out, in]: oneDNN's bf16/fp16 matrix-vector kernels want that layout (measured
@@ -32,14 +33,15 @@ def choose_cpu_kernels(model: torch.nn.Module) -> None:
         upcast_fp16_matmuls(model)
     elif dtype == torch.bfloat16 and has_avx512_bf16():
         bf16_single_rows_as_matvec(model)
-    if dtype in (torch.bfloat16, torch.float16) and native_decode_ops():
+    if dtype in (torch.bfloat16, torch.float16) and native_kernels():
         for module in model.modules():
             if type(module) is RMSNorm:
                 module.__class__ = _NativeRMSNorm
 
 
 def native_kernels() -> bool:
-    """Whether tunelab's own CPU operators are built and loaded (engine/native.py)."""
+    """Whether tunelab's own CPU operators are built and loaded (engine/native.py). The decode step's attention and
+    the RMSNorm run on any x86-64 CPU; the product kernels check their CPU flags too."""
     from tunelab.engine import native
 
     return platform.machine() in ("x86_64", "AMD64") and native.load()
@@ -47,12 +49,6 @@ def native_kernels() -> bool:
 
 def has_avx512_f16c() -> bool:
     return {"avx512f", "f16c", "fma"} <= cpu_flags()
-
-
-def native_decode_ops() -> bool:
-    """Whether tunelab's CPU operators (engine/csrc/decode_ops.cpp: the decode step's attention and 16-bit RMSNorm,
-    any x86-64 CPU) are available; they replace ~30 small torch operators per layer of a recorded decode step."""
-    return native_kernels()
 
 
 class _NativeRMSNorm(RMSNorm):

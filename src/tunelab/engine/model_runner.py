@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tunelab.engine.cpu_kernels import cache_dtype, choose_cpu_kernels, native_decode_ops
+from tunelab.engine.cpu_kernels import cache_dtype, choose_cpu_kernels, native_kernels
 from tunelab.engine.sequence import Sequence
 from tunelab.models.transformer import Transformer
 
@@ -59,7 +59,7 @@ class ModelRunner:
         self.native_decode = False
         if self.device.type == "cpu":
             choose_cpu_kernels(model)
-            self.native_decode = graphs and self.dtype == torch.float32 and native_decode_ops()
+            self.native_decode = graphs and self.dtype == torch.float32 and native_kernels()
         self.decode_paths = {"dense": 0, "gathered": 0}  # decode tokens served by each attention path
         self._hidden = model.hidden_states
         if compile:  # GPU: fuse the small decode kernels; shapes vary, so compile dynamically.

@@ -2,7 +2,7 @@
 loaded as torch operators (`torch.ops.tunelab.*`), the way torch.compile's CPU backend compiles its C++.
 
 The library is built on first use into a cache directory keyed by the sources, torch's version and the compiler, so
-it is compiled once (~10-15 s on 2 cores) and reused by every later process. Building is best-effort: without a
+it is compiled once (~25 s on 2 cores) and reused by every later process. Building is best-effort: without a
 compiler, or when the build fails, `load()` logs why and returns False, and the engine keeps torch's own kernels.
 Set TUNELAB_NATIVE_KERNELS=0 to never build or load them; TUNELAB_KERNEL_CACHE moves the cache; CXX picks the
 compiler (default g++).
@@ -39,7 +39,7 @@ def enabled() -> bool:
 @functools.lru_cache(maxsize=None)
 def load() -> bool:
     """Build (if needed) and load the kernels into torch.ops.tunelab; False, with the reason logged, when they
-    cannot be. Only called on CPUs that can run them, and only once per process."""
+    cannot be. Once per process; callers check the CPU flags an operator needs before using it."""
     if not enabled():
         return False
     try:
@@ -110,6 +110,6 @@ def _compiler_version(cxx: str) -> str:
         return ""
 
 
-if __name__ == "__main__":  # `python -m tunelab.engine.native`: build now (make install runs it)
+if __name__ == "__main__":  # `python -m tunelab.engine.native`: build now; exit 1 when it cannot be built
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sys.exit(0 if load() else 1)

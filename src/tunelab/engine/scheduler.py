@@ -196,8 +196,8 @@ class StepCost:
     - What prompt chunks add to a step that decodes: `e + c * tokens + g * attended`, fitted by least squares to the
       recent steps that had both, each less its baseline; `attended` counts the (query, key) pairs of the chunks, and
       `e` is what any step with a chunk costs beyond a decode-only one (on a CPU, a decode-only step replays a trace
-      and its products take tunelab's few-row kernel; a step with a chunk runs eagerly, ~20 ms more for the built-in
-      model). Without `e` the fit charged it to the tokens: chunks shrank, which made `e` look dearer per token,
+      and its products take tunelab's few-row kernel; a step with a chunk runs eagerly, ~25-30 ms more for the
+      built-in model). Without `e` the fit charged it to the tokens: chunks shrank, which made `e` look dearer per token,
       until a 2,000-token prompt went in a token or two per step.
 
     Steps that decode nothing stall no one and are left out (a burst prefilled at once says little about a small
