@@ -15,6 +15,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Without a GPU, Triton kernels (engine/gpu_kernels.py) run in Triton's interpreter: set before triton is imported.
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 # Converted GGUF weights go to a per-session cache, never the user's ~/.cache.
 os.environ["TUNELAB_CACHE"] = tempfile.mkdtemp(prefix="tunelab-test-cache-")
 

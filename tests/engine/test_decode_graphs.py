@@ -5,6 +5,8 @@ with padded batches, GQA, sliding windows, sequences joining and leaving, and th
 graphs. CUDA capture and replay need a GPU (CI has none);
 scripts/gpu-check.sh runs them there."""
 
+import os
+
 import pytest
 import torch
 from test_greedy_parity import PROMPTS, hf_greedy, references  # noqa: F401 - a fixture
@@ -15,20 +17,28 @@ from tunelab.engine.decode_graphs import DecodeGraphs, _buckets
 
 
 # "trace": the CPU default, a trace of the step with tunelab's native attention operator where it could be built;
-# "eager": the same step as Python; "sdpa": the step without the native operator (masked SDPA over the dense rows),
-# which is what a CUDA graph records.
-MODES = ["trace", "eager", "sdpa"]
+# "eager": the same step as Python; "sdpa": the step without a fused operator (masked SDPA over the dense rows);
+# "triton": the step with the GPU's Triton operators (engine/gpu_kernels.py), run here by Triton's interpreter.
+MODES = ["trace", "eager", "sdpa", "triton"]
 
 
 def static_llm(path, mode="trace", max_num_seqs=8, **kw) -> LLM:
     if mode == "trace":  # the CPU default
         llm = LLM(path, max_num_seqs=max_num_seqs, block_size=4, **kw)
         assert llm.runner.graphs.mode == "trace"
-        assert llm.runner.native_decode == native_kernels()
+        assert (llm.runner.decode_op is not None) == native_kernels()
         return llm
     llm = LLM(path, max_num_seqs=max_num_seqs, block_size=4, enforce_eager=True, **kw)
     assert llm.runner.graphs is None
-    llm.runner.native_decode = mode == "eager" and native_kernels()
+    llm.runner.decode_op = torch.ops.tunelab.decode_attention if mode == "eager" and native_kernels() else None
+    if mode == "triton":
+        pytest.importorskip("triton", reason="Triton is in the test extra (pyproject)")
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("on a GPU machine the Triton operators run on the GPU: scripts/gpu_check.py")
+        from tunelab.engine import gpu_kernels
+
+        llm.runner.decode_op, llm.runner.swiglu_op = gpu_kernels.decode_attention, gpu_kernels.silu_mul
+        llm.runner.norm_op = gpu_kernels.rms_norm
     llm.runner.graphs = DecodeGraphs(llm.runner, max_num_seqs, "eager")
     return llm
 
@@ -113,3 +123,20 @@ def test_a_failed_capture_falls_back_to_eager_decoding(references, monkeypatch):
     (out,) = llm.generate([prompt], SamplingParams(max_tokens=12))
     assert out.token_ids == hf_greedy(ref, prompt, 12) and out.finish_reason in ("stop", "length")
     assert llm.runner.graphs.failure == "RuntimeError: capture failed" and llm.runner.graphs.replays == 0
+
+
+def test_dense_rows_reserve_the_whole_context_where_it_fits():
+    """On a GPU (full_columns set) the dense rows take the whole context at once, so captured graphs are not dropped
+    by reallocations as a sequence grows; where that would not fit they grow step by step as on CPU."""
+    from tunelab.engine.model_runner import DecodeSlots
+
+    per_column = 2 * 2 * 8  # layers x kv heads x head dim
+    slots = DecodeSlots(2, 2, 8, torch.float32, "cpu", max_elements=per_column * 600, full_columns=300)
+    assert slots._reserve(1, 10) and slots.capacity == 300
+    first = slots.k
+    assert slots._reserve(1, 250) and slots.k is first, "no reallocation as the sequence grows"
+    assert slots._reserve(2, 150) and slots.capacity == 300, "two rows of 300 columns still fit"
+    small = DecodeSlots(2, 2, 8, torch.float32, "cpu", max_elements=per_column * 200, full_columns=300)
+    assert small._reserve(1, 10) and small.capacity == 64, "the context does not fit: growing by need, as on CPU"
+    plain = DecodeSlots(2, 2, 8, torch.float32, "cpu", max_elements=per_column * 600)
+    assert plain._reserve(1, 10) and plain.capacity == 64

@@ -19,7 +19,7 @@ tokens' K/V to their paged slots, sampling) is the ordinary one.
 On a CPU the same static step is recorded with `torch.jit.trace`: the ~1,600 operations of a 30-layer decode step
 then run from TorchScript's interpreter instead of Python, which on the project's 2-core Xeon took a bfloat16
 batch-1 step of the built-in model from 26.0 to 19.7 ms (same outputs, bit for bit). Where tunelab's CPU operators
-could be built (engine/native.py), the step's attention is one of them per layer (`_attend_native`: split, RoPE,
+could be built (engine/native.py), the step's attention is one of them per layer (`_attend_fused`: split, RoPE,
 append and attention over each row's own length, no mask, in place of ~25 operations), and with 16-bit weights its
 RMSNorms are too (engine/cpu_kernels.py). `torch.jit.trace` is deprecated in favour of `torch.compile`, which is what failed on this step on CPU (docs/serving.md); if a trace
 fails (or a later torch drops it) the engine logs why and decodes eagerly.
@@ -147,10 +147,13 @@ class StaticDecode:
         self.rows = rows
         self.input_ids, self.positions = ids[None], lengths[None]
         self.windows = runner.windows
-        if runner.native_decode:
-            # tunelab's CPU operator (engine/csrc/decode_ops.cpp): Attention hands it the q/k/v projection, and it
-            # splits, rotates, appends and attends each row over its own length: no mask, no capacity-wide SDPA.
-            self.attend_qkv = self._attend_native
+        self.swiglu, self.rms_norm = runner.swiglu_op, runner.norm_op  # fused operators Block looks for
+        if runner.decode_op is not None:
+            # tunelab's operator (engine/csrc/decode_ops.cpp on CPU, engine/gpu_kernels.py on GPU): Attention hands it
+            # the q/k/v projection, and it splits, rotates, appends and attends each row over its own length: no
+            # mask, no capacity-wide SDPA.
+            self.attend_qkv = self._attend_fused
+            self.decode_op = runner.decode_op
             self.lengths = lengths
             self.k_layers, self.v_layers = k.unbind(0), v.unbind(0)
             self.scale = runner.model.config.head_dim ** -0.5  # a number, not a traced size
@@ -164,12 +167,12 @@ class StaticDecode:
         # (head, row) order, as a step's k [1, kv_heads, rows, dim] flattens
         self.append = ((row * kv + heads) * cap + lengths[None, :]).reshape(-1)
 
-    attend_qkv = None  # set per step when the native operator serves it
+    attend_qkv = None  # set per step when a fused operator serves it
 
-    def _attend_native(self, layer_idx: int, qkv: torch.Tensor, rope, heads: int) -> torch.Tensor:
+    def _attend_fused(self, layer_idx: int, qkv: torch.Tensor, rope, heads: int) -> torch.Tensor:
         cos, sin = rope if rope is not None else (None, None)
-        return torch.ops.tunelab.decode_attention(qkv, cos, sin, self.k_layers[layer_idx], self.v_layers[layer_idx],
-                                                  self.lengths, heads, self.windows[layer_idx] or 0, self.scale)
+        return self.decode_op(qkv, cos, sin, self.k_layers[layer_idx], self.v_layers[layer_idx], self.lengths, heads,
+                              self.windows[layer_idx] or 0, self.scale)
 
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
         rows, dim = self.rows, k.shape[-1]

@@ -77,7 +77,8 @@ class LLM:
         # Decode steps replay recorded graphs (CUDA graphs, or TorchScript traces on CPU) unless `enforce_eager`
         # (vLLM's switch).
         self.runner = ModelRunner(self.model, num_blocks, block_size, has_adapters=bool(self.adapters),
-                                  compile=compile, max_decode_rows=max_num_seqs, graphs=not enforce_eager)
+                                  compile=compile, max_decode_rows=max_num_seqs, graphs=not enforce_eager,
+                                  max_model_len=self.max_model_len)
         self.eos = eos_token_ids(self.model, self.tokenizer)
         self.stats = {"requests": 0, "prompt_tokens": 0, "generation_tokens": 0, "finished": 0, "aborted": 0,
                       "failed": 0}

@@ -33,7 +33,8 @@ from tunelab.models.transformer import Transformer
 
 class ModelRunner:
     def __init__(self, model: Transformer, num_blocks: int, block_size: int, has_adapters: bool = False,
-                 compile: bool = False, fuse: bool = True, graphs: bool = False, max_decode_rows: int = 64):
+                 compile: bool = False, fuse: bool = True, graphs: bool = False, max_decode_rows: int = 64,
+                 max_model_len: int = 0):
         self.model = model
         self.block_size = block_size
         self.has_adapters = has_adapters
@@ -50,16 +51,30 @@ class ModelRunner:
         # Per-layer views made once: indexing the cache by layer in every layer of every step is an op each time.
         self.k_layers, self.v_layers = self.k_cache.unbind(0), self.v_cache.unbind(0)
         self.windows = [layer.self_attn.sliding_window for layer in model.layers]
-        # The dense decode copy may take at most as much memory as the paged cache itself.
-        self.slots = DecodeSlots(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device,
-                                 max_elements=self.k_cache.numel())
         if fuse and not has_adapters:
             model.fuse_projections()
-        # tunelab's own CPU operators for the recorded decode step (engine/native.py), when they could be built
-        self.native_decode = False
+        # The recorded decode step's fused operators (split, RoPE, append, attend; on GPUs SwiGLU and RMSNorm with the
+        # residual addition too), the attention one with one contract:
+        # tunelab's CPU operators (engine/native.py) when they could be built, its Triton kernels on a GPU
+        # (engine/gpu_kernels.py); None: the step runs those as separate torch operations.
+        self.decode_op = self.swiglu_op = self.norm_op = None
         if self.device.type == "cpu":
             choose_cpu_kernels(model)
-            self.native_decode = graphs and self.dtype == torch.float32 and native_kernels()
+            if graphs and self.dtype == torch.float32 and native_kernels():
+                self.decode_op = torch.ops.tunelab.decode_attention
+        elif graphs:
+            from tunelab.engine import gpu_kernels  # imports triton: only on GPUs
+
+            if gpu_kernels.available(self.device, cfg.head_dim):
+                self.decode_op, self.swiglu_op = gpu_kernels.decode_attention, gpu_kernels.silu_mul
+                self.norm_op = gpu_kernels.rms_norm
+        # The dense decode copy may take at most as much memory as the paged cache itself. Where CUDA graphs attend
+        # with the Triton operator (which reads each row's own length, not the buffer's width) it takes the whole
+        # context at once: a reallocation would drop the captured graphs (measured on an H200: batch 1, 256 tokens,
+        # 284 -> 508 tok/s together with the fused norms). The masked SDPA reads every column, so not there.
+        full = max_model_len + 1 if self.device.type == "cuda" and self.decode_op is not None else 0
+        self.slots = DecodeSlots(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device,
+                                 max_elements=self.k_cache.numel(), full_columns=full)
         self.decode_paths = {"dense": 0, "gathered": 0}  # decode tokens served by each attention path
         self._hidden = model.hidden_states
         if compile:  # GPU: fuse the small decode kernels; shapes vary, so compile dynamically.
@@ -210,9 +225,10 @@ class DecodeSlots:
     row (its blocks gathered once) when it starts decoding and appends one column per step. A cache of the paged
     blocks, which stay the source of truth; rows are packed 0..n-1 so one SDPA call covers the decode batch."""
 
-    def __init__(self, layers, heads, dim, dtype, device, max_elements):
+    def __init__(self, layers, heads, dim, dtype, device, max_elements, full_columns: int = 0):
         self.layers, self.heads, self.dim, self.dtype, self.device = layers, heads, dim, dtype, device
         self.max_elements = max_elements
+        self.full_columns = full_columns  # columns to reserve at once where that fits (GPUs: the context length)
         self.k = self.v = self.k_flat = self.v_flat = None
         self.row_of: dict[int, int] = {}  # seq_id -> row
         self.length: list[int] = []  # tokens held per row
@@ -280,14 +296,18 @@ class DecodeSlots:
         if self.k is not None and rows <= self.k.shape[1] and columns <= self.capacity:
             return True
         old_rows = 0 if self.k is None else self.k.shape[1]
-        new_cap = max(self.capacity, -(-(columns * 5 // 4 + 32) // 64) * 64)  # grow ahead: copies stay rare
+        grown = max(self.capacity, -(-(columns * 5 // 4 + 32) // 64) * 64)  # grow ahead: copies stay rare
+        # On a GPU a reallocation also drops the captured graphs (they hold the buffer's address), and capturing
+        # again costs tens of milliseconds: there the whole context is reserved at once when it fits.
+        caps = [max(grown, self.full_columns), grown] if self.full_columns > grown else [grown]
         # Rows grow ahead too (doubling) when that fits, so sequences joining one by one do not copy every time.
-        fits = [r for r in (max(rows, 2 * old_rows), max(rows, old_rows))
-                if self.layers * r * self.heads * new_cap * self.dim <= self.max_elements]
+        fits = [(r, c) for c in caps for r in (max(rows, 2 * old_rows), max(rows, old_rows))
+                if self.layers * r * self.heads * c * self.dim <= self.max_elements]
         if not fits:
             self.release_all()
             return False
-        shape = (self.layers, fits[0], self.heads, new_cap, self.dim)
+        new_cap = fits[0][1]
+        shape = (self.layers, fits[0][0], self.heads, new_cap, self.dim)
         # Zeros: columns past a short row's length are read (under a False mask) and must not hold NaN.
         k = torch.zeros(shape, dtype=self.dtype, device=self.device)
         v = torch.zeros(shape, dtype=self.dtype, device=self.device)

@@ -144,8 +144,16 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, rope, mask, cache=None):
+        swiglu, norm = getattr(cache, "swiglu", None), getattr(cache, "rms_norm", None)
+        if norm is not None and isinstance(self.input_layernorm, RMSNorm):
+            # A fused RMSNorm the cache offers (the engine's GPU decode step: engine/gpu_kernels.py), which also
+            # takes the residual addition before the second norm: three kernels where there were five.
+            first, second = self.input_layernorm, self.post_attention_layernorm
+            h = _call(self.self_attn, norm(x, first.weight, first.eps), rope, mask, cache)
+            x, normed = norm(x, second.weight, second.eps, h)
+            return x + _call(self.mlp, normed, swiglu)
         x = x + _call(self.self_attn, _call(self.input_layernorm, x), rope, mask, cache)
-        return x + _call(self.mlp, _call(self.post_attention_layernorm, x))
+        return x + _call(self.mlp, _call(self.post_attention_layernorm, x), swiglu)
 
 
 class Attention(nn.Module):
@@ -209,9 +217,13 @@ class MLP(nn.Module):
         self.act = _activation(config.activation)
         self.swiglu = self.gated and config.activation in ("silu", "swish")
 
-    def forward(self, x):
+    def forward(self, x, swiglu=None):
+        """`swiglu`: an operator for silu(gate) * up of the fused projection [..., 2 I] -> [..., I], which a cache
+        may offer (the engine's GPU decode step: one kernel instead of two)."""
         if hasattr(self, "gate_up_proj"):  # fused for inference by `fuse_projections`
             gate_up = _call(self.gate_up_proj, x)
+            if swiglu is not None and self.swiglu:
+                return _call(self.down_proj, swiglu(gate_up))
             half = gate_up.shape[-1] // 2  # two slices: `chunk` costs a few more dispatches per layer
             return _call(self.down_proj, self.act(gate_up[..., :half]) * gate_up[..., half:])
         if self.gated:
