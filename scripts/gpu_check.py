@@ -208,7 +208,58 @@ def gemv() -> None:
         print("   ", "; ".join(per_shape))
 
 
+def stall(path: str) -> None:
+    """The stall on a GPU, step by step: 4 streams decoding while a 2,000-token prompt is admitted in chunks. Each
+    step's tokens, whether it replayed a graph, its time; then a profile of two steps that carry a chunk."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from tunelab.engine.bench import measure_stall
+
+    llm = LLM(path, dtype=torch.bfloat16, device="cuda", max_num_seqs=8, max_model_len=2400)
+    runner, log = llm.runner, []
+    plain_run = runner.run
+
+    def logged(seqs, num_tokens=None):
+        tokens = sum(s.num_scheduled for s in seqs)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        replays, buffer = runner.graphs.replays, runner.slots.k
+        out = plain_run(seqs, num_tokens)
+        torch.cuda.synchronize()
+        log.append((tokens, len(seqs), runner.graphs.replays > replays, runner.slots.k is not buffer,
+                    1e3 * (time.perf_counter() - start)))
+        return out
+
+    runner.run = logged
+    print("stall:", measure_stall(llm))
+    mixed = [e for e in log if not e[2]]
+    print(f"{len(log)} steps, {len(mixed)} without a graph; reallocations of the dense rows: {sum(e[3] for e in log)}")
+    print("  the last steps (sequences/tokens/graph or eager: ms):", "; ".join(
+        f"{rows}/{tokens}/{'g' if graphed else 'e'}{'+grew' if grew else ''}: {ms:.1f}"
+        for tokens, rows, graphed, grew, ms in log[-len(mixed) - 6:]))
+    runner.run = plain_run
+    gen = torch.Generator().manual_seed(1)
+    seqs = [llm.make_sequence(torch.randint(3, 32000, (n,), generator=gen).tolist(),
+                              SamplingParams(max_tokens=300, ignore_eos=True)) for n in (16, 16, 16, 16, 1500)]
+    for seq in seqs[:4]:
+        llm.add_sequence(seq)
+    for _ in range(6):
+        llm.step()
+    llm.add_sequence(seqs[4])
+    llm.step()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            llm.step()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=60))
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=60))
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--stall"]:
+        sys.exit(stall(sys.argv[2]))
     if sys.argv[1:2] == ["--profile"]:
         sys.exit(profile(sys.argv[2]))
     sys.exit(gemv() if sys.argv[1:2] == ["--gemv"] else main())

@@ -163,6 +163,8 @@ class LLM:
         def run(seqs: list[Sequence]):  # each sequence computes its `num_scheduled` tokens
             start = time.perf_counter()
             logits = self.runner.run(seqs)
+            if logits.is_cuda:  # the step's time, not its launches' (sampling waits for it anyway)
+                torch.cuda.synchronize(logits.device)
             if len(seqs) == len(step.seqs):  # a retried row alone says nothing about the step's cost
                 self.scheduler.record(step, time.perf_counter() - start)
             return logits
