@@ -1,4 +1,4 @@
-"""tunelab's own CPU kernel (engine/csrc/bf16_linear.cpp, built by engine/native.py): products of one to four rows
+"""tunelab's own CPU kernel (engine/csrc/bf16_linear.cpp, built by engine/native.py): products of one to eight rows
 with bfloat16 weights, checked against the float64 product; the build's cache and its failure path."""
 
 import logging
@@ -27,7 +27,7 @@ def kernel():  # the bfloat16 product; the fixture makes sure the library is bui
     return torch.ops.tunelab.bf16_linear
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8])  # past four: a second pass over each block of weights, from L1
 @pytest.mark.parametrize("n, k", [(7, 100), (64, 576), (40, 1536), (13, 33), (9, 64), (3, 1)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_products_equal_float64_to_one_rounding(kernel, rows, n, k, dtype):
@@ -60,8 +60,8 @@ def test_leading_dimensions_and_strided_rows_are_kept(kernel):
 @needs_bf16_cpu
 def test_bad_arguments_are_refused_with_the_reason(kernel):
     w = torch.randn(8, 16).bfloat16()
-    with pytest.raises(RuntimeError, match="one to four rows"):
-        kernel(torch.randn(5, 16).bfloat16(), w)
+    with pytest.raises(RuntimeError, match="one to 8 rows"):
+        kernel(torch.randn(9, 16).bfloat16(), w)
     with pytest.raises(RuntimeError, match="last dimension 16"):
         kernel(torch.randn(1, 15).bfloat16(), w)
     with pytest.raises(RuntimeError, match="contiguous 2-d bfloat16"):

@@ -86,7 +86,7 @@ def upcast_fp16_matmuls(model: torch.nn.Module) -> None:
 
 
 def fp16_few_rows_native(model: torch.nn.Module, upcast: bool) -> None:
-    """CPU with AVX-512, float16 weights: products of one to four rows go through tunelab's own kernel
+    """CPU with AVX-512, float16 weights: products of one to eight rows go through tunelab's own kernel
     (`engine/csrc/bf16_linear.cpp` fp16_linear: weights widened to float32 in registers, float32 FMAs, the weight
     stream prefetched), as fast as the bfloat16 one: the 121 projections and the head, 2 threads, one row 18.6 ms
     against `F.linear`'s 27.1, four rows 24.3 against 48.0 (Intel Xeon; the bfloat16 kernel 16.7 and 21.3 then).
@@ -110,9 +110,10 @@ class _Fp16CpuLinear(torch.nn.Linear):
 
 class _Fp16NativeLinear(_Fp16CpuLinear):
     upcast = False  # more rows: the float32 upcast (no AVX512-FP16) or F.linear
+    NATIVE_ROWS = 8  # 8 streams, recorded float16 decode step: 43-45 -> 27 ms against F.linear (AVX512-FP16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if 0 < x.numel() <= 4 * x.shape[-1]:
+        if 0 < x.numel() <= self.NATIVE_ROWS * x.shape[-1]:
             return torch.ops.tunelab.fp16_linear(x, self.weight, self.bias)
         if self.upcast:
             return super().forward(x)
@@ -120,8 +121,8 @@ class _Fp16NativeLinear(_Fp16CpuLinear):
 
 
 def bf16_single_rows_as_matvec(model: torch.nn.Module) -> None:
-    """CPU with AVX512-BF16, bfloat16 weights: products of one to four rows (decoding up to four sequences) go
-    through tunelab's own kernel (`engine/csrc/bf16_linear.cpp`, VDPBF16PS with the weight stream prefetched), or
+    """CPU with AVX512-BF16, bfloat16 weights: products of one to four rows (decoding up to four sequences), and of
+    up to eight in recorded steps, go through tunelab's own kernel (`engine/csrc/bf16_linear.cpp`, VDPBF16PS with the weight stream prefetched), or
     through `torch.mv` for one row when that kernel cannot be built. Measured on an Intel Xeon with AVX512-BF16 and
     AMX, 2 threads, SmolLM2-135M's 121 projections and head with the weights out of cache, per token: one row 14.2 ms
     (`torch.mv` 18.9, `F.linear` 26.5, float32 through MKL 25.2); two rows 15.9 (`F.linear` 27.9); four rows 18.3
@@ -175,11 +176,15 @@ class _Bf16MatVecLinear(torch.nn.Linear):
 
 
 class _Bf16NativeLinear(torch.nn.Linear):
-    NATIVE_ROWS = 4  # the kernel's limit; at eight rows two calls would cost more than oneDNN's one
+    # The kernel's limit. From five rows on, oneDNN on the prepacked copy is as fast or faster (the 120 projections,
+    # 8 rows: 12.4 against the kernel's 15.1 ms), but a trace cannot hold that copy and would call `F.linear`, which
+    # reorders the weights on every call: recorded steps of 5-8 rows take the kernel (8 streams 29 -> 23 ms a step).
+    NATIVE_ROWS = 8
     packed: torch.Tensor | None = None  # the weight in oneDNN's blocked layout, or None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if 0 < x.numel() <= self.NATIVE_ROWS * x.shape[-1]:
+        rows = x.numel() // max(x.shape[-1], 1)
+        if 0 < rows <= 4 or (rows <= self.NATIVE_ROWS and (self.packed is None or torch.jit.is_tracing())):
             return torch.ops.tunelab.bf16_linear(x, self.weight, self.bias)
         if self.packed is not None and not torch.jit.is_tracing():
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [None], "")
