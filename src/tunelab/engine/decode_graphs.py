@@ -12,9 +12,12 @@ to exactly each row's context) does not give. So the graphed step is a *static* 
     step's K/V go to and the RoPE positions are all computed inside the graph from one input, the rows' lengths;
   - grouped-query heads are folded into the query length ([rows, kv_heads, group, dim] against [rows, kv_heads,
     capacity, dim]), so one fused SDPA kernel serves GQA with a mask.
+Where Triton is available (it ships with CUDA builds of torch), the step records tunelab's GPU operators instead
+(engine/gpu_kernels.py): attention with RoPE and the append over each row's own length (no mask), RMSNorm with the
+residual addition, SwiGLU; a TinyLlama-1.1B-shaped step went 524 -> 252 kernels, 1.59 -> 1.13 ms on an H200.
 A graph holds the buffer's addresses, so when `DecodeSlots` reallocates (more rows, more columns) the graphs are
-dropped and captured again on demand (rare: the buffer grows ahead). The step after the graph (copying the new
-tokens' K/V to their paged slots, sampling) is the ordinary one.
+dropped and captured again on demand (the buffer grows ahead; with the Triton attention it takes the whole context
+at once). The step after the graph (copying the new tokens' K/V to their paged slots, sampling) is the ordinary one.
 
 On a CPU the same static step is recorded with `torch.jit.trace`: the ~1,600 operations of a 30-layer decode step
 then run from TorchScript's interpreter instead of Python, which on the project's 2-core Xeon took a bfloat16
