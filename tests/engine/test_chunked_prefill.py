@@ -90,6 +90,27 @@ def test_step_cost_fit_sizes_chunks_to_the_stall_ratio():
     assert late.take(0, 100) == 0 and not late.left()  # the floor is per step, not per sequence
 
 
+def test_chunks_of_recorded_steps_are_rounded_to_a_recorded_size():
+    """With recorded mixed steps (a CPU with tunelab's attention operator) a chunk beside decodes is rounded down to
+    a recorded size, at most the largest, at least the smallest; a prompt's last chunk keeps its length (the step
+    pads it). Without a time limit (nothing decodes) nothing is rounded."""
+    fit = (0.001, 1e-6)  # 1 ms per token, 1 us per attended pair
+
+    def take(seconds, cached, wanted, sizes=(4, 8, 16, 32, 64)):
+        budget = Budget(1000, 1000)
+        budget.seconds, budget.fit = seconds, fit
+        budget.sizes = sizes
+        return budget.take(cached, wanted)
+
+    assert take(0.050, 0, 2000) == 32  # 47 fit
+    assert take(0.500, 0, 2000) == 64  # the largest recorded size
+    assert take(0.0001, 1500, 500) == 4  # nothing fits: the smallest, not MIN_TOKENS
+    assert take(0.050, 0, 21) == 21  # the prompt's last chunk, padded to 32 by the step
+    budget = Budget(1000, 1000)
+    budget.sizes = (4, 8)
+    assert budget.take(0, 2000) == 8  # no time limit yet: the largest size caps it
+
+
 def test_step_cost_separates_a_mixed_steps_fixed_cost_from_its_tokens():
     """A step with any chunk costs 25 ms more than a decode-only one (it runs eagerly), plus 0.2 ms per token.
     The fit keeps the 25 ms out of the per-token cost (charged to the tokens, it made chunks shrink step after step,

@@ -13,7 +13,7 @@ from test_greedy_parity import PROMPTS, hf_greedy, references  # noqa: F401 - a 
 
 from tunelab.engine import LLM, SamplingParams
 from tunelab.engine.cpu_kernels import native_kernels
-from tunelab.engine.decode_graphs import DecodeGraphs, _buckets
+from tunelab.engine.decode_graphs import CHUNK_SIZES, DecodeGraphs, _buckets
 
 
 # "trace": the CPU default, a trace of the step with tunelab's native attention operator where it could be built;
@@ -40,6 +40,8 @@ def static_llm(path, mode="trace", max_num_seqs=8, **kw) -> LLM:
         llm.runner.decode_op, llm.runner.swiglu_op = gpu_kernels.decode_attention, gpu_kernels.silu_mul
         llm.runner.norm_op = gpu_kernels.rms_norm
     llm.runner.graphs = DecodeGraphs(llm.runner, max_num_seqs, "eager")
+    if llm.runner.decode_op is torch.ops.tunelab.decode_attention:  # what the runner sets with graphs on a CPU
+        llm.runner.chunk_sizes = llm.scheduler.chunk_sizes = CHUNK_SIZES
     return llm
 
 
@@ -99,6 +101,47 @@ def test_static_decode_equals_the_ordinary_path_with_arrivals_and_sampling(refer
     static = static_llm(path, mode)
     assert run(static) == run(ordinary)
     assert static.runner.graphs.replays > 0
+    if mode in ("trace", "eager") and native_kernels():  # arrivals rode in recorded steps beside the decodes
+        assert static.runner.graphs.mixed > 0
+
+
+@pytest.mark.parametrize("mode", ["trace", "eager"])
+def test_a_long_prompt_admitted_in_recorded_steps_beside_decodes(references, family, mode):  # noqa: F811
+    """A long prompt arrives while three sequences decode: its chunks (8 tokens, the last padded) ride in recorded
+    steps beside the decode rows, in a dense row of its own, and it goes on decoding from that row. Its output equals
+    transformers' greedy one, the decoding sequences' outputs equal an engine's without recordings (which the other
+    tests hold to transformers), the prompt's K/V reached its paged blocks (a second request sharing the prompt
+    hits the prefix cache and gives the same tokens), and the steps with a chunk did replay a recording."""
+    if not native_kernels():
+        pytest.skip("recorded steps carry prompt chunks only with tunelab's attention operator")
+    path, ref = references(family)
+
+    def run(llm):
+        short = [llm.tokenizer.encode(p) for p in PROMPTS[:3]]
+        seqs = [llm.make_sequence(ids, SamplingParams(max_tokens=40, ignore_eos=True)) for ids in short]
+        for seq in seqs:
+            llm.add_sequence(seq)
+        for _ in range(3):
+            llm.step()
+        assert all(seq.output_ids for seq in seqs), "the short prompts decode before the long one arrives"
+        late = llm.make_sequence(long, SamplingParams(max_tokens=12))
+        llm.add_sequence(late)
+        while llm.has_work():
+            llm.step()
+        return [seq.output_ids for seq in seqs], late.output_ids
+
+    llm = static_llm(path, mode, max_prefill_chunk=8)
+    if llm.runner.chunk_sizes is None:
+        pytest.skip(f"{family}: no fused q/k/v projection, so no recorded chunk")
+    long = (llm.tokenizer.encode(" ".join(PROMPTS)) * 8)[:117]
+    decoded, late = run(llm)
+    assert llm.runner.graphs.mixed >= len(long) // 8, "the long prompt went in recorded steps"
+    assert late == hf_greedy(ref, long, 12)
+    assert decoded == run(LLM(path, max_num_seqs=8, block_size=4, enforce_eager=True, max_prefill_chunk=8))[0]
+    hits = llm.block_manager.hit_tokens
+    (again,) = llm.generate([long], SamplingParams(max_tokens=12))
+    assert again.token_ids == late
+    assert llm.block_manager.hit_tokens - hits >= 100, "the second request found the first one's blocks"
 
 
 @pytest.mark.parametrize("max_rows, expected", [
@@ -115,7 +158,7 @@ def test_a_failed_capture_falls_back_to_eager_decoding(references, monkeypatch):
     path, ref = references("llama")
     llm = static_llm(path)
 
-    def broken(b):
+    def broken(*bucket):
         raise RuntimeError("capture failed")
 
     monkeypatch.setattr(llm.runner.graphs, "_record", broken)
@@ -140,3 +183,14 @@ def test_dense_rows_reserve_the_whole_context_where_it_fits():
     assert small._reserve(1, 10) and small.capacity == 64, "the context does not fit: growing by need, as on CPU"
     plain = DecodeSlots(2, 2, 8, torch.float32, "cpu", max_elements=per_column * 600)
     assert plain._reserve(1, 10) and plain.capacity == 64
+
+
+def test_dense_rows_double_only_when_rows_are_short():
+    """Rows grow ahead (doubling) when a step needs more rows; when only columns are short the row count stays, so
+    growing the columns (a long prompt's row) does not also double every row (measured: 2-4 s steps)."""
+    from tunelab.engine.model_runner import DecodeSlots
+
+    slots = DecodeSlots(2, 2, 8, torch.float32, "cpu", max_elements=2 * 2 * 8 * 10**5)
+    assert slots._reserve(3, 10) and slots.k.shape[1] == 3
+    assert slots._reserve(4, 10) and slots.k.shape[1] == 6, "more rows: doubled ahead"
+    assert slots._reserve(5, 500) and slots.k.shape[1] == 6 and slots.capacity >= 500, "more columns: rows kept"

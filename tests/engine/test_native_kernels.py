@@ -71,6 +71,25 @@ def test_bad_arguments_are_refused_with_the_reason(kernel):
 
 
 @needs_bf16_cpu
+def test_packed_linear_is_onednns_product_and_can_be_traced(kernel):
+    """`packed_linear` is oneDNN's product on a blocked copy of the weight, callable where a TorchScript trace can
+    record it: the trace takes the copy as an input and replays the same values, with a new copy too."""
+    if not _mkldnn_packing():
+        pytest.skip("this torch has no oneDNN weight packing")
+    torch.manual_seed(0)
+    w, bias, x = torch.randn(96, 64).bfloat16(), torch.randn(96).bfloat16(), torch.randn(20, 64).bfloat16()
+    packed = torch.ops.mkldnn._reorder_linear_weight(w, 32)
+    out = torch.ops.tunelab.packed_linear(x, packed, bias)
+    assert torch.equal(out, torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [None], ""))
+    exact = x.double() @ w.double().T + bias.double()
+    assert torch.allclose(out.double(), exact, rtol=2**-7, atol=2**-7 * exact.abs().max())
+    traced = torch.jit.trace(lambda x, p: torch.ops.tunelab.packed_linear(x, p, bias), (x, packed), check_trace=False)
+    assert torch.equal(traced(x, packed), out)
+    doubled = torch.ops.mkldnn._reorder_linear_weight(w * 2, 32)
+    assert torch.equal(traced(x, doubled), torch.ops.tunelab.packed_linear(x, doubled, bias))
+
+
+@needs_bf16_cpu
 def test_engine_decodes_through_the_kernel_as_transformers_does(tiny_checkpoint, kernel):
     """A bfloat16 engine on this CPU routes its decode products through the kernel, and its greedy tokens agree with
     the engine without it (torch's kernels) on most positions: the two differ only in float32 summation order."""
@@ -137,9 +156,10 @@ def test_without_the_kernel_the_engine_keeps_torchs_own(tiny_checkpoint, tmp_pat
     assert "torch's own are used instead" in caplog.text and "false failed" in caplog.text
 
 
-def reference_decode_attention(qkv, cos, sin, k, v, lengths, heads, window):
-    """The same step in torch: split, rotate (models/transformer.py's apply_rope), append, SDPA over each row's
-    positions (a window keeps the last `window`)."""
+def reference_decode_attention(qkv, cos, sin, k, v, lengths, heads, window, rows_of=None):
+    """The same step in torch: split, rotate (models/transformer.py's apply_rope), append every query's k and v at
+    its column of its row (query r is row r unless `rows_of` says otherwise), then SDPA over each query's positions
+    in its row (a window keeps the last `window`)."""
     from tunelab.models.transformer import apply_rope
 
     rows, kv, dim = qkv.shape[0], k.shape[1], k.shape[-1]
@@ -150,12 +170,14 @@ def reference_decode_attention(qkv, cos, sin, k, v, lengths, heads, window):
         qk = x[:, : heads + kv]
     q, knew, vnew = qk[:, :heads], qk[:, heads:], x[:, heads + kv:]
     out = torch.empty(rows, heads, dim)
+    row_of = list(range(rows)) if rows_of is None else rows_of.tolist()
     for r in range(rows):
-        n = int(lengths[r])
-        k[r, :, n], v[r, :, n] = knew[r], vnew[r]
+        k[row_of[r], :, int(lengths[r])], v[row_of[r], :, int(lengths[r])] = knew[r], vnew[r]
+    for r in range(rows):
+        n, row = int(lengths[r]), row_of[r]
         lo = max(0, n - window + 1) if window else 0
-        keys = k[r, :, lo: n + 1].repeat_interleave(heads // kv, 0)
-        values = v[r, :, lo: n + 1].repeat_interleave(heads // kv, 0)
+        keys = k[row, :, lo: n + 1].repeat_interleave(heads // kv, 0)
+        values = v[row, :, lo: n + 1].repeat_interleave(heads // kv, 0)
         out[r] = F.scaled_dot_product_attention(q[r][:, None], keys, values)[:, 0]
     return out.reshape(rows, heads * dim).to(qkv.dtype)
 
@@ -180,12 +202,45 @@ def test_decode_attention_appends_and_attends_like_sdpa(kernel, dtype, heads, kv
     assert torch.allclose(out.float(), ref.float(), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads, kv, window, rope", [(4, 2, 0, True), (6, 6, 0, False), (9, 3, 4, True)])
+def test_prompt_chunks_attend_causally_in_their_row(kernel, dtype, heads, kv, window, rope):
+    """Queries that share a row (a prompt chunk in a recorded mixed step, engine/decode_graphs.py): every query's k
+    and v are appended first, so each sees the chunk's earlier tokens, and none its later ones. Two decode rows, a
+    chunk of 5 after 3 cached tokens, a chunk of 3 starting its prompt, and a one-token chunk; rows out of order."""
+    torch.manual_seed(heads * 10 + kv + window)
+    dim, cap = 16, 24
+    rows_of = torch.tensor([4, 0, 2, 2, 2, 2, 2, 1, 1, 1, 3])
+    lengths = torch.tensor([7, 0, 3, 4, 5, 6, 7, 0, 1, 2, 9])
+    queries = len(lengths)
+    qkv = torch.randn(queries, (heads + 2 * kv) * dim).to(dtype)
+    angles = torch.randn(queries, dim // 2)
+    cos = torch.cat([angles.cos()] * 2, -1) if rope else None
+    sin = torch.cat([-angles.sin(), angles.sin()], -1) if rope else None
+    k, v = torch.randn(6, kv, cap, dim), torch.randn(6, kv, cap, dim)
+    k_ref, v_ref = k.clone(), v.clone()
+    out = torch.ops.tunelab.decode_attention(qkv, cos, sin, k, v, lengths, heads, window, dim**-0.5, rows_of)
+    ref = reference_decode_attention(qkv, cos, sin, k_ref, v_ref, lengths, heads, window, rows_of)
+    assert torch.allclose(k, k_ref, atol=1e-6) and torch.allclose(v, v_ref)
+    tol = 1e-5 if dtype == torch.float32 else 2**-7
+    assert torch.allclose(out.float(), ref.float(), rtol=tol, atol=tol)
+    # The chunk's first query did not see the keys its later queries appended: alone, it gives the same output.
+    k2, v2 = k_ref.clone(), v_ref.clone()
+    k2[2, :, 4:], v2[2, :, 4:] = 1e3, -1e3  # what the later queries wrote, spoiled
+    alone = torch.ops.tunelab.decode_attention(qkv[2:3], cos[2:3] if rope else None, sin[2:3] if rope else None,
+                                               k2, v2, lengths[2:3], heads, window, dim**-0.5, rows_of[2:3])
+    assert torch.allclose(alone.float(), out[2:3].float(), rtol=tol, atol=tol)
+
+
 def test_decode_attention_refuses_a_row_past_the_cache(kernel):
     k = torch.zeros(1, 1, 4, 8)
     with pytest.raises(RuntimeError, match="length 4 is outside the cache's 4 columns"):
         torch.ops.tunelab.decode_attention(torch.randn(1, 24), None, None, k, k.clone(), torch.tensor([4]), 1, 0, 1.0)
     with pytest.raises(RuntimeError, match="last dimension must be 24"):
         torch.ops.tunelab.decode_attention(torch.randn(1, 23), None, None, k, k.clone(), torch.tensor([0]), 1, 0, 1.0)
+    with pytest.raises(RuntimeError, match="query 0 is in row 1, the cache has 1"):
+        torch.ops.tunelab.decode_attention(torch.randn(1, 24), None, None, k, k.clone(), torch.tensor([0]), 1, 0, 1.0,
+                                           torch.tensor([1]))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

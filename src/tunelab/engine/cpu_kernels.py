@@ -131,8 +131,9 @@ def bf16_single_rows_as_matvec(model: torch.nn.Module) -> None:
     Products of more rows go to oneDNN (AMX). `F.linear` reorders the weight into oneDNN's blocked layout on every
     call; a copy kept in that layout (`mkldnn._reorder_linear_weight`) saves it: 8 rows 25.4 -> 17.9 ms, 32 rows
     28.2 -> 20.5, 128 rows 46.6 -> 36.9. That copy doubles the projections' memory, so it is kept only while the
-    projections take at most PACK_SHARE of the machine's memory, and only for steps that run eagerly (steps with
-    prompt chunks; a trace cannot hold a tensor in that layout)."""
+    projections take at most PACK_SHARE of the machine's memory. A trace holds a tensor in that layout only as an
+    input: recorded steps of more than eight rows (decodes with a prompt chunk) are given the copies
+    (`packed_weights`) and call them through `torch.ops.tunelab.packed_linear`."""
     linears = _model_linears(model, torch.bfloat16)
     if not native_kernels():
         for module in linears:
@@ -177,18 +178,27 @@ class _Bf16MatVecLinear(torch.nn.Linear):
 
 class _Bf16NativeLinear(torch.nn.Linear):
     # The kernel's limit. From five rows on, oneDNN on the prepacked copy is as fast or faster (the 120 projections,
-    # 8 rows: 12.4 against the kernel's 15.1 ms), but a trace cannot hold that copy and would call `F.linear`, which
-    # reorders the weights on every call: recorded steps of 5-8 rows take the kernel (8 streams 29 -> 23 ms a step).
+    # 8 rows: 12.4 against the kernel's 15.1 ms; recorded steps hold that copy as an input), so the kernel takes 5-8
+    # rows only where there is no copy (`F.linear` would reorder the weights on every call).
     NATIVE_ROWS = 8
     packed: torch.Tensor | None = None  # the weight in oneDNN's blocked layout, or None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // max(x.shape[-1], 1)
-        if 0 < rows <= 4 or (rows <= self.NATIVE_ROWS and (self.packed is None or torch.jit.is_tracing())):
+        if 0 < rows <= 4 or (rows <= self.NATIVE_ROWS and self.packed is None):
             return torch.ops.tunelab.bf16_linear(x, self.weight, self.bias)
-        if self.packed is not None and not torch.jit.is_tracing():
+        if self.packed is not None:
+            if torch.jit.is_tracing():  # a recording takes the blocked copy as an input (`packed_weights`)
+                return torch.ops.tunelab.packed_linear(x, self.packed, self.bias)
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [None], "")
         return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
+def packed_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The weight copies in oneDNN's blocked layout that `model`'s linear layers keep. A TorchScript trace holds
+    such a tensor only as an input, so a recorded step is given these (and the tracer, which knows tensors by
+    identity, connects each layer's `packed` to its input)."""
+    return [m.packed for m in model.modules() if isinstance(m, _Bf16NativeLinear) and m.packed is not None]
 
 
 def cache_dtype(weight: torch.Tensor) -> torch.dtype:

@@ -1,5 +1,5 @@
-"""Decode steps as recorded graphs, one per batch size bucket, replayed with new inputs: CUDA graphs on a GPU,
-TorchScript traces on a CPU.
+"""Decode steps as recorded graphs, one per batch size bucket (on a CPU also per prompt chunk size), replayed with
+new inputs: CUDA graphs on a GPU, TorchScript traces on a CPU.
 
 On a GPU a decode step of a small model is bound by kernel launches, not by the GPU: measured on an H200 with a
 random TinyLlama-1.1B-shaped model in bf16, one token launches ~730 kernels, which the GPU runs in 1.9 ms while the
@@ -24,8 +24,17 @@ then run from TorchScript's interpreter instead of Python, which on the project'
 batch-1 step of the built-in model from 26.0 to 19.7 ms (same outputs, bit for bit). Where tunelab's CPU operators
 could be built (engine/native.py), the step's attention is one of them per layer (`_attend_fused`: split, RoPE,
 append and attention over each row's own length, no mask, in place of ~25 operations), and with 16-bit weights its
-RMSNorms are too (engine/cpu_kernels.py). `torch.jit.trace` is deprecated in favour of `torch.compile`, which is what failed on this step on CPU (docs/serving.md); if a trace
-fails (or a later torch drops it) the engine logs why and decodes eagerly.
+RMSNorms are too (engine/cpu_kernels.py). `torch.jit.trace` is deprecated in favour of `torch.compile`, which is
+what failed on this step on CPU (docs/serving.md); if a trace fails (or a later torch drops it) the engine logs why
+and decodes eagerly.
+
+With that operator a CPU also records steps that decode *and* carry one prompt chunk (a long prompt admitted beside
+running streams), one recording per (bucket, chunk size in CHUNK_SIZES). The chunk's sequence takes a dense row of
+its own; the chunk's tokens are queries of that row at consecutive columns (padded to the chunk size into columns
+its next chunk overwrites), and the operator appends every query's K/V before any attends, so they see each other
+causally. Run eagerly, such a step cost ~25-30 ms more than a recorded decode step of the built-in model, and
+admitting a 2,000-token prompt stalled 4 streams 3.2x; recorded, ~1.9x (docs/benchmarks.md). Products of more than
+eight rows read oneDNN's blocked weight copies, which a trace holds only as inputs (`packed_weights`).
 
 Modes: "cuda" (capture and replay), "trace" (CPU), "eager" (the static step run as Python, which is how the tests
 check it against the ordinary decode path: CI has no GPU); capture and replay are checked on a GPU by
@@ -40,6 +49,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from tunelab.engine.cpu_kernels import packed_weights
+
 
 class DecodeGraphs:
     def __init__(self, runner, max_rows: int, mode: str):
@@ -50,13 +61,16 @@ class DecodeGraphs:
         self.buckets = _buckets(max_rows)
         self.max_rows = self.buckets[-1]
         dev = runner.device
-        # The graphs' inputs: token ids and lengths (= positions = the column each row appends to), one H2D copy.
-        self.inputs = torch.zeros(2, self.max_rows, dtype=torch.long, device=dev)
-        self.graphs: dict = {}  # bucket -> a function replaying its recorded step (logits [bucket, vocab])
+        # The graphs' inputs, one H2D copy: per query, its token id, its length (= position = the column it appends
+        # to) and its dense row; then the queries whose logits are kept (steps with a prompt chunk).
+        self.inputs = torch.zeros(4, self.max_rows + CHUNK_SIZES[-1], dtype=torch.long, device=dev)
+        # (bucket, chunk size) -> a function replaying its recorded step (logits [bucket (+ 1), vocab])
+        self.graphs: dict = {}
         self.pool = None
         self._buffer = None  # the DecodeSlots buffer the graphs were captured on
         self.replays = 0
         self.padding = 0  # padding rows run so far
+        self.mixed = 0  # replays that carried a prompt chunk
         self.failure: str | None = None  # why capturing failed, after which every step runs eagerly
 
     def bucket(self, rows: int) -> int | None:
@@ -70,6 +84,10 @@ class DecodeGraphs:
         plan, slots = step.decode, self.runner.slots
         n = plan.rows
         b = self.bucket(n)
+        chunk = plan.chunk
+        if chunk is not None and self.mode == "cuda":
+            return None  # CUDA graphs record decode-only steps (the runner does not ask; the step runs eagerly)
+        c = 0 if chunk is None else chunk_size(chunk.length)
         if self._buffer is not slots.k and self.mode == "cuda":
             # reallocated since capture: the graphs point at freed memory. (A trace takes the buffers as inputs and
             # records their sizes as sizes, so it serves the new buffer as it is.) And a new memory pool: capturing
@@ -78,14 +96,26 @@ class DecodeGraphs:
             self.graphs.clear()
             self.pool = None
         self._buffer = slots.k
-        values = torch.zeros(2, b, dtype=torch.long)
+        values = torch.zeros(4, b + c, dtype=torch.long)
         values[0, :n] = torch.tensor(step.token_ids[:n])
-        values[1, :n] = torch.tensor(slots.length[:n])
-        self.inputs[:, :b].copy_(values, non_blocking=False)
-        replay = self.graphs.get(b)
+        if chunk is None:
+            values[1, :n] = torch.tensor(slots.length[:n])
+        else:
+            # Decode rows (wherever the chunk's row sits), padding rows in rows nobody holds, then the chunk's
+            # queries, all in its row: padding past its real tokens appends to columns its next chunk overwrites.
+            values[1, :n] = torch.tensor(plan.lengths)
+            values[2, :n] = torch.tensor(plan.query_rows)
+            values[2, n:b] = torch.arange(len(slots.length), len(slots.length) + b - n)
+            values[0, b : b + chunk.length] = torch.tensor(step.token_ids[n:])
+            values[1, b : b + c] = torch.arange(chunk.start, chunk.start + c)
+            values[2, b : b + c] = chunk.row
+            values[3, :b] = torch.arange(b)
+            values[3, b] = b + chunk.length - 1
+        self.inputs[:, : b + c].copy_(values, non_blocking=False)
+        replay = self.graphs.get((b, c))
         if replay is None:
             try:
-                replay = self.graphs[b] = self._record(b)
+                replay = self.graphs[(b, c)] = self._record(b, c)
             except Exception as exc:  # noqa: BLE001 - an optimisation failing must not fail the requests: run eagerly
                 self.failure = f"{type(exc).__name__}: {exc}"
                 _log.warning("recording a decode graph (%s) failed; decoding without graphs from now on: %s",
@@ -94,35 +124,47 @@ class DecodeGraphs:
         logits = replay()
         self.replays += 1
         self.padding += b - n
+        if chunk is not None:
+            self.mixed += 1
+            return torch.cat([logits[:n], logits[b:]])  # the decode rows', then the chunk's last token's
         return logits[:n]
 
-    def _record(self, b: int):
-        """A function that runs the static step for bucket `b` on the current `inputs` and returns its logits."""
+    def _record(self, b: int, c: int = 0):
+        """A function that runs the static step for bucket `b` (and a prompt chunk of `c` tokens) on the current
+        `inputs` and returns its logits."""
         slots = self.runner.slots
-        args = (self.inputs[:, :b], slots.k, slots.v)
-        if self.mode == "eager":
-            return lambda: self._forward(self.inputs[:, :b], slots.k, slots.v)
+        packed = packed_weights(self.runner.model) if self.mode == "trace" else []
+        inputs = self.inputs[:, : b + c]
+        picks = b + 1 if c else 0
+
+        def forward(inputs, k, v, *packed):  # (a trace takes a function, not a functools.partial)
+            return self._forward(inputs, k, v, packed, picks)
+
+        args = (inputs, slots.k, slots.v, *packed)
+        if self.mode == "eager":  # (the buffers as they are at each replay: they grow)
+            return lambda: forward(inputs, slots.k, slots.v, *packed)
         if self.mode == "trace":
             # Tracing runs the step once (its K/V writes are the ones every replay makes again). The tracer warns
             # where Python turns a size into a number (the hidden size, whether a product has one row): constants of a
-            # bucket by design. The buffers' sizes stay sizes, so one trace serves them as they grow.
+            # bucket by design. The buffers' sizes stay sizes, so one trace serves them as they grow. The weights'
+            # blocked copies are inputs too: the only way a trace holds them.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                traced = torch.jit.trace(self._forward, args, check_trace=False)
-            return lambda: traced(self.inputs[:, :b], slots.k, slots.v)
+                traced = torch.jit.trace(forward, args, check_trace=False)
+            return lambda: traced(inputs, slots.k, slots.v, *packed)
         with torch.cuda.device(self.runner.device):  # streams and pools of the model's GPU, not the current one
             # Warm up on a side stream (kernel choice, lazily created tensors), then record. The warm-up computes the
             # real step: its K/V writes are the ones the replay makes again.
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                self._forward(*args)
+                forward(*args)
             torch.cuda.current_stream().wait_stream(stream)
             if self.pool is None:
                 self.pool = torch.cuda.graph_pool_handle()  # one memory pool: graphs never run at the same time
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                logits = self._forward(*args)
+                logits = forward(*args)
 
         def replay():
             graph.replay()
@@ -130,11 +172,17 @@ class DecodeGraphs:
 
         return replay
 
-    def _forward(self, inputs: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _forward(self, inputs: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: list,
+                 picks: int = 0) -> torch.Tensor:
+        """The static step; logits of every query, or of the first `picks` listed in `inputs[3]` (a step with a
+        chunk: the decode rows and the chunk's last token). `packed` only reaches the trace as inputs."""
         runner = self.runner
-        step = StaticDecode(runner, inputs[0], inputs[1], k, v)
-        hidden = runner.model.hidden_states(step.input_ids, position_ids=step.positions, cache=step)
-        return runner.model.lm_head(hidden[0])
+        rows = inputs[2] if picks else None  # decode-only: query r is row r
+        step = StaticDecode(runner, inputs[0], inputs[1], k, v, rows)
+        hidden = runner.model.hidden_states(step.input_ids, position_ids=step.positions, cache=step)[0]
+        if picks:
+            hidden = hidden.index_select(0, inputs[3, :picks])
+        return runner.model.lm_head(hidden)
 
 
 class StaticDecode:
@@ -143,8 +191,10 @@ class StaticDecode:
     `DecodeSlots`, so that a TorchScript trace takes them as inputs and writes the new K/V into them: a tensor a
     trace finds elsewhere becomes a private constant, and the writes would go to that copy."""
 
-    def __init__(self, runner, ids: torch.Tensor, lengths: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    def __init__(self, runner, ids: torch.Tensor, lengths: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 rows: torch.Tensor | None = None):
         self.dtype = runner.dtype
+        self.query_rows = rows  # each query's dense row (None: query r is row r); only with the fused operator
         self.k, self.v = k, v
         rows, kv, cap = ids.shape[0], k.shape[2], k.shape[3]
         self.rows = rows
@@ -174,8 +224,9 @@ class StaticDecode:
 
     def _attend_fused(self, layer_idx: int, qkv: torch.Tensor, rope, heads: int) -> torch.Tensor:
         cos, sin = rope if rope is not None else (None, None)
-        return self.decode_op(qkv, cos, sin, self.k_layers[layer_idx], self.v_layers[layer_idx], self.lengths, heads,
-                              self.windows[layer_idx] or 0, self.scale)
+        args = (qkv, cos, sin, self.k_layers[layer_idx], self.v_layers[layer_idx], self.lengths, heads,
+                self.windows[layer_idx] or 0, self.scale)
+        return self.decode_op(*args) if self.query_rows is None else self.decode_op(*args, self.query_rows)
 
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
         rows, dim = self.rows, k.shape[-1]
@@ -192,6 +243,15 @@ class StaticDecode:
 
 
 _log = logging.getLogger("tunelab.engine")
+
+
+# Prompt chunk sizes a recorded step takes beside decode rows (the scheduler rounds chunks down to one of these; a
+# prompt's last chunk is padded up to one).
+CHUNK_SIZES = (4, 8, 16, 32, 64)
+
+
+def chunk_size(tokens: int) -> int:
+    return next(c for c in CHUNK_SIZES if c >= tokens)
 
 
 def _buckets(max_rows: int) -> list[int]:

@@ -79,6 +79,7 @@ class LLM:
         self.runner = ModelRunner(self.model, num_blocks, block_size, has_adapters=bool(self.adapters),
                                   compile=compile, max_decode_rows=max_num_seqs, graphs=not enforce_eager,
                                   max_model_len=self.max_model_len)
+        self.scheduler.chunk_sizes = self.runner.chunk_sizes
         self.eos = eos_token_ids(self.model, self.tokenizer)
         self.stats = {"requests": 0, "prompt_tokens": 0, "generation_tokens": 0, "finished": 0, "aborted": 0,
                       "failed": 0}

@@ -14,7 +14,11 @@ model hands it to the step (`PagedAttention.attend`):
     decode tokens are copied to their paged slots after the last layer, all layers at once (the scheduler keys a
     block for the prefix cache only once its K/V are there, so no chunk of the same step can read such a slot);
   - a prompt chunk with nothing cached before it attends to its own keys (causal); a later chunk, or a prompt whose
-    prefix the prefix cache supplied, gathers its blocks.
+    prefix the prefix cache supplied, gathers its blocks;
+  - except where a step that decodes carries a single chunk and a recording can serve it (a CPU with tunelab's
+    attention operator, engine/decode_graphs.py): then the chunk's sequence takes a dense row too
+    (`DecodeSlots.plan_mixed`), its tokens are appended there and attend there, and reach their paged slots with
+    the decode tokens', after the step.
 Only each sequence's last token goes through lm_head.
 """
 
@@ -82,11 +86,19 @@ class ModelRunner:
         # Decode-only steps replay recorded graphs (engine/decode_graphs.py): CUDA graphs on a GPU, TorchScript
         # traces on a CPU; not with adapters (per-token routing is a hook, which a recording would not see).
         self.graphs = None
+        self.chunk_sizes: tuple[int, ...] | None = None  # prompt chunks a recorded step can carry (None: none)
         if graphs and not has_adapters:
-            from tunelab.engine.decode_graphs import DecodeGraphs
+            from tunelab.engine.decode_graphs import CHUNK_SIZES, DecodeGraphs
 
             model.requires_grad_(False)  # a recording keeps the weights as constants, which must not need gradients
             self.graphs = DecodeGraphs(self, max_decode_rows, "cuda" if self.device.type == "cuda" else "trace")
+            # On a CPU with tunelab's attention operator, a step that decodes and carries one prompt chunk is recorded
+            # too (the operator attends a chunk's queries causally in the chunk's dense row): otherwise such a step
+            # runs eagerly, which cost ~25-30 ms more than a recorded decode step of the built-in model, and a long
+            # prompt's admission stalled the running streams ~3x (docs/benchmarks.md).
+            if self.device.type == "cpu" and self.decode_op is not None and hasattr(model.layers[0].self_attn,
+                                                                                    "qkv_proj"):
+                self.chunk_sizes = CHUNK_SIZES
 
     @staticmethod
     def bytes_per_token(model: Transformer) -> int:
@@ -101,7 +113,9 @@ class ModelRunner:
         num_tokens = num_tokens or [s.num_scheduled or s.num_new_tokens for s in seqs]
         step = self._prepare(seqs, num_tokens)
         logits = self.graphs.run(step) if step.graphed else None
-        if logits is not None:  # decode rows only; the graph's logits are in row order, `last_index` maps them
+        if logits is None and step.decode is not None and step.decode.chunk is not None:
+            step = self._prepare(seqs, num_tokens, mixed=False)  # no recording for it after all: run it eagerly
+        if logits is not None:  # decode rows (and a chunk's last token): `last_index` maps them
             logits = logits[step.last_index]
         else:
             with self._routing(step), self._attention_kernels():
@@ -116,7 +130,7 @@ class ModelRunner:
         return logits.float()
 
     # ------------------------------------------------------------------ helpers
-    def _prepare(self, seqs: list[Sequence], news: list[int]) -> PagedAttention:
+    def _prepare(self, seqs: list[Sequence], news: list[int], mixed: bool = True) -> PagedAttention:
         # A decode is the next token of a sequence past its prompt. A one-token prompt chunk is not: neither the last
         # of a long prompt's chunks, nor a first chunk whose rest the prefix cache supplied (also for a preempted
         # sequence coming back), where the dense copy would read cached K/V before this step writes them (a block
@@ -124,15 +138,28 @@ class ModelRunner:
         is_decode = [n == 1 and seq.stepped and bool(seq.output_ids) for seq, n in zip(seqs, news)]
         decoding = [i for i, d in enumerate(is_decode) if d]
         prompts = [i for i, d in enumerate(is_decode) if not d]
-        # A decode-only step can replay a recorded graph: its dense rows must then cover the padded batch.
-        graphed = self.graphs is not None and not prompts and 0 < len(decoding) <= self.graphs.max_rows
-        min_rows = self.graphs.bucket(len(decoding)) if graphed else 0
-        decode = self.slots.plan([seqs[i] for i in decoding], self, min_rows) if decoding else None
+        # A decode-only step can replay a recorded graph: its dense rows must then cover the padded batch. So can a
+        # step with one prompt chunk beside its decodes (`chunk_sizes`), where the chunk's sequence takes a dense row
+        # too (the chunk's tokens are appended to it, and attend in it).
+        graphed = self.graphs is not None and 0 < len(decoding) <= self.graphs.max_rows
+        mixed = (graphed and mixed and bool(self.chunk_sizes) and len(prompts) == 1
+                 and news[prompts[0]] <= self.chunk_sizes[-1] and seqs[prompts[0]].prefix_copy is None)
+        graphed = graphed and (not prompts or mixed)
+        min_rows = self.graphs.bucket(len(decoding)) + mixed if graphed else 0
+        decode = None
+        if mixed:
+            decode = self.slots.plan_mixed([seqs[i] for i in decoding], seqs[prompts[0]], news[prompts[0]], self,
+                                           min_rows)
+            graphed = decode is not None
+        if decode is None and decoding:
+            decode = self.slots.plan([seqs[i] for i in decoding], self, min_rows if graphed else 0)
         if decode is None and decoding:  # no room for the dense copy: these tokens gather their blocks instead
             prompts, decoding = decoding + prompts, []
         if decode is not None:  # decode tokens go first, in the order of their rows
             decoding = [decoding[j] for j in decode.order]
             self.decode_paths["dense"] += len(decoding)
+            if decode.chunk is not None:  # then the chunk the recorded step carries
+                decoding.append(prompts.pop())
         else:
             self.slots.release_all()
             self.decode_paths["gathered"] += sum(1 for i in prompts if news[i] == 1)
@@ -152,6 +179,8 @@ class ModelRunner:
             positions += range(start, start + n)
             slots += [self._slot(seq, p) for p in range(start, start + n)]
             last[i] = len(ids) - 1
+        if decode is not None and decode.chunk is not None:  # the recorded step's logits: decode rows, then the chunk
+            last[decoding[-1]] = decode.rows
         dev = self.device
         return PagedAttention(
             self, torch.tensor([ids], device=dev), torch.tensor([positions], device=dev),
@@ -230,6 +259,22 @@ class DecodePlan:
     append_index: torch.Tensor  # flat [heads * rows]: the column of each (head, row) in a layer's [rows*heads*cap, dim]
     k_views: tuple  # per layer, the [rows, heads, context, dim] SDPA reads this step
     v_views: tuple
+    chunk: MixedChunk | None = None  # a prompt chunk in a dense row beside the decode rows (recorded steps only)
+    lengths: list[int] | None = None  # with a chunk: each decode row's length, and its row
+    query_rows: list[int] | None = None
+
+    @property
+    def queries(self) -> int:
+        """Tokens whose K/V this step appends to dense rows: the decode rows', and the chunk's."""
+        return self.rows + (self.chunk.length if self.chunk is not None else 0)
+
+
+@dataclass
+class MixedChunk:
+    seq_id: int
+    row: int  # its dense row
+    start: int  # its first token's position (= column)
+    length: int
 
 
 class DecodeSlots:
@@ -280,6 +325,43 @@ class DecodeSlots:
         views = (self.k[:, :n, :, :context].unbind(0), self.v[:, :n, :, :context].unbind(0))
         return DecodePlan(order, [seqs[j].seq_id for j in order], n, context, masks, append, *views)
 
+    def plan_mixed(self, seqs: list[Sequence], prompt: Sequence, n: int, runner: ModelRunner,
+                   min_rows: int) -> DecodePlan | None:
+        """Rows for a recorded step that decodes `seqs` and computes the next `n` prompt tokens of `prompt`, in a
+        row of its own (filled from its blocks when it first gets one; columns reserved for the chunk padded to
+        its recorded size); None when that does not fit. Only for tunelab's attention operator, which reads each
+        query's row and length: no masks, no views."""
+        from tunelab.engine.decode_graphs import chunk_size
+
+        everyone = [*seqs, prompt]
+        live = {s.seq_id for s in everyone}
+        for seq_id in [i for i in self.row_of if i not in live]:
+            self._free(seq_id)
+        for seq in everyone:
+            row = self.row_of.get(seq.seq_id)
+            if row is not None and self.length[row] != seq.num_cached:  # recomputed elsewhere: refill
+                self._free(seq.seq_id)
+        start = prompt.num_cached
+        # Columns for the whole prompt at once (its last chunk padded): growing the buffer copies every row, and a
+        # 2,000-token prompt would otherwise grow it several times while it is admitted.
+        columns = max(max(s.num_cached for s in seqs) + 1, len(prompt) + chunk_size(n))
+        if not self._reserve(max(len(everyone), min_rows), columns):
+            return None
+        for seq in everyone:
+            if seq.seq_id not in self.row_of:
+                self._fill(seq, runner)
+        order = sorted(range(len(seqs)), key=lambda j: self.row_of[seqs[j].seq_id])
+        rows = [self.row_of[seqs[j].seq_id] for j in order]
+        lengths = [seqs[j].num_cached for j in order]
+        chunk = MixedChunk(prompt.seq_id, self.row_of[prompt.seq_id], start, n)
+        # (head, query) order over the decode tokens and the chunk's, for `flush`
+        query_rows = torch.tensor(rows + [chunk.row] * n)
+        columns_of = torch.tensor(lengths + list(range(start, start + n)))
+        heads = torch.arange(self.heads)[:, None]
+        append = ((query_rows[None, :] * self.heads + heads) * self.capacity + columns_of[None, :]).reshape(-1)
+        return DecodePlan(order, [seqs[j].seq_id for j in order], len(seqs), 0, {}, append.to(self.device), (), (),
+                          chunk=chunk, lengths=lengths, query_rows=rows)
+
     @property
     def capacity(self) -> int:
         return 0 if self.k is None else self.k.shape[3]
@@ -291,12 +373,14 @@ class DecodeSlots:
             return
         for dense, cache in ((self.k, runner.k_cache), (self.v, runner.v_cache)):
             new = dense.view(self.layers, -1, self.dim).index_select(1, plan.append_index)  # [layers, heads*rows, dim]
-            cache.index_copy_(1, slots, new.view(self.layers, self.heads, plan.rows, self.dim).transpose(1, 2))
+            cache.index_copy_(1, slots, new.view(self.layers, self.heads, plan.queries, self.dim).transpose(1, 2))
 
     def commit(self, plan: DecodePlan | None) -> None:
         if plan is not None:
             for seq_id in plan.seq_ids:
                 self.length[self.row_of[seq_id]] += 1
+            if plan.chunk is not None:
+                self.length[plan.chunk.row] += plan.chunk.length
 
     def release_all(self) -> None:
         self.k = self.v = self.k_flat = self.v_flat = None
@@ -312,8 +396,10 @@ class DecodeSlots:
         # On a GPU a reallocation also drops the captured graphs (they hold the buffer's address), and capturing
         # again costs tens of milliseconds: there the whole context is reserved at once when it fits.
         caps = [max(grown, self.full_columns), grown] if self.full_columns > grown else [grown]
-        # Rows grow ahead too (doubling) when that fits, so sequences joining one by one do not copy every time.
-        fits = [(r, c) for c in caps for r in (max(rows, 2 * old_rows), max(rows, old_rows))
+        # Rows grow ahead too (doubling) when rows are short and that fits, so sequences joining one by one do not
+        # copy every time (when only columns are short, doubling the rows too would make every growth cost more).
+        row_choices = (max(rows, 2 * old_rows), max(rows, old_rows)) if rows > old_rows else (old_rows,)
+        fits = [(r, c) for c in caps for r in row_choices
                 if self.layers * r * self.heads * c * self.dim <= self.max_elements]
         if not fits:
             self.release_all()
@@ -368,7 +454,7 @@ class PagedAttention:
         self.input_ids, self.position_ids = input_ids, position_ids
         self.last_index = last_index
         self.decode: DecodePlan | None = decode
-        rows = decode.rows if decode is not None else 0
+        rows = decode.queries if decode is not None else 0
         self.decode_slots, self.prompt_slots = write_slots[:rows], write_slots[rows:]
         self.chunks: list[PromptChunk] = chunks
         self.adapters, self.lengths = adapters, lengths

@@ -14,7 +14,8 @@ streams beyond that. The decode-only step is measured (the recent ones with the 
 step that carries any chunk and `attended` counts (query, key) pairs of the prompt chunks (a chunk of n tokens after
 s cached ones attends to n * (s + n)), fitted by least squares to the recent steps' measured times (`record`): late
 chunks of a long prompt cost more than early ones, and the budget knows it. `max_prefill_chunk` caps any one
-sequence's chunk.
+sequence's chunk. Where the runner records steps that carry one chunk beside their decodes (`chunk_sizes`, CPUs
+with tunelab's attention operator), a chunk beside decodes is rounded down to a recorded size.
 
 A sequence is admitted (its KV blocks allocated for the whole prompt, minus what the prefix cache already holds) when
 it starts its first chunk. Finished sequences leave, and free their blocks, as soon as their last token is sampled.
@@ -58,6 +59,9 @@ class Scheduler:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_prefill_chunk = max_prefill_chunk or max_num_batched_tokens
         self.cost = StepCost()
+        # Prompt chunk sizes that a step with decodes can carry without running eagerly (the runner's recorded
+        # mixed steps: ModelRunner.chunk_sizes); None when there are none.
+        self.chunk_sizes: tuple[int, ...] | None = None
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # admitted: prefilling (part of the prompt computed) or decoding
         self.num_preemptions = 0
@@ -78,6 +82,8 @@ class Scheduler:
                 budget.tokens = min(budget.tokens, StepCost.DEFAULT_BUDGET)
             else:
                 budget.seconds = seconds
+            if self.chunk_sizes:
+                budget.sizes = self.chunk_sizes
         chunks = self._prompt_chunks(budget, admit=self.num_preemptions == preemptions)
         seqs = decodes + chunks
         return ScheduledStep(seqs, [s.num_scheduled for s in seqs], len(decodes))
@@ -168,6 +174,19 @@ class Budget:
         self.seconds: float | None = None  # None: no time limit (nothing is decoding)
         self.fit: tuple[float, float] | None = None  # StepCost's (c, g)
         self.floor = self.MIN_TOKENS
+        self._sizes: tuple[int, ...] | None = None
+
+    @property
+    def sizes(self) -> tuple[int, ...] | None:
+        return self._sizes
+
+    @sizes.setter
+    def sizes(self, sizes: tuple[int, ...]) -> None:
+        """Chunk sizes a recorded step carries: a chunk is rounded down to one (a prompt's last may be shorter), at
+        most the largest. Such a step has no eager fixed cost to amortise, so the floor is the smallest size."""
+        self._sizes = sizes
+        self.max_chunk = min(self.max_chunk, sizes[-1])
+        self.floor = sizes[0]
 
     def left(self) -> bool:
         return self.tokens > 0 and (self.seconds is None or self.seconds > 0)
@@ -180,6 +199,8 @@ class Budget:
             b = c + g * cached
             most = self.seconds / b if g == 0 else (-b + math.sqrt(b * b + 4 * g * self.seconds)) / (2 * g)
             n = min(n, max(self.floor, int(most)))
+            if self._sizes and n < wanted:
+                n = max((s for s in self._sizes if s <= n), default=n)
             self.floor = max(0, self.floor - n)
             self.seconds -= c * n + g * n * (cached + n)
             if n == 0 or self.seconds <= 0:
@@ -195,10 +216,11 @@ class StepCost:
       with exactly d; for a d not seen lately, a line `a + b * d` fitted to the recent decode-only steps.
     - What prompt chunks add to a step that decodes: `e + c * tokens + g * attended`, fitted by least squares to the
       recent steps that had both, each less its baseline; `attended` counts the (query, key) pairs of the chunks, and
-      `e` is what any step with a chunk costs beyond a decode-only one (on a CPU, a decode-only step replays a trace
-      and its products take tunelab's few-row kernel; a step with a chunk runs eagerly, ~25-30 ms more for the
-      built-in model). Without `e` the fit charged it to the tokens: chunks shrank, which made `e` look dearer per token,
-      until a 2,000-token prompt went in a token or two per step.
+      `e` is what any step with a chunk costs beyond a decode-only one: where such a step runs eagerly (several
+      chunks, a GPU, a CPU without tunelab's operators) ~25-30 ms more than a recorded decode step of the built-in
+      model on a CPU; where one chunk rides in a recorded step (`chunk_sizes`), little. Without `e` the fit charged it
+      to the tokens: chunks shrank, which made `e` look dearer per token, until a 2,000-token prompt went in a token
+      or two per step.
 
     Steps that decode nothing stall no one and are left out (a burst prefilled at once says little about a small
     chunk beside a few decodes). Measuring the baseline per decode count keeps a past workload (32 streams, say)

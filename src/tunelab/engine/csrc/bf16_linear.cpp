@@ -229,14 +229,36 @@ at::Tensor fp16_linear(const at::Tensor& x, const at::Tensor& weight, const std:
   return few_row_linear<Fp16Weights>(x, weight, bias);
 }
 
+// y = x @ W^T (+ bias) with W in oneDNN's blocked layout (`torch.ops.mkldnn._reorder_linear_weight`), through
+// oneDNN's own linear. The same call as `torch.ops.mkldnn._linear_pointwise(x, W, bias, "none", [], "")`, but one
+// that a TorchScript trace can record: the tracer cannot record that operator's `Scalar?[]` argument, and it holds
+// a blocked tensor only as an input (which this operator, registered for MkldnnCPU, takes), never as a constant.
+// Recorded decode steps that carry a prompt chunk (more than eight rows) use it (engine/cpu_kernels.py).
+at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, const std::optional<at::Tensor>& bias) {
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+  torch::jit::Stack stack;
+  stack.emplace_back(x);
+  stack.emplace_back(packed);
+  stack.emplace_back(bias);
+  stack.emplace_back(std::string("none"));
+  stack.emplace_back(c10::List<std::optional<at::Scalar>>());
+  stack.emplace_back(c10::IValue());
+  op.callBoxed(&stack);
+  return stack.back().toTensor();
+}
+
 }  // namespace
 
 TORCH_LIBRARY(tunelab, m) {
   m.def("bf16_linear(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor");
   m.def("fp16_linear(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor");
+  m.def("packed_linear(Tensor x, Tensor packed, Tensor? bias=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tunelab, CPU, m) {
   m.impl("bf16_linear", bf16_linear);
   m.impl("fp16_linear", fp16_linear);
+  m.impl("packed_linear", packed_linear);
 }
+
+TORCH_LIBRARY_IMPL(tunelab, MkldnnCPU, m) { m.impl("packed_linear", packed_linear); }

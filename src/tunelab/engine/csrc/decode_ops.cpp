@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <utility>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -40,35 +41,20 @@ void rotate(float* out, const float* x, const float* cos, const float* sin, int6
   for (int64_t i = 0; i < D; ++i) out[i] = x[i] * cos[i] + x[(i + half) % D] * sin[i];
 }
 
-// One (row, kv head): append its new k and v at the row's length, then attend each query head of the group.
-// `row` is the row's q/k/v projection in float32; `out` gets the group's heads, in the projection's dtype.
+// One query's kv head `g`: attend each query head of the group over columns [lo, len] of the head's cached keys
+// and values (the query's own k and v already appended at `len`). `q` is the query's rotated heads in float32; `out`
+// gets the group's heads, in the projection's dtype.
 template <typename T>
-void attend_group(const float* row, int64_t H, int64_t KV, int64_t D, const float* cos, const float* sin,
-                  float* kbuf, float* vbuf, int64_t cap, int64_t len, int64_t window, float scale, int64_t g,
-                  T* out, std::vector<float>& scratch) {
-  const float* k_new = row + (H + g) * D;
-  const float* v_new = row + (H + KV + g) * D;
-  float* krow = kbuf + g * cap * D;
-  float* vrow = vbuf + g * cap * D;
-  if (cos != nullptr) {
-    rotate(krow + len * D, k_new, cos, sin, D);
-  } else {
-    std::copy(k_new, k_new + D, krow + len * D);
-  }
-  std::copy(v_new, v_new + D, vrow + len * D);
+void attend_group(const float* q, int64_t H, int64_t KV, int64_t D, const float* krow, const float* vrow,
+                  int64_t len, int64_t window, float scale, int64_t g, T* out, std::vector<float>& scratch) {
   const int64_t lo = window > 0 ? std::max<int64_t>(0, len - window + 1) : 0;
   const int64_t n = len - lo + 1;
-  scratch.resize(n + 2 * D);
+  scratch.resize(n + D);
   float* scores = scratch.data();
-  float* q = scores + n;
-  float* acc = q + D;
+  float* acc = scores + n;
   const int64_t group = H / KV;
   for (int64_t h = g * group; h < (g + 1) * group; ++h) {
-    const float* qh = row + h * D;
-    if (cos != nullptr) {
-      rotate(q, qh, cos, sin, D);
-      qh = q;
-    }
+    const float* qh = q + h * D;
     float top = -INFINITY;
     for (int64_t t = 0; t < n; ++t) {
       scores[t] = dot(qh, krow + (lo + t) * D, D) * scale;
@@ -82,32 +68,99 @@ void attend_group(const float* row, int64_t H, int64_t KV, int64_t D, const floa
   }
 }
 
+// Query i lives in dense row rp[i] at column lp[i]. First every query's rotated k and its v are appended at its
+// column; then each query attends over its row's columns up to its own. So the queries of one row in one call (a
+// prompt chunk: consecutive columns) see each other causally. A query alone in its row (a decoding sequence) is
+// attended by the loop above, one (query, kv head) per task; a run of queries on one row goes to SDPA as one causal
+// block (its keys read once for all of them, by ATen's fused CPU kernel).
 template <typename T>
-void attend_rows(const T* qkv, int64_t rows, int64_t H, int64_t KV, int64_t D, const float* cp, const float* sp,
-                 float* kp, float* vp, int64_t cap, const int64_t* lp, int64_t window, float scale, T* op) {
-  const int64_t C = (H + 2 * KV) * D;
+void attend_queries(const T* qkv, int64_t Q, int64_t H, int64_t KV, int64_t D, const float* cp, const float* sp,
+                    float* kp, float* vp, int64_t cap, const int64_t* lp, const int64_t* rp, int64_t window,
+                    float scale, T* op) {
+  const int64_t C = (H + 2 * KV) * D, row_stride = KV * cap * D;
+  std::vector<float> qf(Q * H * D);
+  std::vector<std::pair<int64_t, int64_t>> singles, runs;  // [first, end) query ranges
   int64_t work = 0;  // multiply-adds: below ~64k, waking the second thread costs more than it saves
-  for (int64_t r = 0; r < rows; ++r) work += (lp[r] + 1) * H * D * 2;
-  const int64_t grain = work < (1 << 16) ? rows * KV : 1;
-  at::parallel_for(0, rows * KV, grain, [&](int64_t a, int64_t b) {
-    std::vector<float> row(C), scratch;
-    int64_t converted = -1;
+  for (int64_t s = 0; s < Q;) {
+    int64_t e = s + 1;
+    while (e < Q && rp[e] == rp[s]) ++e;
+    (e - s == 1 ? singles : runs).emplace_back(s, e);
+    for (int64_t i = s; i < e; ++i) work += (lp[i] + 1) * H * D * 2;
+    s = e;
+  }
+  const bool small = work < (1 << 16);
+  at::parallel_for(0, Q, small ? Q : 1, [&](int64_t a, int64_t b) {
+    std::vector<float> row(C);
     for (int64_t i = a; i < b; ++i) {
-      const int64_t r = i / KV, g = i % KV;
-      if (r != converted) {
-        for (int64_t c = 0; c < C; ++c) row[c] = static_cast<float>(qkv[r * C + c]);
-        converted = r;
+      for (int64_t c = 0; c < C; ++c) row[c] = static_cast<float>(qkv[i * C + c]);
+      const float* cos = cp ? cp + i * D : nullptr;
+      const float* sin = sp ? sp + i * D : nullptr;
+      for (int64_t g = 0; g < KV; ++g) {
+        float* kdst = kp + rp[i] * row_stride + (g * cap + lp[i]) * D;
+        const float* k_new = row.data() + (H + g) * D;
+        if (cos != nullptr) {
+          rotate(kdst, k_new, cos, sin, D);
+        } else {
+          std::copy(k_new, k_new + D, kdst);
+        }
+        const float* v_new = row.data() + (H + KV + g) * D;
+        std::copy(v_new, v_new + D, vp + rp[i] * row_stride + (g * cap + lp[i]) * D);
       }
-      attend_group(row.data(), H, KV, D, cp ? cp + r * D : nullptr, sp ? sp + r * D : nullptr,
-                   kp + r * KV * cap * D, vp + r * KV * cap * D, cap, lp[r], window, scale, g, op + r * H * D,
+      for (int64_t h = 0; h < H; ++h) {
+        if (cos != nullptr) {
+          rotate(qf.data() + (i * H + h) * D, row.data() + h * D, cos, sin, D);
+        } else {
+          std::copy(row.data() + h * D, row.data() + (h + 1) * D, qf.data() + (i * H + h) * D);
+        }
+      }
+    }
+  });
+  const int64_t n_single = static_cast<int64_t>(singles.size());
+  at::parallel_for(0, n_single * KV, small ? n_single * KV : 1, [&](int64_t a, int64_t b) {
+    std::vector<float> scratch;
+    for (int64_t t = a; t < b; ++t) {
+      const int64_t i = singles[t / KV].first, g = t % KV;
+      const int64_t base = rp[i] * row_stride + g * cap * D;
+      attend_group(qf.data() + i * H * D, H, KV, D, kp + base, vp + base, lp[i], window, scale, g, op + i * H * D,
                    scratch);
     }
   });
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  for (const auto& [s, e] : runs) {
+    const int64_t n = e - s;
+    int64_t last = 0;
+    for (int64_t i = s; i < e; ++i) last = std::max(last, lp[i]);
+    const int64_t cols = last + 1;
+    // Queries [1, KV, group * n, D]: each kv head's group of query heads, stacked along the query length, so that
+    // SDPA sees one query head per kv head (with `enable_gqa` ATen's CPU kernels copy the keys to every query head,
+    // which for 4 queries at 2,000 cached tokens cost more than the attention). The row's keys and values
+    // [1, KV, cols, D] are read in place, a view of the dense buffer.
+    const int64_t group = H / KV;
+    const at::Tensor q =
+        at::from_blob(qf.data() + s * H * D, {n, H, D}, f32).permute({1, 0, 2}).reshape({1, KV, group * n, D});
+    const std::vector<int64_t> kv_shape = {1, KV, cols, D}, kv_strides = {row_stride, cap * D, D, 1};
+    const at::Tensor keys = at::from_blob(kp + rp[s] * row_stride, kv_shape, kv_strides, f32);
+    const at::Tensor values = at::from_blob(vp + rp[s] * row_stride, kv_shape, kv_strides, f32);
+    at::Tensor mask = at::empty({group, n, cols}, at::TensorOptions().dtype(at::kBool));
+    bool* m = mask.mutable_data_ptr<bool>();
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t len = lp[s + i], lo = window > 0 ? std::max<int64_t>(0, len - window + 1) : 0;
+      for (int64_t c = 0; c < cols; ++c) m[i * cols + c] = c >= lo && c <= len;
+    }
+    for (int64_t h = 1; h < group; ++h) std::copy(m, m + n * cols, m + h * n * cols);
+    const at::Tensor o = at::scaled_dot_product_attention(q, keys, values, mask.view({1, 1, group * n, cols}), 0.0,
+                                                          false, static_cast<double>(scale));
+    // [1, KV, group * n, D] = [H, n, D] -> the queries' output rows [n, H * D]
+    const at::Tensor rows =
+        o.reshape({H, n, D}).permute({1, 0, 2}).reshape({n, H * D}).to(c10::CppTypeToScalarType<T>::value);
+    std::copy(rows.const_data_ptr<T>(), rows.const_data_ptr<T>() + n * H * D, op + s * H * D);
+  }
 }
 
 at::Tensor decode_attention(const at::Tensor& qkv, const std::optional<at::Tensor>& cos,
                             const std::optional<at::Tensor>& sin, const at::Tensor& k, const at::Tensor& v,
-                            const at::Tensor& lengths, int64_t heads, int64_t window, double scale) {
+                            const at::Tensor& lengths, int64_t heads, int64_t window, double scale,
+                            const std::optional<at::Tensor>& rows_of) {
   TORCH_CHECK(k.dim() == 4 && k.sizes() == v.sizes() && k.scalar_type() == at::kFloat &&
                   v.scalar_type() == at::kFloat && k.is_contiguous() && v.is_contiguous(),
               "tunelab::decode_attention: k and v must be contiguous float32 [rows, kv_heads, capacity, dim]");
@@ -117,9 +170,20 @@ at::Tensor decode_attention(const at::Tensor& qkv, const std::optional<at::Tenso
               (H + 2 * KV) * D);
   const at::Tensor x = qkv.reshape({-1, (H + 2 * KV) * D}).contiguous();
   const int64_t rows = x.size(0);
-  TORCH_CHECK(rows <= k.size(0), "tunelab::decode_attention: ", rows, " rows, the cache has ", k.size(0));
   TORCH_CHECK(lengths.numel() == rows && lengths.scalar_type() == at::kLong,
-              "tunelab::decode_attention: lengths must be int64 with one entry per row");
+              "tunelab::decode_attention: lengths must be int64 with one entry per query");
+  at::Tensor row_index;
+  if (rows_of.has_value()) {
+    TORCH_CHECK(rows_of->numel() == rows && rows_of->scalar_type() == at::kLong,
+                "tunelab::decode_attention: rows must be int64 with one entry per query");
+    row_index = rows_of->contiguous();
+  } else {
+    row_index = at::arange(rows, lengths.options());
+  }
+  const int64_t* rp = row_index.const_data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r)
+    TORCH_CHECK(rp[r] >= 0 && rp[r] < k.size(0), "tunelab::decode_attention: query ", r, " is in row ", rp[r],
+                ", the cache has ", k.size(0));
   TORCH_CHECK(cos.has_value() == sin.has_value(), "tunelab::decode_attention: cos and sin go together");
   at::Tensor c, s;
   if (cos.has_value()) {
@@ -130,7 +194,7 @@ at::Tensor decode_attention(const at::Tensor& qkv, const std::optional<at::Tenso
   const at::Tensor len = lengths.contiguous();
   const int64_t* lp = len.const_data_ptr<int64_t>();
   for (int64_t r = 0; r < rows; ++r)
-    TORCH_CHECK(lp[r] >= 0 && lp[r] < cap, "tunelab::decode_attention: row ", r, " length ", lp[r],
+    TORCH_CHECK(lp[r] >= 0 && lp[r] < cap, "tunelab::decode_attention: query ", r, " length ", lp[r],
                 " is outside the cache's ", cap, " columns");
   at::Tensor out = at::empty({rows, H * D}, x.options());
   float* kp = k.mutable_data_ptr<float>();
@@ -138,7 +202,7 @@ at::Tensor decode_attention(const at::Tensor& qkv, const std::optional<at::Tenso
   const float* cp = c.defined() ? c.const_data_ptr<float>() : nullptr;
   const float* sp = s.defined() ? s.const_data_ptr<float>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "decode_attention", [&] {
-    attend_rows(x.const_data_ptr<scalar_t>(), rows, H, KV, D, cp, sp, kp, vp, cap, lp, window,
+    attend_queries(x.const_data_ptr<scalar_t>(), rows, H, KV, D, cp, sp, kp, vp, cap, lp, rp, window,
                 static_cast<float>(scale), out.mutable_data_ptr<scalar_t>());
   });
   std::vector<int64_t> shape = qkv.sizes().vec();
@@ -184,7 +248,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 
 TORCH_LIBRARY_FRAGMENT(tunelab, m) {
   m.def("decode_attention(Tensor qkv, Tensor? cos, Tensor? sin, Tensor(a!) k, Tensor(b!) v, Tensor lengths, "
-        "int heads, int window, float scale) -> Tensor");
+        "int heads, int window, float scale, Tensor? rows=None) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
 }
 
