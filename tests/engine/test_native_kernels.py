@@ -232,6 +232,25 @@ def test_prompt_chunks_attend_causally_in_their_row(kernel, dtype, heads, kv, wi
     assert torch.allclose(alone.float(), out[2:3].float(), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dim, window", [(64, 0), (64, 700), (24, 0)])
+def test_a_long_chunk_attends_like_sdpa(kernel, dim, window):
+    """A 40-token chunk after 1,300 cached tokens with 8 query heads over 2 kv heads: 160 (query, head) vectors in
+    several register groups, the keys split in ranges whose softmaxes are merged (AVX-512, dim a multiple of 16);
+    a head dimension of 24 takes ATen's SDPA instead. Both agree with the reference."""
+    torch.manual_seed(dim + window)
+    heads, kv, cap, start, n = 8, 2, 1400, 1300, 40
+    rows_of = torch.tensor([0] + [1] * n)
+    lengths = torch.tensor([3] + list(range(start, start + n)))
+    qkv = torch.randn(n + 1, (heads + 2 * kv) * dim)
+    angles = torch.randn(n + 1, dim // 2)
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([-angles.sin(), angles.sin()], -1)
+    k, v = torch.randn(2, kv, cap, dim), torch.randn(2, kv, cap, dim)
+    k_ref, v_ref = k.clone(), v.clone()
+    out = torch.ops.tunelab.decode_attention(qkv, cos, sin, k, v, lengths, heads, window, dim**-0.5, rows_of)
+    ref = reference_decode_attention(qkv, cos, sin, k_ref, v_ref, lengths, heads, window, rows_of)
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_decode_attention_refuses_a_row_past_the_cache(kernel):
     k = torch.zeros(1, 1, 4, 8)
     with pytest.raises(RuntimeError, match="length 4 is outside the cache's 4 columns"):
