@@ -156,6 +156,9 @@ def _concurrent_side(hf, ours, prompts, new_tokens, hf_sample, repeat, device, l
     """Seconds for the N requests: transformers one after another (`hf_sample` run, scaled to N), tunelab all at
     once; interleaved like batch 1."""
     requests, hf_seq, ours_con = len(prompts), [], []
+    # Warm-up: the recorded decode step of the whole batch (vLLM records its graphs at start-up; tunelab records one
+    # per batch size when it first runs, ~0.1-0.3 s each on a CPU).
+    ours([p[:8] for p in prompts], 3)
     for _ in range(repeat):
         hf_seq.append(_timed(lambda: [hf(p, new_tokens) for p in prompts[:hf_sample]], device) * requests / hf_sample)
         ours_con.append(_timed(lambda: ours(prompts, new_tokens), device))

@@ -123,9 +123,10 @@ def quant_options(quant: str | None, group_size: int | None, dtype: str | None, 
 
 
 def default_dtype(qconfig, device: str = "cpu") -> str:
-    """The 16-bit type that decodes one sequence fastest on the device this runs on: float16 on AVX2 CPUs (measured
-    on an AMD EPYC), bfloat16 on CPUs with AVX512-BF16 (an Intel Xeon: 49 against 35 tok/s) and on GPUs; bfloat16
-    under --quant (the CPU kernels want bfloat16 activations)."""
+    """The 16-bit type that decodes fastest on the device this runs on: float16 on AVX2 CPUs (measured on an AMD
+    EPYC), bfloat16 on CPUs with AVX512-BF16 (an Intel Xeon, built-in model: batch 1 70 against 64 tok/s, 32
+    concurrent requests 418 against 247) and on GPUs; bfloat16 under --quant (the CPU kernels want bfloat16
+    activations). float16 is the more precise of the two (docs/benchmarks.md, the demo's ladder)."""
     from tunelab.engine.cpu_kernels import has_avx512_bf16
 
     if qconfig is not None or torch.device(device).type != "cpu" or has_avx512_bf16():

@@ -160,8 +160,7 @@ class ModelRunner:
             self.decode_paths["dense"] += len(decoding)
             if decode.chunk is not None:  # then the chunk the recorded step carries
                 decoding.append(prompts.pop())
-        else:
-            self.slots.release_all()
+        else:  # (the dense buffer stays: allocating it again costs more than holding it; stale rows are refilled)
             self.decode_paths["gathered"] += sum(1 for i in prompts if news[i] == 1)
         order = decoding + prompts
         is_prompt = set(prompts)
@@ -342,10 +341,11 @@ class DecodeSlots:
             if row is not None and self.length[row] != seq.num_cached:  # recomputed elsewhere: refill
                 self._free(seq.seq_id)
         start = prompt.num_cached
-        # Columns for the whole prompt at once (its last chunk padded): growing the buffer copies every row, and a
-        # 2,000-token prompt would otherwise grow it several times while it is admitted.
+        # Columns for the whole prompt at once (its last chunk padded), and no more: growing the buffer copies every
+        # row, and a 2,000-token prompt would otherwise grow it several times while it is admitted; every row gets
+        # the columns, and on the project's VM first touching fresh memory costs ~30 us a page.
         columns = max(max(s.num_cached for s in seqs) + 1, len(prompt) + chunk_size(n))
-        if not self._reserve(max(len(everyone), min_rows), columns):
+        if not self._reserve(max(len(everyone), min_rows), columns, ahead=False):
             return None
         for seq in everyone:
             if seq.seq_id not in self.row_of:
@@ -387,18 +387,20 @@ class DecodeSlots:
         self.row_of.clear()
         self.length = []
 
-    def _reserve(self, rows: int, columns: int) -> bool:
-        """Room for `rows` rows of `columns` tokens, growing (and copying the live rows) when short."""
+    def _reserve(self, rows: int, columns: int, ahead: bool = True) -> bool:
+        """Room for `rows` rows of `columns` tokens, growing (and copying the live rows) when short; `ahead=False`
+        when `columns` already covers what is coming (a prompt's whole length)."""
         if self.k is not None and rows <= self.k.shape[1] and columns <= self.capacity:
             return True
         old_rows = 0 if self.k is None else self.k.shape[1]
-        grown = max(self.capacity, -(-(columns * 5 // 4 + 32) // 64) * 64)  # grow ahead: copies stay rare
+        wanted = columns * 5 // 4 + 32 if ahead else columns
+        grown = max(self.capacity, -(-wanted // 64) * 64)  # grow ahead: copies stay rare
         # On a GPU a reallocation also drops the captured graphs (they hold the buffer's address), and capturing
         # again costs tens of milliseconds: there the whole context is reserved at once when it fits.
         caps = [max(grown, self.full_columns), grown] if self.full_columns > grown else [grown]
         # Rows grow ahead too (doubling) when rows are short and that fits, so sequences joining one by one do not
         # copy every time (when only columns are short, doubling the rows too would make every growth cost more).
-        row_choices = (max(rows, 2 * old_rows), max(rows, old_rows)) if rows > old_rows else (old_rows,)
+        row_choices = (max(rows, 2 * old_rows if ahead else 0), max(rows, old_rows)) if rows > old_rows else (old_rows,)
         fits = [(r, c) for c in caps for r in row_choices
                 if self.layers * r * self.heads * c * self.dim <= self.max_elements]
         if not fits:
