@@ -70,6 +70,42 @@ def test_bad_arguments_are_refused_with_the_reason(kernel):
         kernel(torch.randn(1, 16).bfloat16(), w.float())
 
 
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_float_out_gives_the_float32_sums_at_any_row_count(kernel, rows, dtype):
+    """`float_out` (the model's head: float32 logits) returns the float32 sums unrounded, for any number of rows:
+    within float32 summation error of the float64 product, far inside the 16-bit rounding the plain call has."""
+    if not (has_avx512_bf16() if dtype == torch.bfloat16 else has_avx512_f16c()):
+        pytest.skip(f"the {dtype} kernel needs a CPU flag this one lacks")
+    op = kernel if dtype == torch.bfloat16 else torch.ops.tunelab.fp16_linear
+    torch.manual_seed(rows)
+    w, x, bias = torch.randn(200, 576).to(dtype), torch.randn(rows, 576).to(dtype), torch.randn(200).to(dtype)
+    exact = x.double() @ w.double().T + bias.double()
+    out = op(x, w, bias, True)
+    assert out.dtype == torch.float32 and out.shape == (rows, 200)
+    assert (out.double() - exact).abs().max() < 1e-4
+    if rows <= 8:
+        rounded = op(x, w, bias)
+        assert rounded.dtype == dtype and torch.equal(rounded, out.to(dtype))
+    else:
+        with pytest.raises(RuntimeError, match="one to 8 rows"):
+            op(x, w, bias)
+
+
+@needs_bf16_cpu
+def test_the_head_gives_float32_logits(tiny_checkpoint, kernel):
+    """A bfloat16 engine's head returns float32 logits (a bfloat16 logit keeps 8 significant bits: near ties between
+    tokens swap), and keeps no blocked copy it would not use."""
+    llm = LLM(tiny_checkpoint("llama"), dtype=torch.bfloat16, max_num_seqs=4)
+    head = llm.model.lm_head
+    assert type(head) is _Bf16NativeLinear and head.float_out and head.packed is None
+    for rows in (1, 12):
+        x = torch.randn(rows, head.in_features).bfloat16()
+        logits = head(x)
+        assert logits.dtype == torch.float32
+        assert torch.allclose(logits.double(), x.double() @ head.weight.double().T, atol=1e-4)
+
+
 @needs_bf16_cpu
 def test_packed_linear_is_onednns_product_and_can_be_traced(kernel):
     """`packed_linear` is oneDNN's product on a blocked copy of the weight, callable where a TorchScript trace can

@@ -139,9 +139,13 @@ def bf16_single_rows_as_matvec(model: torch.nn.Module) -> None:
         for module in linears:
             module.__class__ = _Bf16MatVecLinear
         return
+    head = getattr(model, "lm_head", None)
     pack = _mkldnn_packing() and sum(m.weight.nbytes for m in linears) <= PACK_SHARE * _memory_bytes()
     for module in linears:
         module.__class__ = _Bf16NativeLinear
+        if module is head:  # float32 logits, through the kernel at any row count (_Bf16NativeLinear.float_out)
+            module.float_out = True
+            continue
         module.packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), 32) if pack else None
 
 
@@ -182,8 +186,15 @@ class _Bf16NativeLinear(torch.nn.Linear):
     # rows only where there is no copy (`F.linear` would reorder the weights on every call).
     NATIVE_ROWS = 8
     packed: torch.Tensor | None = None  # the weight in oneDNN's blocked layout, or None
+    # The model's head: float32 sums, not rounded to bfloat16. A bfloat16 logit keeps 8 significant bits, so near
+    # ties between tokens become exact ties or swap: the demo's few-shot rung in bfloat16 was 2.0 points below
+    # float32 with bfloat16 logits, 1.0 with float32 ones (docs/benchmarks.md). Any row count goes through the kernel
+    # then (oneDNN rounds its output to the input's type): at 32 rows ~12 against ~4 ms for oneDNN.
+    float_out = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.float_out:
+            return torch.ops.tunelab.bf16_linear(x, self.weight, self.bias, True)
         rows = x.numel() // max(x.shape[-1], 1)
         if 0 < rows <= 4 or (rows <= self.NATIVE_ROWS and self.packed is None):
             return torch.ops.tunelab.bf16_linear(x, self.weight, self.bias)

@@ -53,9 +53,9 @@ __attribute__((always_inline, target("avx512f"))) inline void store_rows(__m512 
 
 // Rows [n, n + R) of y for M rows of x: each loaded 32-element chunk of x serves R weight rows, each weight chunk
 // serves M rows of x. Two accumulators per (row, x row) keep the dependent VDPBF16PS chains short.
-template <int M, int R>
+template <int M, int R, typename Y>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void rows_block(
-    const uint16_t* w, int64_t K, const uint16_t* x, const float* bias, c10::BFloat16* y, int64_t N, int64_t n,
+    const uint16_t* w, int64_t K, const uint16_t* x, const float* bias, Y* y, int64_t N, int64_t n,
     const char* w_end) {
   __m512 acc[M][R][2];
   for (int m = 0; m < M; ++m)
@@ -88,9 +88,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void rows_block(
 // The same loop for float16 weights (AVX-512 F16C conversions, float32 FMAs): x is converted to float32 once (exact),
 // each weight chunk of 16 is widened to float32 (exact), and the products accumulate in float32, as torch's own
 // float16 kernels do on CPU.
-template <int M, int R>
+template <int M, int R, typename Y>
 __attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) void rows_block_f16(
-    const uint16_t* w, int64_t K, const float* x, const float* bias, c10::Half* y, int64_t N, int64_t n,
+    const uint16_t* w, int64_t K, const float* x, const float* bias, Y* y, int64_t N, int64_t n,
     const char* w_end) {
   __m512 acc[M][R][2];
   for (int m = 0; m < M; ++m)
@@ -129,8 +129,8 @@ struct Bf16Weights {
   static constexpr at::ScalarType kWeight = at::kBFloat16, kRows = at::kBFloat16;
   static constexpr const char* kOp = "tunelab::bf16_linear";
   static constexpr const char* kTypeName = "bfloat16";
-  template <int M, int R>
-  static void block(const uint16_t* w, int64_t K, const X* x, const float* bias, Y* y, int64_t N, int64_t n,
+  template <int M, int R, typename Out>
+  static void block(const uint16_t* w, int64_t K, const X* x, const float* bias, Out* y, int64_t N, int64_t n,
                     const char* w_end) {
     rows_block<M, R>(w, K, x, bias, y, N, n, w_end);
   }
@@ -142,15 +142,15 @@ struct Fp16Weights {
   static constexpr at::ScalarType kWeight = at::kHalf, kRows = at::kFloat;
   static constexpr const char* kOp = "tunelab::fp16_linear";
   static constexpr const char* kTypeName = "float16";
-  template <int M, int R>
-  static void block(const uint16_t* w, int64_t K, const X* x, const float* bias, Y* y, int64_t N, int64_t n,
+  template <int M, int R, typename Out>
+  static void block(const uint16_t* w, int64_t K, const X* x, const float* bias, Out* y, int64_t N, int64_t n,
                     const char* w_end) {
     rows_block_f16<M, R>(w, K, x, bias, y, N, n, w_end);
   }
 };
 
-template <typename W, int M, int R>
-void rows_range(const uint16_t* w, int64_t K, const typename W::X* x, const float* bias, typename W::Y* y, int64_t N,
+template <typename W, int M, int R, typename Out>
+void rows_range(const uint16_t* w, int64_t K, const typename W::X* x, const float* bias, Out* y, int64_t N,
                 int64_t n0, int64_t n1) {
   const char* w_end = reinterpret_cast<const char*>(w + n1 * K);
   int64_t n = n0;
@@ -161,8 +161,8 @@ void rows_range(const uint16_t* w, int64_t K, const typename W::X* x, const floa
 // More than four rows of x: each block of R weight rows is read from memory once, for x's first four rows, and
 // again from L1 (a few KiB, just loaded) for each further group of up to four: one pass over the weights, as for four
 // rows, where registers hold the accumulators of at most four x rows.
-template <typename W, int R>
-void rows_group(const uint16_t* w, int64_t K, const typename W::X* x, const float* bias, typename W::Y* y, int64_t N,
+template <typename W, int R, typename Out>
+void rows_group(const uint16_t* w, int64_t K, const typename W::X* x, const float* bias, Out* y, int64_t N,
                 int64_t M, int64_t n, const char* w_end) {
   int64_t m = 0;
   for (; m + 4 <= M; m += 4) W::template block<4, R>(w, K, x + m * K, bias, y + m * N, N, n, w_end);
@@ -174,8 +174,8 @@ void rows_group(const uint16_t* w, int64_t K, const typename W::X* x, const floa
   }
 }
 
-template <typename W>
-void rows_range_wide(const uint16_t* w, int64_t K, const typename W::X* x, const float* bias, typename W::Y* y,
+template <typename W, typename Out>
+void rows_range_wide(const uint16_t* w, int64_t K, const typename W::X* x, const float* bias, Out* y,
                      int64_t N, int64_t M, int64_t n0, int64_t n1) {
   const char* w_end = reinterpret_cast<const char*>(w + n1 * K);
   int64_t n = n0;
@@ -183,27 +183,9 @@ void rows_range_wide(const uint16_t* w, int64_t K, const typename W::X* x, const
   for (; n < n1; ++n) rows_group<W, 1>(w, K, x, bias, y, N, M, n, w_end);
 }
 
-template <typename W>
-at::Tensor few_row_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && weight.scalar_type() == W::kWeight, W::kOp,
-              ": weight must be a contiguous 2-d ", W::kTypeName, " tensor");
-  const int64_t N = weight.size(0), K = weight.size(1);
-  TORCH_CHECK(x.scalar_type() == W::kWeight && x.dim() >= 1 && x.size(-1) == K, W::kOp, ": x must be ",
-              W::kTypeName, " with last dimension ", K);
-  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), W::kOp, ": CPU tensors only");
-  const at::Tensor rows = x.reshape({-1, K}).to(W::kRows).contiguous();
-  const int64_t M = rows.size(0);
-  TORCH_CHECK(M >= 1 && M <= kMaxRows, W::kOp, ": one to ", kMaxRows, " rows, got ", M);
-  at::Tensor bias32;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->numel() == N, W::kOp, ": bias must have ", N, " elements");
-    bias32 = bias->to(at::kFloat).contiguous();
-  }
-  at::Tensor y = at::empty({M, N}, x.options());
-  const auto* wp = reinterpret_cast<const uint16_t*>(weight.const_data_ptr());
-  const auto* xp = reinterpret_cast<const typename W::X*>(rows.const_data_ptr());
-  const float* bp = bias32.defined() ? bias32.const_data_ptr<float>() : nullptr;
-  auto* yp = reinterpret_cast<typename W::Y*>(y.mutable_data_ptr());
+template <typename W, typename Out>
+void run_rows(const uint16_t* wp, int64_t K, const typename W::X* xp, const float* bp, Out* yp, int64_t N,
+              int64_t M) {
   // Work is split in blocks of 8 output rows; small products (a 576-row projection) still use both threads.
   constexpr int64_t kBlock = 8;
   at::parallel_for(0, (N + kBlock - 1) / kBlock, 8, [&](int64_t b0, int64_t b1) {
@@ -216,17 +198,51 @@ at::Tensor few_row_linear(const at::Tensor& x, const at::Tensor& weight, const s
       default: rows_range_wide<W>(wp, K, xp, bp, yp, N, M, n0, n1); break;
     }
   });
+}
+
+// `float_out`: the float32 sums themselves, not rounded to the weights' type. For the model's head: a bfloat16 logit
+// keeps 8 significant bits, so near ties between tokens become exact ties or swap (on the demo's few-shot rung, 2.0
+// points below float32 with bfloat16 logits, 1.0 with float32 ones). Then any number of rows (the head runs once per
+// step for every sequence): past eight, each block of weights is read again from L1 for every four rows.
+template <typename W>
+at::Tensor few_row_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          bool float_out) {
+  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && weight.scalar_type() == W::kWeight, W::kOp,
+              ": weight must be a contiguous 2-d ", W::kTypeName, " tensor");
+  const int64_t N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK(x.scalar_type() == W::kWeight && x.dim() >= 1 && x.size(-1) == K, W::kOp, ": x must be ",
+              W::kTypeName, " with last dimension ", K);
+  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), W::kOp, ": CPU tensors only");
+  const at::Tensor rows = x.reshape({-1, K}).to(W::kRows).contiguous();
+  const int64_t M = rows.size(0);
+  TORCH_CHECK(M >= 1 && (M <= kMaxRows || float_out), W::kOp, ": one to ", kMaxRows, " rows, got ", M);
+  at::Tensor bias32;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->numel() == N, W::kOp, ": bias must have ", N, " elements");
+    bias32 = bias->to(at::kFloat).contiguous();
+  }
+  at::Tensor y = at::empty({M, N}, x.options().dtype(float_out ? at::kFloat : W::kWeight));
+  const auto* wp = reinterpret_cast<const uint16_t*>(weight.const_data_ptr());
+  const auto* xp = reinterpret_cast<const typename W::X*>(rows.const_data_ptr());
+  const float* bp = bias32.defined() ? bias32.const_data_ptr<float>() : nullptr;
+  if (float_out) {
+    run_rows<W>(wp, K, xp, bp, y.mutable_data_ptr<float>(), N, M);
+  } else {
+    run_rows<W>(wp, K, xp, bp, reinterpret_cast<typename W::Y*>(y.mutable_data_ptr()), N, M);
+  }
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = N;
   return y.view(shape);
 }
 
-at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  return few_row_linear<Bf16Weights>(x, weight, bias);
+at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       bool float_out) {
+  return few_row_linear<Bf16Weights>(x, weight, bias, float_out);
 }
 
-at::Tensor fp16_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  return few_row_linear<Fp16Weights>(x, weight, bias);
+at::Tensor fp16_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       bool float_out) {
+  return few_row_linear<Fp16Weights>(x, weight, bias, float_out);
 }
 
 // y = x @ W^T (+ bias) with W in oneDNN's blocked layout (`torch.ops.mkldnn._reorder_linear_weight`), through
@@ -250,8 +266,8 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, const st
 }  // namespace
 
 TORCH_LIBRARY(tunelab, m) {
-  m.def("bf16_linear(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor");
-  m.def("fp16_linear(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor");
+  m.def("bf16_linear(Tensor x, Tensor weight, Tensor? bias=None, bool float_out=False) -> Tensor");
+  m.def("fp16_linear(Tensor x, Tensor weight, Tensor? bias=None, bool float_out=False) -> Tensor");
   m.def("packed_linear(Tensor x, Tensor packed, Tensor? bias=None) -> Tensor");
 }
 
