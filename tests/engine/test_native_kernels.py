@@ -287,6 +287,21 @@ def test_a_long_chunk_attends_like_sdpa(kernel, dim, window):
     assert torch.allclose(out, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_long_decode_rows_attend_like_sdpa(kernel, rows):
+    """Decoding rows 1,300 tokens long: one alone has its keys split over the threads (the block kernel), several
+    keep one task per (row, kv head); both agree with the reference."""
+    torch.manual_seed(rows)
+    heads, kv, dim, cap = 9, 3, 64, 1400
+    lengths = torch.tensor([1300 + r for r in range(rows)])
+    qkv = torch.randn(rows, (heads + 2 * kv) * dim)
+    k, v = torch.randn(rows, kv, cap, dim), torch.randn(rows, kv, cap, dim)
+    k_ref, v_ref = k.clone(), v.clone()
+    out = torch.ops.tunelab.decode_attention(qkv, None, None, k, v, lengths, heads, 0, dim**-0.5)
+    ref = reference_decode_attention(qkv, None, None, k_ref, v_ref, lengths, heads, 0)
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_decode_attention_refuses_a_row_past_the_cache(kernel):
     k = torch.zeros(1, 1, 4, 8)
     with pytest.raises(RuntimeError, match="length 4 is outside the cache's 4 columns"):
