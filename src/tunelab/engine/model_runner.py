@@ -292,13 +292,7 @@ class DecodeSlots:
     def plan(self, seqs: list[Sequence], runner: ModelRunner, min_rows: int = 0) -> DecodePlan | None:
         """Rows for this step's decode sequences (filling the new ones), or None when the copy would not fit; the
         buffer keeps at least `min_rows` rows (a recorded graph's padded batch)."""
-        live = {s.seq_id for s in seqs}
-        for seq_id in [i for i in self.row_of if i not in live]:
-            self._free(seq_id)
-        for seq in seqs:
-            row = self.row_of.get(seq.seq_id)
-            if row is not None and self.length[row] != seq.num_cached:  # recomputed elsewhere: refill
-                self._free(seq.seq_id)
+        self._retain(seqs)
         if not self._reserve(max(len(seqs), min_rows), max(s.num_cached for s in seqs) + 1):
             return None
         for seq in seqs:
@@ -333,13 +327,7 @@ class DecodeSlots:
         from tunelab.engine.decode_graphs import chunk_size
 
         everyone = [*seqs, prompt]
-        live = {s.seq_id for s in everyone}
-        for seq_id in [i for i in self.row_of if i not in live]:
-            self._free(seq_id)
-        for seq in everyone:
-            row = self.row_of.get(seq.seq_id)
-            if row is not None and self.length[row] != seq.num_cached:  # recomputed elsewhere: refill
-                self._free(seq.seq_id)
+        self._retain(everyone)
         start = prompt.num_cached
         # Columns for the whole prompt at once (its last chunk padded), and no more: growing the buffer copies every
         # row, and a 2,000-token prompt would otherwise grow it several times while it is admitted; every row gets
@@ -420,6 +408,16 @@ class DecodeSlots:
         self.k_flat = [t.view(-1, self.dim) for t in k.unbind(0)]
         self.v_flat = [t.view(-1, self.dim) for t in v.unbind(0)]
         return True
+
+    def _retain(self, seqs: list[Sequence]) -> None:
+        """Keep the rows of `seqs` that are still current; free every other row (packing the rest)."""
+        live = {s.seq_id for s in seqs}
+        for seq_id in [i for i in self.row_of if i not in live]:
+            self._free(seq_id)
+        for seq in seqs:
+            row = self.row_of.get(seq.seq_id)
+            if row is not None and self.length[row] != seq.num_cached:  # recomputed elsewhere: refill
+                self._free(seq.seq_id)
 
     def _fill(self, seq: Sequence, runner: ModelRunner) -> None:
         row = len(self.length)
