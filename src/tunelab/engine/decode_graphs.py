@@ -77,8 +77,9 @@ class DecodeGraphs:
         return next((b for b in self.buckets if b >= rows), None)
 
     def run(self, step) -> torch.Tensor | None:
-        """Logits [rows, vocab] of the step's decode rows (a decode-only step, rows <= max_rows); None when no
-        graph can serve it (capturing failed once), and the caller runs the step eagerly."""
+        """Logits [rows, vocab] of the step's decode rows (rows <= max_rows), then, for a step that carries a prompt
+        chunk (CPU), of the chunk's last token; None when no graph can serve it (capturing failed once), and the
+        caller runs the step eagerly."""
         if self.failure is not None:
             return None
         plan, slots = step.decode, self.runner.slots

@@ -226,6 +226,7 @@ void attend_run_avx512(const float* qf, int64_t s, int64_t e, int64_t H, int64_t
                       vectors, kp + g * cap * D, vp + g * cap * D, D, t0, t1, parts.data() + t * lane_groups);
     }
   });
+  std::vector<float> out(D);
   for (int64_t g = 0; g < KV; ++g)  // merge the key ranges' softmaxes, per lane
     for (int64_t v = 0; v < vectors; ++v) {
       const int64_t i = s + v / group, h = g * group + v % group, lane = v % kLanes;
@@ -233,7 +234,7 @@ void attend_run_avx512(const float* qf, int64_t s, int64_t e, int64_t H, int64_t
       float top = -INFINITY;
       for (int64_t r = 0; r < ranges; ++r) top = std::max(top, parts[first_part + r * lane_groups].top[lane]);
       float total = 0.f;
-      std::vector<float> out(D, 0.f);
+      std::fill(out.begin(), out.end(), 0.f);
       for (int64_t r = 0; r < ranges; ++r) {
         const Partial& part = parts[first_part + r * lane_groups];
         if (part.top[lane] == -INFINITY) continue;
